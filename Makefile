@@ -1,0 +1,30 @@
+# Two commands cover everything: `make repro` (set up, run the pipeline) and `make test`.
+# Both create .venv when missing and install the pinned packages only when the lock changed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# Stages run `python -m stages.<name>`: put the venv first on PATH so dvc finds its python.
+RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)"
+
+.PHONY: setup repro test lint bench
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+repro: setup
+	$(RUN) dvc repro
+
+test: setup
+	$(RUN) python -m pytest
+
+lint: setup
+	$(RUN) ruff check .
+
+bench: setup
+	$(RUN) python benchmarks/train_speed.py

@@ -1,0 +1,106 @@
+"""The data sets we know, with the checksums we trust them by.
+
+Checksums are pinned here (not in params) so a params edit can never loosen verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One IDX file: its name and the proofs that its bytes are the real ones."""
+
+    name: str
+    payload_sha256: str  # sha256 of the decompressed IDX bytes: equal on every mirror
+    gzip_md5: str  # md5 of upstream's own .gz: a second proof for upstream bytes
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A data set as laid out on mirrors: `<root>/<mirror_dir>/<file>`."""
+
+    name: str
+    mirror_dir: str
+    files: tuple[FileSpec, ...]
+    class_names: tuple[str, ...]
+
+
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
+TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        mirror_dir="mnist",
+        files=(
+            FileSpec(
+                TRAIN_IMAGES,
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            ),
+            FileSpec(
+                TRAIN_LABELS,
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+            ),
+            FileSpec(
+                TEST_IMAGES,
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                "9fb629c4189551a2d022fa330f9573f3",
+            ),
+            FileSpec(
+                TEST_LABELS,
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+        ),
+        class_names=tuple(str(d) for d in range(10)),
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        mirror_dir="fashion-mnist",
+        files=(
+            FileSpec(
+                TRAIN_IMAGES,
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            ),
+            FileSpec(
+                TRAIN_LABELS,
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                "25c81989df183df01b3e8a0aad5dffbe",
+            ),
+            FileSpec(
+                TEST_IMAGES,
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                "bef4ecab320f06d8554ea6380940ec79",
+            ),
+            FileSpec(
+                TEST_LABELS,
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            ),
+        ),
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
+    ),
+}
+
+
+def raw_name(gz_name: str) -> str:
+    """The decompressed file name we store: payload bytes are equal across mirrors, gzip bytes are not."""
+    return gz_name.removesuffix(".gz")

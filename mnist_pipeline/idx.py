@@ -1,0 +1,66 @@
+"""Read MNIST-format IDX files (raw or gzip) and say exactly what is wrong with a bad one."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from mnist_pipeline.errors import PipelineError
+
+IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The IDX payload, decompressing when the file starts with the gzip magic."""
+    name = Path(path).name
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise PipelineError(f"{name}: corrupt gzip data ({e})") from None
+    return data
+
+
+def parse_idx(data: bytes, name: str, kind: str) -> np.ndarray:
+    """Images as (N, rows, cols) uint8 or labels as (N,) uint8, validated against the header."""
+    magic = IMAGES_MAGIC if kind == "images" else LABELS_MAGIC
+    header_len = 16 if kind == "images" else 8
+    if len(data) < header_len:
+        raise PipelineError(f"{name}: expected a {header_len}-byte IDX {kind} header, found {len(data)} bytes")
+    (found_magic,) = struct.unpack(">I", data[:4])
+    if found_magic != magic:
+        raise PipelineError(f"{name}: expected IDX magic 0x{magic:08x} ({kind}), found 0x{found_magic:08x}")
+    dims = struct.unpack(">III" if kind == "images" else ">I", data[4:header_len])
+    if kind == "images" and (dims[1], dims[2]) != (28, 28):
+        raise PipelineError(f"{name}: expected 28x28 images, found {dims[1]}x{dims[2]}")
+    expected = int(np.prod(dims))
+    payload = len(data) - header_len
+    if payload != expected:
+        what = "image" if kind == "images" else "label"
+        raise PipelineError(f"{name}: expected {expected} {what} bytes, found {payload}")
+    array = np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
+    if kind == "labels" and len(array) and int(array.max()) > 9:
+        raise PipelineError(f"{name}: expected labels 0-9, found {int(array.max())}")
+    return array
+
+
+def read_idx(path: str | os.PathLike[str], kind: str) -> np.ndarray:
+    """`kind` is "images" or "labels"; errors name the file and the problem."""
+    return parse_idx(read_bytes(path), Path(path).name, kind)
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """IDX bytes for a uint8 array of images (N, 28, 28) or labels (N,): used by tests and tools."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
+    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()

@@ -1,0 +1,218 @@
+"""Load, validate and hand out `params.yaml` values, recording which keys each stage reads.
+
+Validation happens once, before any work, so a typo or a bad value ends in one line that
+names the key, the value and what is allowed. The record of read keys lets a test compare
+what a stage really reads with what `dvc.yaml` declares (see tests/test_declared_deps.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnist_pipeline.errors import PipelineError
+
+TRACE_ENV = "MNIST_PIPELINE_TRACE"
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "swish", "linear")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad")
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one leaf key is checked: `convert` returns the clean value or None when invalid."""
+
+    convert: Callable[[Any], Any]
+    expected: str
+
+
+def _int(low: int, high: int | None = None) -> Rule:
+    def convert(v: Any) -> Any:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+        return v if ok else None
+
+    text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    return Rule(convert, text)
+
+
+def _float(low: float, high: float | None = None, low_open: bool = False, high_open: bool = True) -> Rule:
+    def convert(v: Any) -> Any:
+        # PyYAML (YAML 1.1) reads `1e-3` as a string; accept it as the number the user meant.
+        if isinstance(v, str) and _FLOAT_TEXT.match(v.strip()):
+            v = float(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        v = float(v)
+        if v < low or (low_open and v == low):
+            return None
+        if high is not None and (v > high or (high_open and v == high)):
+            return None
+        return v
+
+    left = "(" if low_open else "["
+    if high is None:
+        text = f"a number {'>' if low_open else '>='} {low:g}"
+    else:
+        text = f"a number in {left}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Rule(convert, text)
+
+
+def _choice(options: tuple[str, ...]) -> Rule:
+    return Rule(lambda v: v if v in options else None, "one of " + ", ".join(options))
+
+
+def _bool() -> Rule:
+    return Rule(lambda v: v if isinstance(v, bool) else None, "true or false")
+
+
+def _int_list(low: int, min_len: int, max_len: int = 16) -> Rule:
+    def convert(v: Any) -> Any:
+        if not isinstance(v, list) or not min_len <= len(v) <= max_len:
+            return None
+        ok = all(isinstance(x, int) and not isinstance(x, bool) and x >= low for x in v)
+        return list(v) if ok else None
+
+    text = f"a list of {min_len} to {max_len} integers >= {low}"
+    return Rule(convert, text)
+
+
+def _mirrors() -> Rule:
+    from mnist_pipeline.datasets import DATASETS
+
+    def convert(v: Any) -> Any:
+        if not isinstance(v, dict) or set(v) != set(DATASETS):
+            return None
+        for urls in v.values():
+            if not isinstance(urls, list) or not all(
+                isinstance(u, str) and u.startswith(("https://", "http://")) for u in urls
+            ):
+                return None
+        return {k: list(u) for k, u in v.items()}
+
+    names = ", ".join(DATASETS)
+    return Rule(convert, f"a mapping with exactly the keys {names}, each a list of http(s) URLs")
+
+
+# Every key params.yaml may hold. A key missing here is a typo; a key missing there is an error.
+SCHEMA: dict[str, Rule] = {
+    "data.dataset": _choice(("mnist", "fashion_mnist")),
+    "download.mirrors": _mirrors(),
+    "download.timeout_s": _float(0.0, low_open=True),
+    "download.retries": _int(0, 10),
+    "preprocess.scale": _float(0.0, low_open=True),
+    "preprocess.offset": _float(-1e6, 1e6),
+    "preprocess.val_size": _int(0),
+    "preprocess.seed": _int(0),
+    "preprocess.train_limit": _int(0),
+    "preprocess.test_limit": _int(0),
+    "model.type": _choice(("mlp",)),
+    "model.hidden": _int_list(1, 0),
+    "model.activation": _choice(ACTIVATIONS),
+    "model.dropout": _float(0.0, 1.0),
+    "train.epochs": _int(1),
+    "train.batch_size": _int(1),
+    "train.optimizer": _choice(OPTIMIZERS),
+    "train.learning_rate": _float(0.0, low_open=True),
+    "train.seed": _int(0),
+    "evaluate.batch_size": _int(1),
+    "predict.count": _int(1, 100),
+    "predict.start": _int(0),
+}
+
+_read_keys: set[str] = set()
+
+
+class Params:
+    """Validated params; every `params[key]` is recorded so tests can check dvc.yaml declarations."""
+
+    def __init__(self, values: dict[str, Any], path: str) -> None:
+        self._values = values
+        self.path = path
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            raise KeyError(f"{key} is not a params.yaml key (see SCHEMA in mnist_pipeline/params.py)")
+        _read_keys.add(key)
+        return self._values[key]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted leaf keys of a nested mapping; values that are schema leaves (mirrors) stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in SCHEMA:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def validate(raw: Any, path: str) -> dict[str, Any]:
+    """The clean flat values, or a PipelineError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a YAML mapping of sections (data, train, ...), got {type(raw).__name__}")
+    flat = flatten(raw)
+    for key in flat:
+        if key not in SCHEMA:
+            close = difflib.get_close_matches(key, SCHEMA, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PipelineError(f"{path}: unknown key '{key}'{hint}")
+    clean: dict[str, Any] = {}
+    for key, rule in SCHEMA.items():
+        if key not in flat:
+            raise PipelineError(f"{path}: missing key '{key}': expected {rule.expected}")
+        value = rule.convert(flat[key])
+        if value is None:
+            raise PipelineError(f"{path}: {key} = {flat[key]!r}: expected {rule.expected}")
+        clean[key] = value
+    return clean
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
+    """Read and validate the whole file with `yaml.safe_load` (never arbitrary Python objects)."""
+    path = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found (run from the project root)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PipelineError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    return Params(validate(raw, path), path)
+
+
+def _write_trace() -> None:
+    """Append what this process read (param keys, project modules) for the declared-deps test."""
+    trace = os.environ.get(TRACE_ENV)
+    if not trace:
+        return
+    root = Path.cwd().resolve()
+    modules = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file:
+            try:
+                rel = Path(file).resolve().relative_to(root).as_posix()
+            except ValueError:
+                continue
+            if rel.startswith(("mnist_pipeline/", "stages/")):
+                modules.add(rel)
+    record = {"argv": sys.argv, "params": sorted(_read_keys), "modules": sorted(modules)}
+    with open(trace, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+atexit.register(_write_trace)

@@ -1,0 +1,87 @@
+"""Pictures committed with the metrics, readable offline (no browser, no CDN).
+
+Saved without a timestamp or software tag, so the same data gives the same PNG bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mnist_pipeline.files import atomic_path  # noqa: E402
+
+PNG_METADATA = {"Software": None}
+
+
+def _save(figure: plt.Figure, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
+    plt.close(figure)
+
+
+def image_grid(
+    images: np.ndarray,
+    captions: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str,
+    colors: Sequence[str] | None = None,
+    columns: int = 5,
+) -> None:
+    """Flattened 28x28 images in a grid, each captioned (e.g. "pred 7 / true 7")."""
+    count = len(images)
+    columns = max(1, min(columns, count))
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.3 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < count:
+            ax.imshow(images[i].reshape(28, 28), cmap="gray_r")
+            ax.set_title(captions[i], fontsize=9, color=(colors[i] if colors else "black"))
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_training_curves(history: dict[str, list[float]], path: str | os.PathLike[str]) -> None:
+    """Loss and accuracy per epoch, train and (when held out) validation."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        epochs = np.arange(1, len(history.get(metric, [])) + 1)
+        ax.plot(epochs, history.get(metric, []), marker="o", label="train")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    figure.suptitle("Training curves")
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str]) -> None:
+    """A heat map with the count in every cell; the diagonal is what the model got right."""
+    size = max(6.0, 0.65 * len(class_names) + 2)
+    figure, ax = plt.subplots(figsize=(size, size))
+    shown = np.log1p(confusion)
+    ax.imshow(shown, cmap="Blues")
+    threshold = shown.max() / 2 if shown.max() else 1
+    for (row, col), count in np.ndenumerate(confusion):
+        ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                color="white" if shown[row, col] > threshold else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix ({int(confusion.sum())} test images, accuracy "
+                 f"{np.trace(confusion) / max(1, confusion.sum()):.4f})")
+    figure.tight_layout()
+    _save(figure, path)

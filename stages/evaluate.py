@@ -1,0 +1,47 @@
+"""Stage evaluate: test-set metrics, the confusion matrix and the most confidently wrong images."""
+
+import numpy as np
+
+from mnist_pipeline.cli import run_stage
+from mnist_pipeline.data import split_paths
+from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.files import atomic_open, load_pair, save_json
+from mnist_pipeline.metrics import classification_report
+from mnist_pipeline.models import load_model
+from mnist_pipeline.params import load_params
+from mnist_pipeline.plots import image_grid, plot_confusion
+
+WRONG_SHOWN = 15
+
+
+def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
+    params = load_params()
+    class_names = DATASETS[params["data.dataset"]].class_names
+    x_test, y_test = load_pair(*split_paths(prepared_dir, "test"))
+    model = load_model(model_path)
+    probabilities = model.predict(x_test, batch_size=params["evaluate.batch_size"], verbose=0)
+    report, confusion = classification_report(probabilities, y_test, class_names)
+    predicted = probabilities.argmax(axis=1)
+
+    save_json(f"{out_dir}/evaluate.json", report)
+    with atomic_open(f"{out_dir}/confusion.csv", "w") as f:
+        f.write("actual,predicted\n")
+        f.writelines(f"{class_names[a]},{class_names[p]}\n" for a, p in zip(y_test, predicted, strict=True))
+    plot_confusion(confusion, class_names, f"{out_dir}/confusion.png")
+
+    wrong = np.flatnonzero(predicted != y_test)
+    confidence = probabilities[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")[:WRONG_SHOWN]]
+    image_grid(
+        x_test[worst],
+        [f"#{i}: pred {class_names[predicted[i]]}\n{probabilities[i, predicted[i]]:.1%}, true {class_names[y_test[i]]}"
+         for i in worst],
+        f"{out_dir}/confident_mistakes.png",
+        title=f"Most confidently wrong ({len(wrong)} mistakes in {len(y_test)})",
+    )
+    print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} "
+          f"on {report['test_images']} images")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "model_path", "prepared_dir", "out_dir")

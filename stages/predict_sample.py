@@ -1,0 +1,46 @@
+"""Stage predict-sample: predict the first few test images, as the tutorial does, and show them."""
+
+from mnist_pipeline.cli import run_stage
+from mnist_pipeline.data import split_paths
+from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import load_pair, save_json
+from mnist_pipeline.models import load_model
+from mnist_pipeline.params import load_params
+from mnist_pipeline.plots import image_grid
+
+
+def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
+    params = load_params()
+    class_names = DATASETS[params["data.dataset"]].class_names
+    start, count = params["predict.start"], params["predict.count"]
+    x_test, y_test = load_pair(*split_paths(prepared_dir, "test"))
+    images, labels = x_test[start : start + count], y_test[start : start + count]
+    if len(labels) == 0:
+        raise PipelineError(f"params.yaml: predict.start = {start}: expected less than the {len(y_test)} test images")
+    probabilities = load_model(model_path).predict(images, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    rows = [
+        {
+            "index": start + i,
+            "predicted": int(p),
+            "label": int(t),
+            "predicted_name": class_names[p],
+            "label_name": class_names[t],
+            "probability": round(float(probabilities[i, p]), 6),
+        }
+        for i, (p, t) in enumerate(zip(predicted, labels, strict=True))
+    ]
+    save_json(f"{out_dir}/predictions.json", {"predictions": rows})
+    image_grid(
+        images,
+        [f"pred {r['predicted_name']} ({r['probability']:.0%})\ntrue {r['label_name']}" for r in rows],
+        f"{out_dir}/predictions.png",
+        title=f"Test images {start}-{start + len(rows) - 1}",
+        colors=["green" if r["predicted"] == r["label"] else "red" for r in rows],
+    )
+    print("predict-sample: predicted", [r["predicted"] for r in rows], "true", [r["label"] for r in rows])
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__, "model_path", "prepared_dir", "out_dir")
