@@ -1,0 +1,138 @@
+"""Shared fixtures: real DVC projects in temporary git repos, fed from the local data mirror."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# What a temporary project needs: the code, the pipeline and its params (never the data).
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "mnist_pipeline")
+# Small enough for seconds per stage, real enough to train on: the first images of real MNIST.
+TINY_PARAMS = {
+    "preprocess.train_limit": 1000,
+    "preprocess.test_limit": 200,
+    "train.epochs": 1,
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def find_mirror() -> Path | None:
+    """$DATASET_MIRROR, else ../shared/datasets next to the project, else None."""
+    candidates = [os.environ.get("DATASET_MIRROR"), str(PROJECT_ROOT.parent / "shared" / "datasets")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "mnist" / "train-images-idx3-ubyte.gz").is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def mirror_root() -> Path:
+    """The local mirror of the real data sets; in CI its absence is a failure, elsewhere a skip."""
+    root = find_mirror()
+    if root is None:
+        message = "no local data mirror: set DATASET_MIRROR to a folder holding mnist/ and fashion-mnist/"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This interpreter's venv first on PATH, so `python` and `dvc` in stage commands are ours."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.pop("MNIST_PIPELINE_TRACE", None)
+    env.update(extra)
+    return env
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value
+
+
+class Project:
+    """A copy of the pipeline in its own git + DVC repo, driven by the real `git` and `dvc` commands."""
+
+    def __init__(self, path: Path, mirror: Path | None) -> None:
+        self.path = path
+        self.env = subprocess_env(**({"DATASET_MIRROR": str(mirror)} if mirror else {}))
+
+    def run(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            list(args), cwd=self.path, env=env or self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def dvc(self, *args: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.run("dvc", *args, check=check, **kwargs)
+
+    def git(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("git", *args)
+
+    def repro(self, *args: str) -> list[str]:
+        """Run `dvc repro` and return the names of the stages that ran, in order."""
+        result = self.dvc("repro", *args)
+        return ran_stages(result.stdout + result.stderr)
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def set_params(self, values: dict[str, Any]) -> None:
+        tree = self.params()
+        for key, value in values.items():
+            set_dotted(tree, key, value)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+
+    def commit(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def make_project(path: Path, mirror: Path | None, params: dict[str, Any] | None = None) -> Project:
+    """Copy the pipeline into `path`, `git init` + `dvc init` it, apply params, and commit."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__", ".tmp-*"))
+        else:
+            shutil.copy2(source, path / name)
+    project = Project(path, mirror)
+    project.git("init", "-q", "-b", "main")
+    project.git("config", "user.email", "test@example.com")
+    project.git("config", "user.name", "test")
+    project.dvc("init", "-q")
+    project.dvc("config", "core.autostage", "true")
+    project.dvc("config", "cache.type", "hardlink,copy")
+    (path / ".gitignore").write_text("__pycache__/\n.tmp-*\n")
+    project.set_params({**TINY_PARAMS, **(params or {})})
+    project.commit("project")
+    return project
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, mirror_root: Path) -> Project:
+    """A fresh pipeline on the first 1,000 training and 200 test images of real MNIST, 1 epoch."""
+    return make_project(tmp_path / "repo", mirror_root)
