@@ -35,11 +35,11 @@ def parse_idx(data: bytes, name: str, kind: str) -> np.ndarray:
     """Images as (N, rows, cols) uint8 or labels as (N,) uint8, validated against the header."""
     magic = IMAGES_MAGIC if kind == "images" else LABELS_MAGIC
     header_len = 16 if kind == "images" else 8
+    # The magic first: a labels file given as images is "wrong magic", not "short header".
+    if len(data) >= 4 and (found_magic := struct.unpack(">I", data[:4])[0]) != magic:
+        raise PipelineError(f"{name}: expected IDX magic 0x{magic:08x} ({kind}), found 0x{found_magic:08x}")
     if len(data) < header_len:
         raise PipelineError(f"{name}: expected a {header_len}-byte IDX {kind} header, found {len(data)} bytes")
-    (found_magic,) = struct.unpack(">I", data[:4])
-    if found_magic != magic:
-        raise PipelineError(f"{name}: expected IDX magic 0x{magic:08x} ({kind}), found 0x{found_magic:08x}")
     dims = struct.unpack(">III" if kind == "images" else ">I", data[4:header_len])
     if kind == "images" and (dims[1], dims[2]) != (28, 28):
         raise PipelineError(f"{name}: expected 28x28 images, found {dims[1]}x{dims[2]}")
