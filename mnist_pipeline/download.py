@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -103,7 +102,7 @@ def _stream_verified(url: str, file: FileSpec, dest: Path, timeout: float) -> No
         if isinstance(reason, FileNotFoundError):
             raise FetchError("file not found", transient=False) from None
         raise FetchError(f"cannot connect ({reason})", transient=True) from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise FetchError(f"timed out after {timeout:g} s without data", transient=True) from None
     except zlib.error as e:
         raise FetchError(f"not valid gzip data ({e})", transient=False) from None
@@ -141,7 +140,9 @@ def download_dataset(
     """All files of `spec` into `out_dir/<dataset>/`, decompressed and verified."""
     mirrors = mirrors_for(spec, public_mirrors, env_root)
     if not mirrors:
-        raise PipelineError(f"{spec.name}: no mirrors: set ${MIRROR_ENV} or download.mirrors.{spec.name} in params.yaml")
+        raise PipelineError(
+            f"{spec.name}: no mirrors: set ${MIRROR_ENV} or download.mirrors.{spec.name} in params.yaml"
+        )
     target = Path(out_dir) / spec.name
     written = []
     for file in spec.files:

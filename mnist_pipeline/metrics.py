@@ -39,7 +39,7 @@ def classification_report(
         "loss": round(cross_entropy(probabilities, labels), 6),
         "accuracy": round(float(np.mean(predicted == labels)), 6),
         "macro_f1": round(float(np.mean(f1)), 6),
-        "test_images": int(len(labels)),
+        "test_images": len(labels),
         "per_class": per_class,
     }
     return report, confusion

@@ -12,10 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mnist_pipeline.files import atomic_path  # noqa: E402
+from mnist_pipeline.files import atomic_path
 
 PNG_METADATA = {"Software": None}
 
