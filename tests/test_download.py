@@ -1,0 +1,370 @@
+"""The downloader against a real HTTP server on 127.0.0.1 serving small generated IDX files.
+
+Each fault a public mirror can show (404, 5xx, corrupt bytes, a cut connection, a stall) is
+served for real; after every failure the destination holds no file, final or temporary.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, FileSpec
+from mnist_pipeline.download import download_dataset, fetch_file, mirrors_for
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.idx import encode_idx, read_idx
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+Behaviour = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+@dataclass
+class Served:
+    """A generated data set: raw IDX payloads, their gzip files, and a spec pinned to their checksums."""
+
+    payloads: dict[str, bytes]
+    gzips: dict[str, bytes]
+    spec: DatasetSpec
+
+
+def make_dataset() -> Served:
+    rng = np.random.default_rng(7)
+    arrays = {
+        TRAIN_IMAGES: rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        TRAIN_LABELS: rng.integers(0, 10, 6, dtype=np.uint8),
+        TEST_IMAGES: rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
+        TEST_LABELS: rng.integers(0, 10, 3, dtype=np.uint8),
+    }
+    payloads = {name: encode_idx(a) for name, a in arrays.items()}
+    gzips = {name: gzip.compress(p, mtime=0) for name, p in payloads.items()}
+    files = tuple(
+        FileSpec(name, hashlib.sha256(payloads[name]).hexdigest(), hashlib.md5(gzips[name]).hexdigest())
+        for name in arrays
+    )
+    spec = DatasetSpec("tiny", "tiny-mirror-dir", files, tuple("0123456789"))
+    return Served(payloads, gzips, spec)
+
+
+def send(body: bytes, length: int | None = None, status: int = 200) -> Behaviour:
+    """A response whose Content-Length may promise more than the body (then the connection closes)."""
+
+    def behave(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(status)
+        h.send_header("Content-Length", str(len(body) if length is None else length))
+        h.end_headers()
+        h.wfile.write(body)
+
+    return behave
+
+
+def error(code: int) -> Behaviour:
+    return lambda h: h.send_error(code)
+
+
+@dataclass
+class MirrorServer:
+    """A threaded HTTP server; `routes` maps a path to the behaviours of its successive requests."""
+
+    routes: dict[str, list[Behaviour]] = field(default_factory=dict)
+    hits: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def publish(self, root: str, files: dict[str, bytes]) -> str:
+        for name, body in files.items():
+            self.routes[root + name] = [send(body)]
+        return self.url(root)
+
+    def stall(self, prefix: bytes = b"") -> Behaviour:
+        """Send headers and `prefix` (or nothing at all), then hang until the test ends."""
+
+        def behave(h: http.server.BaseHTTPRequestHandler) -> None:
+            if prefix:
+                h.send_response(200)
+                h.send_header("Content-Length", str(len(prefix) * 10))
+                h.end_headers()
+                h.wfile.write(prefix)
+                h.wfile.flush()
+            self.release.wait(30)
+
+        return behave
+
+
+@pytest.fixture
+def server() -> Iterator[MirrorServer]:
+    state = MirrorServer()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.hits.append(self.path)
+            queue = state.routes.get(self.path)
+            if not queue:
+                self.send_error(404)
+                return
+            # The last behaviour repeats for every later request.
+            (queue.pop(0) if len(queue) > 1 else queue[0])(self)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request: object, client_address: object) -> None:
+            pass  # a client that gave up on a stalled handler is expected here
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    state.port = httpd.server_address[1]
+    # A short poll keeps shutdown() quick; the default 0.5 s would be paid in every teardown.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield state
+    state.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def data() -> Served:
+    return make_dataset()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Every file under `folder`, temporary ones included."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def fetch_error(file: FileSpec, roots: list[str], dest: Path, **kwargs: float) -> str:
+    mirrors = mirrors_for(DatasetSpec("tiny", "tiny-mirror-dir", (file,), ()), roots, None)
+    with pytest.raises(PipelineError) as info:
+        fetch_file(file, mirrors, dest, **{"timeout": 2.0, "retries": 0, "backoff_s": 0.0, **kwargs})
+    message = str(info.value)
+    assert "\n" not in message
+    assert leftovers(dest.parent) == []
+    return message
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_success_writes_verified_payloads(server: MirrorServer, data: Served, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    root = server.publish("/m1/", data.gzips)
+    written = download_dataset(data.spec, tmp_path / "raw", [root], timeout=2, retries=0)
+    folder = tmp_path / "raw" / "tiny"
+    assert written == [folder / f.name.removesuffix(".gz") for f in data.spec.files]
+    assert leftovers(folder) == sorted(p.name for p in written)  # no .tmp-* left beside them
+    for path, file in zip(written, data.spec.files, strict=True):
+        assert path.read_bytes() == data.payloads[file.name]
+    assert read_idx(folder / "t10k-labels-idx1-ubyte", "labels").shape == (3,)
+    assert sorted(server.hits) == sorted(f"/m1/{name}" for name in data.gzips)
+    assert f"from {root}" in capsys.readouterr().err
+
+
+def test_multi_member_gzip_is_accepted(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    payload = data.payloads[TRAIN_IMAGES]
+    two_members = gzip.compress(payload[:1000], mtime=0) + gzip.compress(payload[1000:], mtime=0)
+    root = server.publish("/m1/", {TRAIN_IMAGES: two_members})
+    file = data.spec.files[0]
+    mirrors = mirrors_for(data.spec, [root], None)
+    fetch_file(file, mirrors, tmp_path / "out" / "x", timeout=2, retries=0, backoff_s=0)
+    assert (tmp_path / "out" / "x").read_bytes() == payload
+
+
+def test_404_falls_back_to_next_mirror_without_retrying(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    good = server.publish("/m2/", data.gzips)
+    mirrors = mirrors_for(data.spec, [server.url("/m1/"), good], None)
+    file = data.spec.files[1]
+    used = fetch_file(file, mirrors, tmp_path / "out" / "labels", timeout=2, retries=3, backoff_s=0)
+    assert used.root == good
+    assert server.hits == [f"/m1/{file.name}", f"/m2/{file.name}"]  # a 404 is final: no retry
+    assert (tmp_path / "out" / "labels").read_bytes() == data.payloads[file.name]
+
+
+def test_server_error_is_retried_on_the_same_mirror(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[1]
+    server.routes[f"/m1/{file.name}"] = [error(503), error(502), send(data.gzips[file.name])]
+    mirrors = mirrors_for(data.spec, [server.url("/m1/")], None)
+    used = fetch_file(file, mirrors, tmp_path / "out" / "labels", timeout=2, retries=2, backoff_s=0)
+    assert used.root == server.url("/m1/")
+    assert server.hits == [f"/m1/{file.name}"] * 3
+    assert (tmp_path / "out" / "labels").read_bytes() == data.payloads[file.name]
+
+
+def test_persistent_server_error_reports_the_tries(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[1]
+    server.routes[f"/m1/{file.name}"] = [error(500)]
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "labels", retries=2)
+    reason = "HTTP 500 Internal Server Error (after 3 tries)"
+    assert message == f"{file.name}: every mirror failed: {server.url('/m1/')}: {reason}"
+    assert len(server.hits) == 3
+
+
+def test_corrupt_payload_is_rejected(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[0]
+    bad = bytearray(data.payloads[file.name])
+    bad[100] ^= 1
+    server.routes[f"/m1/{file.name}"] = [send(gzip.compress(bytes(bad), mtime=0))]
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "images", retries=2)
+    assert message.startswith(f"{file.name}: every mirror failed: {server.url('/m1/')}: checksum mismatch (")
+    assert file.payload_sha256[:12] in message
+    assert len(server.hits) == 1  # bad bytes are not a transient fault
+
+
+def test_corrupt_gzip_is_rejected(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[0]
+    server.routes[f"/m1/{file.name}"] = [send(b"<html>not gzip</html>")]
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "images")
+    assert f"{server.url('/m1/')}: not valid gzip data (" in message
+
+
+def test_corrupt_file_among_good_ones_leaves_only_verified_files(server: MirrorServer, data: Served,
+                                                                  tmp_path: Path) -> None:
+    files = dict(data.gzips)
+    files[TEST_IMAGES] = gzip.compress(data.payloads[TEST_IMAGES][:-1] + b"\x00", mtime=0)
+    root = server.publish("/m1/", files)
+    with pytest.raises(PipelineError, match=f"^{TEST_IMAGES}: every mirror failed: .*checksum mismatch"):
+        download_dataset(data.spec, tmp_path / "raw", [root], timeout=2, retries=0)
+    # The two files before it were verified and stay; the bad one and its temporary are gone.
+    assert leftovers(tmp_path / "raw" / "tiny") == ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+
+
+def test_corrupt_mirror_falls_back_to_good_one(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    bad = {name: gzip.compress(p[::-1], mtime=0) for name, p in data.payloads.items()}
+    roots = [server.publish("/bad/", bad), server.publish("/good/", data.gzips)]
+    written = download_dataset(data.spec, tmp_path / "raw", roots, timeout=2, retries=0)
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+
+
+def test_connection_cut_mid_file(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[0]
+    body = data.gzips[file.name]
+    server.routes[f"/m1/{file.name}"] = [send(body[: len(body) // 2], length=len(body))]
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "images", retries=1)
+    assert message.startswith(f"{file.name}: every mirror failed: {server.url('/m1/')}: connection ")
+    assert message.endswith("(after 2 tries)")
+    assert len(server.hits) == 2  # a cut connection is transient: retried once
+
+
+def test_connection_cut_then_retry_succeeds(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[0]
+    body = data.gzips[file.name]
+    server.routes[f"/m1/{file.name}"] = [send(body[:100], length=len(body)), send(body)]
+    mirrors = mirrors_for(data.spec, [server.url("/m1/")], None)
+    fetch_file(file, mirrors, tmp_path / "out" / "images", timeout=2, retries=1, backoff_s=0)
+    assert (tmp_path / "out" / "images").read_bytes() == data.payloads[file.name]
+    assert leftovers(tmp_path / "out") == ["images"]
+
+
+@pytest.mark.parametrize("when", ["before-headers", "mid-body"])
+def test_stalled_server_hits_the_timeout(server: MirrorServer, data: Served, tmp_path: Path, when: str) -> None:
+    file = data.spec.files[0]
+    prefix = data.gzips[file.name][:50] if when == "mid-body" else b""
+    server.routes[f"/m1/{file.name}"] = [server.stall(prefix)]
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "images", timeout=0.5)
+    assert message == f"{file.name}: every mirror failed: {server.url('/m1/')}: timed out after 0.5 s without data"
+
+
+def test_all_mirrors_failing_give_one_message_listing_each(server: MirrorServer, data: Served,
+                                                           tmp_path: Path) -> None:
+    env_root = tmp_path / "empty-mirror"
+    env_root.mkdir()
+    file = data.spec.files[0]
+    server.routes[f"/corrupt/{file.name}"] = [send(gzip.compress(b"junk", mtime=0))]
+    server.routes[f"/stall/{file.name}"] = [server.stall()]
+    refused = f"http://127.0.0.1:{closed_port()}/x/"
+    public = [server.url("/missing/"), server.url("/corrupt/"), refused, server.url("/stall/")]
+    with pytest.raises(PipelineError) as info:
+        download_dataset(data.spec, tmp_path / "raw", public, timeout=0.5, retries=0, env_root=str(env_root))
+    message = str(info.value)
+    assert "\n" not in message
+    expected = [
+        f"$DATASET_MIRROR={env_root}: file not found",
+        f"{server.url('/missing/')}: HTTP 404 ",
+        f"{server.url('/corrupt/')}: checksum mismatch (",
+        f"{refused}: cannot connect (",
+        f"{server.url('/stall/')}: timed out after 0.5 s without data",
+    ]
+    assert message.startswith(f"{file.name}: every mirror failed: {expected[0]}")
+    positions = [message.find(part) for part in expected]
+    assert -1 not in positions, message
+    assert positions == sorted(positions), message
+    assert message.count("; ") == len(expected) - 1
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_env_mirror_directory_is_tried_first(server: MirrorServer, data: Served, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mirror" / data.spec.mirror_dir
+    folder.mkdir(parents=True)
+    for name, body in data.gzips.items():
+        (folder / name).write_bytes(body)
+    public = server.publish("/pub/", data.gzips)
+    written = download_dataset(data.spec, tmp_path / "raw", [public], timeout=2, retries=0,
+                               env_root=str(tmp_path / "mirror"))
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+    assert server.hits == []  # the public mirror was never asked
+    assert f"from $DATASET_MIRROR={tmp_path / 'mirror'}" in capsys.readouterr().err
+
+
+def test_env_mirror_url_root_is_tried_first(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    server.publish(f"/env/{data.spec.mirror_dir}/", data.gzips)
+    public = server.publish("/pub/", data.gzips)
+    download_dataset(data.spec, tmp_path / "raw", [public], timeout=2, retries=0, env_root=server.url("/env"))
+    assert sorted(server.hits) == sorted(f"/env/{data.spec.mirror_dir}/{name}" for name in data.gzips)
+
+
+def test_failing_env_mirror_falls_back_to_public(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    public = server.publish("/pub/", data.gzips)
+    written = download_dataset(data.spec, tmp_path / "raw", [public], timeout=2, retries=0,
+                               env_root=server.url("/env/"))
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+    file = data.spec.files[0].name
+    assert server.hits[:2] == [f"/env/{data.spec.mirror_dir}/{file}", f"/pub/{file}"]
+
+
+def test_upstream_gzip_md5_is_an_alternative_proof(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[1]
+    root = server.publish("/m1/", data.gzips)
+    md5_only = replace(file, payload_sha256="0" * 64)
+    mirrors = mirrors_for(data.spec, [root], None)
+    fetch_file(md5_only, mirrors, tmp_path / "out" / "labels", timeout=2, retries=0, backoff_s=0)
+    assert (tmp_path / "out" / "labels").read_bytes() == data.payloads[file.name]
+    neither = replace(file, payload_sha256="0" * 64, gzip_md5="0" * 32)
+    assert "checksum mismatch" in fetch_error(neither, [root], tmp_path / "other" / "labels")
+
+
+def test_stage_prints_one_error_line_and_exits_2(server: MirrorServer, tmp_path: Path) -> None:
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["download"]["mirrors"]["mnist"] = [server.url("/nothing/")]
+    params["download"]["retries"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if k != "DATASET_MIRROR"}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    result = subprocess.run([sys.executable, "-m", "stages.download", "data/raw"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {TRAIN_IMAGES}: every mirror failed: {server.url('/nothing/')}: HTTP 404 Not Found"
+    ]
+    assert leftovers(tmp_path / "data") == []
