@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import difflib
 import json
+import math
 import os
 import re
 import sys
@@ -34,6 +35,7 @@ class Rule:
 
     convert: Callable[[Any], Any]
     expected: str
+    options: tuple[str, ...] = ()  # named choices, for a did-you-mean hint on a near miss
 
 
 def _int(low: int, high: int | None = None) -> Rule:
@@ -53,7 +55,8 @@ def _float(low: float, high: float | None = None, low_open: bool = False, high_o
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return None
         v = float(v)
-        if v < low or (low_open and v == low):
+        # YAML's .nan and .inf pass every comparison below unnoticed; no knob here means them.
+        if not math.isfinite(v) or v < low or (low_open and v == low):
             return None
         if high is not None and (v > high or (high_open and v == high)):
             return None
@@ -68,7 +71,7 @@ def _float(low: float, high: float | None = None, low_open: bool = False, high_o
 
 
 def _choice(options: tuple[str, ...]) -> Rule:
-    return Rule(lambda v: v if v in options else None, "one of " + ", ".join(options))
+    return Rule(lambda v: v if isinstance(v, str) and v in options else None, "one of " + ", ".join(options), options)
 
 
 def _bool() -> Rule:
@@ -166,25 +169,96 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """The bad value as the user wrote it, cut short so the error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _section_keys(section: str) -> list[str]:
+    return [k for k in SCHEMA if k.startswith(section + ".")]
+
+
+def _unknown_key(key: str, path: str) -> PipelineError:
+    """Name the typo and what was meant: the closest key, or else every key allowed there."""
+    close = difflib.get_close_matches(key, SCHEMA, n=1)
+    if close:
+        return PipelineError(f"{path}: unknown key '{key}' (did you mean '{close[0]}'?)")
+    section = key.rpartition(".")[0]
+    allowed = _section_keys(section) if section else sorted({k.split(".")[0] for k in SCHEMA})
+    where = f"in '{section}'" if section else "at the top level"
+    return PipelineError(f"{path}: unknown key '{key}': expected {where} one of " + ", ".join(allowed))
+
+
 def validate(raw: Any, path: str) -> dict[str, Any]:
-    """The clean flat values, or a PipelineError naming the first bad key."""
+    """The clean flat values, or a PipelineError naming the first bad key, its value and what is allowed."""
+    if raw is None:
+        raise PipelineError(f"{path}: the file is empty: expected a YAML mapping of sections (data, train, ...)")
     if not isinstance(raw, dict):
-        raise PipelineError(f"{path}: expected a YAML mapping of sections (data, train, ...), got {type(raw).__name__}")
+        raise PipelineError(
+            f"{path}: expected a YAML mapping of sections (data, train, ...), got {type(raw).__name__} {_shown(raw)}"
+        )
     flat = flatten(raw)
-    for key in flat:
-        if key not in SCHEMA:
-            close = difflib.get_close_matches(key, SCHEMA, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise PipelineError(f"{path}: unknown key '{key}'{hint}")
+    for key, value in flat.items():
+        if key in SCHEMA:
+            continue
+        if _section_keys(str(key)):
+            # `train:` left empty or given a scalar: a section, not a value.
+            raise PipelineError(
+                f"{path}: {key} = {_shown(value)}: expected a mapping with the keys " + ", ".join(_section_keys(key))
+            )
+        raise _unknown_key(str(key), path)
     clean: dict[str, Any] = {}
     for key, rule in SCHEMA.items():
         if key not in flat:
             raise PipelineError(f"{path}: missing key '{key}': expected {rule.expected}")
         value = rule.convert(flat[key])
         if value is None:
-            raise PipelineError(f"{path}: {key} = {flat[key]!r}: expected {rule.expected}")
+            close = difflib.get_close_matches(flat[key], rule.options, n=1) if isinstance(flat[key], str) else []
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PipelineError(f"{path}: {key} = {_shown(flat[key])}: expected {rule.expected}{hint}")
         clean[key] = value
     return clean
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader (plain values only, never Python objects) that also refuses duplicate
+    keys, which PyYAML would otherwise resolve silently by keeping the last one."""
+
+
+def _construct_unique_mapping(loader: _StrictSafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (YAML would silently keep only the last one)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _yaml_problem(e: yaml.YAMLError, path: str) -> PipelineError:
+    """One line: where in the file, and what is wrong there."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    problem = str(getattr(e, "problem", None) or e)
+    tag = re.search(r"constructor for the tag '([^']+)'", problem)
+    if tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return PipelineError(
+            f"{path}:{where}: tag '{shown}' is not allowed: params hold plain YAML values only (yaml.safe_load)"
+        )
+    if problem.startswith("duplicate key"):
+        return PipelineError(f"{path}:{where}: {problem}")
+    return PipelineError(f"{path}:{where} is not valid YAML: {problem}")
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
@@ -192,13 +266,15 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
     path = str(path)
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_StrictSafeLoader)  # a SafeLoader: plain values only
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run from the project root)") from None
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise PipelineError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+        raise _yaml_problem(e, path) from None
     return Params(validate(raw, path), path)
 
 
