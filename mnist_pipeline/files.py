@@ -2,6 +2,7 @@
 
 Every output is written to a temporary file in its own directory and renamed into place, so a
 stage killed mid-write leaves the previous file or none, never a truncated one.
+tests/test_interrupt.py kills real stages inside that window; PAUSE_ENV is its only hook.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -19,11 +23,50 @@ import numpy as np
 
 from mnist_pipeline.errors import PipelineError
 
+# Test-only, off unless set: "<output name>:<fifo path>". When a write to that output name is done
+# but not yet renamed into place, the writer reports the temporary path on the FIFO and blocks until
+# a signal arrives, so tests/test_interrupt.py can kill it right there without sleeping.
+PAUSE_ENV = "MNIST_PIPELINE_TEST_PAUSE_BEFORE_RENAME"
+NPY_MAGIC = b"\x93NUMPY"
+
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _pause_for_test(final: Path, tmp: Path) -> None:
+    """The PAUSE_ENV hook: a no-op unless a test set it for this output name."""
+    setting = os.environ.get(PAUSE_ENV, "")
+    name, _, fifo = setting.partition(":")
+    if not fifo or name != final.name:
+        return
+    with open(fifo, "w") as f:  # blocks until the test opens the FIFO to read
+        f.write(f"{tmp}\n")
+    with open(fifo):  # no second writer ever comes: blocks until the test's signal interrupts it
+        pass
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving inside the block take effect right after it.
+
+    For steps that must not stop halfway, like the two renames that swap a directory.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in caught[:1]:
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
@@ -32,14 +75,14 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name keeps the final suffix: Keras insists on `.keras` and `.weights.h5`.
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{final.name}", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())
+    tmp_path = final.parent / f".tmp-{uuid.uuid4().hex[:12]}-{final.name}"
     try:
+        with open(tmp_path, "xb"):  # created with the umask's permissions, like any output
+            pass
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        _pause_for_test(final, tmp_path)
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -55,19 +98,29 @@ def atomic_open(final: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary directory next to `final` that replaces it whole when the block succeeds."""
+    """A temporary directory next to `final` that replaces it whole when the block succeeds.
+
+    The old directory is renamed aside and the new one renamed in, with signals held off between
+    the two renames; only then is the old one deleted. Deleting first would leave a half-deleted
+    directory if the stage were killed during the deletion.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", suffix=f"-{final.name}", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    old = final.parent / f".tmp-old-{uuid.uuid4().hex[:12]}-{final.name}"
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _pause_for_test(final, tmp)
+        with _signals_deferred():
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
@@ -90,11 +143,24 @@ def load_npy(
 ) -> np.ndarray:
     """Load an array without pickle and check dtype and shape, naming the file on any mismatch."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+            if magic != NPY_MAGIC:
+                found = "an empty file" if not magic else f"a file starting {magic!r}"
+                raise PipelineError(f"{path}: not a .npy array: expected the .npy header, found {found}")
+            f.seek(0)
+            array = np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro)") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise PipelineError(f"{path}: not a readable .npy array ({e})") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise PipelineError(
+                f"{path}: holds Python objects, which are never unpickled (allow_pickle=False): "
+                "expected a plain numeric array"
+            ) from None
+        raise PipelineError(f"{path}: truncated or corrupt .npy array ({e})") from None
+    except (OSError, EOFError) as e:
+        raise PipelineError(f"{path}: not a readable .npy array ({getattr(e, 'strerror', None) or e})") from None
     if array.dtype != np.dtype(dtype):
         raise PipelineError(f"{path}: expected dtype {np.dtype(dtype)}, found {array.dtype}")
     if array.ndim != ndim or tuple(array.shape[1:]) != trailing:

@@ -23,6 +23,8 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)

@@ -146,8 +146,24 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
     """Load with `safe_mode=True`: a shared model file cannot run arbitrary code (Lambda layers)."""
     if not Path(path).is_file():
         raise PipelineError(f"{path}: file not found (run the train stage: dvc repro train)")
+    if not zipfile.is_zipfile(path):
+        # Keras would say "File not found" for a truncated file; the real fault is its content.
+        size = Path(path).stat().st_size
+        raise PipelineError(f"{path}: not a Keras model: expected a .keras zip archive, found {size} bytes "
+                            "that are not one (truncated, or another format)")
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # Keras raises many types for a bad file; all mean the same to a user.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PipelineError(f"{path}: not a loadable Keras model ({type(e).__name__}: {first_line[:200]})") from None
+        text = " ".join(str(e).split())
+        if "arbitrary code execution" in text:
+            raise PipelineError(f"{path}: refused: the model holds Python code (a Lambda layer) and models load "
+                                "with safe_mode=True; rebuild it from layers without Python functions") from None
+        raise PipelineError(f"{path}: not a loadable Keras model ({type(e).__name__}: {text[:200]})") from None
+    try:
+        shapes = (tuple(model.input_shape[1:]), tuple(model.output_shape[1:]))
+    except (AttributeError, ValueError, TypeError):  # a model without one defined input or output
+        shapes = ("unknown",), ("unknown",)
+    if shapes != ((N_PIXELS,), (N_CLASSES,)):
+        raise PipelineError(f"{path}: expected a model from ({N_PIXELS},) images to ({N_CLASSES},) class "
+                            f"probabilities, found {shapes[0]} to {shapes[1]}")
+    return model

@@ -7,7 +7,6 @@ from mnist_pipeline.data import split_paths
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.files import atomic_open, load_pair, save_json
 from mnist_pipeline.metrics import classification_report
-from mnist_pipeline.models import load_model
 from mnist_pipeline.params import load_params
 from mnist_pipeline.plots import image_grid, plot_confusion
 
@@ -18,6 +17,10 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     params = load_params()
     class_names = DATASETS[params["data.dataset"]].class_names
     x_test, y_test = load_pair(*split_paths(prepared_dir, "test"))
+    # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
+    # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
+    from mnist_pipeline.models import load_model
+
     model = load_model(model_path)
     probabilities = model.predict(x_test, batch_size=params["evaluate.batch_size"], verbose=0)
     report, confusion = classification_report(probabilities, y_test, class_names)

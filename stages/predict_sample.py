@@ -5,7 +5,6 @@ from mnist_pipeline.data import split_paths
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import load_pair, save_json
-from mnist_pipeline.models import load_model
 from mnist_pipeline.params import load_params
 from mnist_pipeline.plots import image_grid
 
@@ -18,6 +17,10 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     images, labels = x_test[start : start + count], y_test[start : start + count]
     if len(labels) == 0:
         raise PipelineError(f"params.yaml: predict.start = {start}: expected less than the {len(y_test)} test images")
+    # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
+    # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
+    from mnist_pipeline.models import load_model
+
     probabilities = load_model(model_path).predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)
     rows = [
