@@ -7,7 +7,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import keras
 
@@ -117,6 +117,20 @@ def make_optimizer(
     return type(keras.optimizers.get(name))(learning_rate=rate)
 
 
+def _renumber_shared_ids(config: Any, ids: dict[int, int]) -> Any:
+    """Keras writes `id()` of shared objects (a memory address) as `shared_object_id`, so the
+    same model saved by two processes differs; number them 1, 2, ... in order of appearance instead.
+    Loading only matches equal ids, so sharing is kept."""
+    if isinstance(config, dict):
+        return {
+            k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else _renumber_shared_ids(v, ids)
+            for k, v in config.items()
+        }
+    if isinstance(config, list):
+        return [_renumber_shared_ids(v, ids) for v in config]
+    return config
+
+
 def save_model_deterministic(model: keras.Model, path: str | os.PathLike[str]) -> None:
     """`model.save`, then rewrite the zip with fixed timestamps and save date, atomically."""
     buffer = io.BytesIO()
@@ -129,6 +143,8 @@ def save_model_deterministic(model: keras.Model, path: str | os.PathLike[str]) -
                     metadata = json.loads(data)
                     metadata["date_saved"] = FIXED_SAVE_DATE
                     data = json.dumps(metadata).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumber_shared_ids(json.loads(data), {})).encode()
                 fixed = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
                 fixed.compress_type = info.compress_type
                 fixed.external_attr = 0o644 << 16
