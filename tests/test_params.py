@@ -1,0 +1,167 @@
+"""params.yaml faults: each bad value or file ends a real stage with one line naming key, value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+from faultkit import StageDir, error_line, stage_dir, write_prepared, write_raw
+
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.params import SCHEMA, load_params
+
+OTHER_MIRRORS = ["https://example.org/fashion/"]
+
+# (key, bad value, what the one error line must contain after "error: params.yaml: ")
+BAD_VALUES = [
+    ("train.epochs", 0, "train.epochs = 0: expected an integer >= 1"),
+    ("train.epochs", -3, "train.epochs = -3: expected an integer >= 1"),
+    ("train.epochs", "five", "train.epochs = 'five': expected an integer >= 1"),
+    ("train.epochs", 2.5, "train.epochs = 2.5: expected an integer >= 1"),
+    ("train.learning_rate", 0, "train.learning_rate = 0: expected a number > 0"),
+    ("train.learning_rate", -0.01, "train.learning_rate = -0.01: expected a number > 0"),
+    ("train.learning_rate", float("nan"), "train.learning_rate = nan: expected a number > 0"),
+    ("train.learning_rate", float("inf"), "train.learning_rate = inf: expected a number > 0"),
+    ("model.dropout", 1.0, "model.dropout = 1.0: expected a number in [0, 1)"),
+    ("model.dropout", -0.1, "model.dropout = -0.1: expected a number in [0, 1)"),
+    ("train.batch_size", 0, "train.batch_size = 0: expected an integer >= 1"),
+    ("train.batch_size", True, "train.batch_size = True: expected an integer >= 1"),
+    ("evaluate.batch_size", -1, "evaluate.batch_size = -1: expected an integer >= 1"),
+    ("download.retries", 50, "download.retries = 50: expected an integer in [0, 10]"),
+    ("model.hidden", [64, 0], "model.hidden = [64, 0]: expected a list of 0 to 16 integers >= 1"),
+    ("data.dataset", "cifar10", "data.dataset = 'cifar10': expected one of mnist, fashion_mnist"),
+    ("data.dataset", "../../etc", "data.dataset = '../../etc': expected one of mnist, fashion_mnist"),
+    ("data.dataset", "fashion-mnist", "expected one of mnist, fashion_mnist (did you mean 'fashion_mnist'?)"),
+    ("model.activation", "rleu", "model.activation = 'rleu': expected one of relu, sigmoid"),
+    ("train.optimizer", "lbfgs", "train.optimizer = 'lbfgs': expected one of adam, sgd, rmsprop"),
+    ("download.mirrors", {"mnist": ["file:///etc/"], "fashion_mnist": OTHER_MIRRORS},
+     "download.mirrors = {'mnist': ['file:///etc/']"),
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> StageDir:
+    return stage_dir(tmp_path / "p")
+
+
+def set_text(project: StageDir, edit: Any) -> None:
+    project.params_file.write_text(edit(project.params_file.read_text()))
+
+
+def test_the_real_params_yaml_is_valid() -> None:
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    assert params["train.epochs"] >= 1
+    assert set(SCHEMA) >= {"train.epochs", "train.learning_rate", "model.dropout", "data.dataset"}
+
+
+VALUE_IDS = [f"{k}={v!r}"[:40] for k, v, _ in BAD_VALUES]
+# A few of them through a real stage process too: exit 2, one line, no traceback.
+IN_A_STAGE = ["train.epochs=0", "train.learning_rate=nan", "model.dropout=1.0", "data.dataset='../../etc'"]
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), BAD_VALUES, ids=VALUE_IDS)
+def test_bad_value_names_key_value_and_allowed(project: StageDir, key: str, value: Any, expected: str) -> None:
+    project.set_params({key: value})
+    with pytest.raises(PipelineError) as caught:
+        load_params(project.params_file)
+    message = str(caught.value)
+    assert message.startswith(f"{project.params_file}: ") and expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("key", "value", "expected"),
+                         [case for case, i in zip(BAD_VALUES, VALUE_IDS, strict=True) if i in IN_A_STAGE],
+                         ids=IN_A_STAGE)
+def test_bad_value_stops_a_real_stage_with_one_line(project: StageDir, key: str, value: Any, expected: str) -> None:
+    project.set_params({key: value})
+    line = error_line(project.run("download"))
+    assert line.startswith("error: params.yaml: "), line
+    assert expected in line
+    assert not (project.path / "data").exists()  # refused before any work
+
+
+# (name, edit of the params.yaml text, what the error line must contain)
+BAD_FILES = [
+    ("typo train.epoch", lambda t: t.replace("  epochs: 1", "  epoch: 1"),
+     "error: params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("missing key", lambda t: t.replace("  seed: 0\nevaluate:", "evaluate:"),
+     "error: params.yaml: missing key 'train.seed': expected an integer >= 0"),
+    ("unknown section", lambda t: t + "trainning:\n  epochs: 3\n",
+     "error: params.yaml: unknown key 'trainning.epochs' (did you mean 'train.epochs'?)"),
+    ("unknown top-level key", lambda t: t + "verbose: 1\n",
+     "error: params.yaml: unknown key 'verbose': expected at the top level one of data, download"),
+    ("section not a mapping", lambda t: t.replace("evaluate:\n  batch_size: 1000\n", "evaluate: 1000\n"),
+     "error: params.yaml: evaluate = 1000: expected a mapping with the keys evaluate.batch_size"),
+    ("invalid YAML", lambda t: t.replace("  epochs: 1", "  epochs: [1"),
+     "error: params.yaml: line "),
+    ("bad indentation", lambda t: t.replace("  epochs: 1", "    epochs: 1"),
+     "is not valid YAML: expected <block end>, but found '<block mapping start>'"),
+    ("a list, not a mapping", lambda t: "- data\n- train\n",
+     "error: params.yaml: expected a YAML mapping of sections (data, train, ...), got list ['data', 'train']"),
+    ("empty file", lambda t: "", "error: params.yaml: the file is empty: expected a YAML mapping of sections"),
+    ("duplicate key", lambda t: t.replace("  epochs: 1", "  epochs: 1\n  epochs: 10"),
+     "duplicate key 'epochs' (YAML would silently keep only the last one)"),
+    ("python object tag",
+     lambda t: t.replace("  epochs: 1", "  epochs: !!python/object/apply:os.system ['touch pwned']"),
+     "tag '!!python/object/apply:os.system' is not allowed: params hold plain YAML values only (yaml.safe_load)"),
+]
+
+
+@pytest.mark.parametrize(("name", "edit", "expected"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_is_one_line(project: StageDir, name: str, edit: Any, expected: str) -> None:
+    set_text(project, edit)
+    line = error_line(project.run("download"))
+    assert line.startswith("error: params.yaml:"), line
+    assert expected in line
+    assert not (project.path / "pwned").exists()
+
+
+def test_yaml_error_names_the_line(project: StageDir) -> None:
+    text = project.params_file.read_text()
+    line_no = text.splitlines().index("  epochs: 1") + 1
+    set_text(project, lambda t: t.replace("  epochs: 1", "  epochs: 1: 2"))
+    assert error_line(project.run("download")).startswith(f"error: params.yaml: line {line_no} is not valid YAML: ")
+
+
+def test_not_utf8(project: StageDir) -> None:
+    project.params_file.write_bytes(project.params_file.read_bytes() + b"# caf\xe9\n")
+    assert "error: params.yaml: not UTF-8 text (byte " in error_line(project.run("download"))
+
+
+def test_missing_params_file(project: StageDir) -> None:
+    project.params_file.unlink()
+    assert error_line(project.run("download")) == "error: params.yaml: file not found (run from the project root)"
+
+
+@pytest.mark.parametrize("stage", ["download", "preprocess", "train", "evaluate", "predict_sample"])
+def test_every_stage_checks_params_before_any_work(project: StageDir, stage: str) -> None:
+    """The typo of the issue, in every stage: one line naming the key, before reading any input."""
+    set_text(project, lambda t: t.replace("  epochs: 1", "  epoch: 5"))
+    line = error_line(project.run(stage))
+    assert line == "error: params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)"
+
+
+def test_validation_set_larger_than_training_set(project: StageDir) -> None:
+    write_raw(project.path / "data" / "raw" / "mnist", train=30, test=10)
+    project.set_params({"preprocess.val_size": 30})
+    line = error_line(project.run("preprocess"))
+    assert line == "error: params.yaml: preprocess.val_size = 30: expected fewer than the 30 training images"
+    assert not (project.path / "data" / "prepared").exists()
+
+
+def test_predict_start_past_the_test_set(project: StageDir) -> None:
+    write_prepared(project.path / "data" / "prepared")
+    project.set_params({"predict.start": 500})
+    line = error_line(project.run("predict_sample"))
+    assert line == "error: params.yaml: predict.start = 500: expected less than the 20 test images"
+
+
+def test_default_mirrors_are_https() -> None:
+    """Bytes are trusted only after their checksum, but the defaults still never travel in clear text."""
+    mirrors = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["download"]["mirrors"]
+    urls = [url for dataset_urls in mirrors.values() for url in dataset_urls]
+    assert urls, mirrors
+    assert all(url.startswith("https://") for url in urls), urls
