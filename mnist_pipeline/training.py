@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 def make_deterministic(seed: int) -> None:
-    """Same seed, same data, same bytes: seeds Python, numpy and TF, and pins TF's op choices."""
+    """Same seed, same data, same bytes: seeds Python, numpy and TF, and pins TF's op choices.
+
+    Clearing the session first restarts Keras' layer-name counters, which the weights file records:
+    otherwise a model trained after another one in the same process (a test, a notebook) differs."""
+    keras.utils.clear_session(free_memory=False)
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
