@@ -1,0 +1,224 @@
+"""Faults in data and files: each ends a real stage process with one line naming the file and what was expected."""
+
+from __future__ import annotations
+
+import gzip
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faultkit import StageDir, error_line, labels_for, last_error_line, stage_dir, write_prepared, write_raw
+
+from mnist_pipeline.datasets import TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.idx import encode_idx
+
+PREPARED = Path("data/prepared")
+RAW = Path("data/raw/mnist")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> StageDir:
+    return stage_dir(tmp_path / "p")
+
+
+@pytest.fixture
+def prepared(project: StageDir) -> StageDir:
+    write_prepared(project.path / PREPARED, {"train": 40, "val": 10, "test": 20})
+    return project
+
+
+def truncate(path: Path, keep: int | None = None) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep is None else keep])
+
+
+# (name, how the file is broken, the file, the exact error line of the train stage)
+NPY_FAULTS: list[tuple[str, Callable[[Path], None], str, str]] = [
+    ("missing", lambda p: p.unlink(), "x_train.npy",
+     "error: data/prepared/x_train.npy: file not found (run the stage that writes it: dvc repro)"),
+    ("empty", lambda p: p.write_bytes(b""), "x_train.npy",
+     "error: data/prepared/x_train.npy: not a .npy array: expected the .npy header, found an empty file"),
+    ("not npy", lambda p: p.write_text("hello world\n"), "x_train.npy",
+     "error: data/prepared/x_train.npy: not a .npy array: expected the .npy header, found a file starting b'hello '"),
+    ("npz renamed", lambda p: p.write_bytes(b"PK\x03\x04 a zip archive, as np.savez writes"), "x_val.npy",
+     "error: data/prepared/x_val.npy: not a .npy array: expected the .npy header, "
+     "found a file starting b'PK\\x03\\x04 a'"),
+    ("truncated header", lambda p: truncate(p, 40), "y_train.npy",
+     "error: data/prepared/y_train.npy: truncated or corrupt .npy array (EOF: reading array header, "
+     "expected 118 bytes got 30)"),
+    ("truncated data", truncate, "x_train.npy",
+     "error: data/prepared/x_train.npy: truncated or corrupt .npy array (Failed to read all data for array. "
+     "Expected (40, 784) = 31360 elements, could only read 15664 elements. (file seems not fully written?))"),
+    ("object dtype", lambda p: np.save(p, np.array([{"a": 1}, print], dtype=object), allow_pickle=True),
+     "y_train.npy",
+     "error: data/prepared/y_train.npy: holds Python objects, which are never unpickled (allow_pickle=False): "
+     "expected a plain numeric array"),
+    ("wrong dtype", lambda p: np.save(p, np.zeros((40, 784), np.float64)), "x_train.npy",
+     "error: data/prepared/x_train.npy: expected dtype float32, found float64"),
+    ("wrong shape", lambda p: np.save(p, np.zeros((40, 28, 28), np.float32)), "x_train.npy",
+     "error: data/prepared/x_train.npy: expected shape (N, 784), found (40, 28, 28)"),
+    ("labels 2-D", lambda p: np.save(p, np.zeros((40, 10), np.uint8)), "y_train.npy",
+     "error: data/prepared/y_train.npy: expected shape (N), found (40, 10)"),
+    ("count mismatch", lambda p: np.save(p, labels_for(39)), "y_train.npy",
+     "error: data/prepared/y_train.npy: 39 labels for 40 images in data/prepared/x_train.npy"),
+    ("label out of range", lambda p: np.save(p, np.full(40, 12, np.uint8)), "y_train.npy",
+     "error: data/prepared/y_train.npy: labels must be 0-9, found 12"),
+    ("a directory", lambda p: (p.unlink(), p.mkdir()), "x_train.npy",
+     "error: data/prepared/x_train.npy: not a readable .npy array (Is a directory)"),
+]
+
+
+@pytest.mark.parametrize(("name", "breaks", "file", "expected"), NPY_FAULTS, ids=[f[0] for f in NPY_FAULTS])
+def test_prepared_array_fault(prepared: StageDir, name: str, breaks: Callable[[Path], None], file: str,
+                              expected: str) -> None:
+    breaks(prepared.path / PREPARED / file)
+    assert error_line(prepared.run("train")) == expected
+    assert not (prepared.path / "models").exists()
+
+
+def test_evaluate_checks_its_test_arrays(prepared: StageDir) -> None:
+    np.save(prepared.path / PREPARED / "x_test.npy", np.zeros((20, 784), np.uint8))
+    assert error_line(prepared.run("evaluate")) == (
+        "error: data/prepared/x_test.npy: expected dtype float32, found uint8")
+
+
+# --- raw IDX files, read by preprocess ---
+
+def test_raw_files_missing(project: StageDir) -> None:
+    assert error_line(project.run("preprocess")) == "error: data/raw/mnist/train-images-idx3-ubyte: file not found"
+
+
+def test_raw_image_count_differs_from_label_count(project: StageDir) -> None:
+    write_raw(project.path / RAW, train=30, test=10, train_labels=29)
+    assert error_line(project.run("preprocess")) == "error: data/raw/mnist: train set has 30 images but 29 labels"
+    assert not (project.path / PREPARED).exists()
+
+
+def test_raw_images_truncated(project: StageDir) -> None:
+    write_raw(project.path / RAW)
+    truncate(project.path / RAW / raw_name(TRAIN_IMAGES), 16 + 100)
+    assert error_line(project.run("preprocess")) == (
+        "error: train-images-idx3-ubyte: expected 23520 image bytes, found 100")
+
+
+def test_raw_labels_given_as_images(project: StageDir) -> None:
+    write_raw(project.path / RAW)
+    images = project.path / RAW / raw_name(TRAIN_IMAGES)
+    images.write_bytes((project.path / RAW / raw_name(TRAIN_LABELS)).read_bytes())
+    assert error_line(project.run("preprocess")) == (
+        "error: train-images-idx3-ubyte: expected IDX magic 0x00000803 (images), found 0x00000801")
+
+
+def test_raw_file_corrupt_gzip(project: StageDir) -> None:
+    write_raw(project.path / RAW)
+    path = project.path / RAW / raw_name(TRAIN_LABELS)
+    path.write_bytes(gzip.compress(path.read_bytes())[:30])
+    assert error_line(project.run("preprocess")).startswith(
+        "error: train-labels-idx1-ubyte: corrupt gzip data (Compressed file ended before the end-of-stream")
+
+
+def test_output_folder_blocked_by_a_file(project: StageDir) -> None:
+    write_raw(project.path / RAW)
+    (project.path / "data" / "prepared").write_text("not a folder")
+    assert error_line(project.run("preprocess")) == "error: data/prepared: File exists"
+
+
+# --- download faults through the stage (tests/test_download.py covers each mirror fault on a real server) ---
+
+def test_download_every_mirror_fails(project: StageDir, tmp_path: Path) -> None:
+    corrupt = tmp_path / "mirror" / "mnist"
+    corrupt.mkdir(parents=True)
+    (corrupt / TRAIN_IMAGES).write_bytes(gzip.compress(encode_idx(np.zeros((2, 28, 28), np.uint8))))
+    project.set_params({"download.mirrors.mnist": ["http://127.0.0.1:9/mnist/"], "download.retries": 0})
+    result = project.run("download", env={"DATASET_MIRROR": str(tmp_path / "mirror")})
+    line = error_line(result)
+    assert line.startswith(f"error: {TRAIN_IMAGES}: every mirror failed: $DATASET_MIRROR={tmp_path / 'mirror'}: "
+                           "checksum mismatch (payload sha256 ")
+    assert "; http://127.0.0.1:9/mnist/: cannot connect (" in line
+    assert list((project.path / "data").rglob("*")) == [project.path / "data" / "raw",
+                                                        project.path / "data" / "raw" / "mnist"]
+
+
+# --- model files, read by evaluate and predict-sample (these load TensorFlow, whose log lines come first) ---
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A valid model, one with a Python Lambda layer, and one with the wrong input shape."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("models")
+    dense = [keras.layers.Dense(10, activation="softmax")]
+    models = {
+        "good": keras.Sequential([keras.Input((784,)), *dense]),
+        "lambda": keras.Sequential([keras.Input((784,)), keras.layers.Lambda(lambda x: x * 2),
+                                    keras.layers.Dense(10, activation="softmax")]),
+        "shape": keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                                   keras.layers.Dense(10, activation="softmax")]),
+    }
+    paths = {}
+    for name, model in models.items():
+        paths[name] = folder / f"{name}.keras"
+        model.save(paths[name])
+    return paths
+
+
+def install_model(project: StageDir, source: Path | None = None, data: bytes | None = None) -> Path:
+    path = project.path / "models" / "model.keras"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(source.read_bytes() if source else data or b"")
+    return path
+
+
+def test_model_missing(prepared: StageDir) -> None:
+    assert last_error_line(prepared.run("evaluate")) == (
+        "error: models/model.keras: file not found (run the train stage: dvc repro train)")
+
+
+def test_model_truncated(prepared: StageDir, model_files: dict[str, Path]) -> None:
+    path = install_model(prepared, model_files["good"])
+    truncate(path, 5000)
+    assert last_error_line(prepared.run("evaluate")) == (
+        "error: models/model.keras: not a Keras model: expected a .keras zip archive, found 5000 bytes "
+        "that are not one (truncated, or another format)")
+    assert not (prepared.path / "metrics").exists()
+
+
+def test_model_not_keras(prepared: StageDir) -> None:
+    install_model(prepared, data=b"GIF89a not a model")
+    assert last_error_line(prepared.run("predict_sample")) == (
+        "error: models/model.keras: not a Keras model: expected a .keras zip archive, found 18 bytes "
+        "that are not one (truncated, or another format)")
+
+
+def test_model_zip_without_keras_config(prepared: StageDir) -> None:
+    path = install_model(prepared)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    assert last_error_line(prepared.run("evaluate")) == (
+        "error: models/model.keras: not a loadable Keras model "
+        "(KeyError: \"There is no item named 'config.json' in the archive\")")
+
+
+def test_model_with_python_code_is_refused(prepared: StageDir, model_files: dict[str, Path]) -> None:
+    """safe_mode=True: a shared model file cannot run its own Python on load."""
+    install_model(prepared, model_files["lambda"])
+    assert last_error_line(prepared.run("evaluate")) == (
+        "error: models/model.keras: refused: the model holds Python code (a Lambda layer) and models load "
+        "with safe_mode=True; rebuild it from layers without Python functions")
+
+
+def test_model_with_wrong_input_shape(prepared: StageDir, model_files: dict[str, Path]) -> None:
+    install_model(prepared, model_files["shape"])
+    assert last_error_line(prepared.run("predict_sample")) == (
+        "error: models/model.keras: expected a model from (784,) images to (10,) class probabilities, "
+        "found (28, 28) to (10,)")
+
+
+def test_a_good_model_passes_these_checks(prepared: StageDir, model_files: dict[str, Path]) -> None:
+    """The checks above refuse bad files, not every file: the valid model evaluates."""
+    install_model(prepared, model_files["good"])
+    result = prepared.run("evaluate")
+    assert result.returncode == 0, result.stderr
+    assert (prepared.path / "metrics" / "evaluate.json").is_file()
