@@ -1,0 +1,172 @@
+"""All five stages through the real `dvc repro` in a temporary git repo, on tiny real data.
+
+One pipeline run (module fixture) is shared by the checks of its outputs; each check reads files
+the way a user or the next stage would.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TINY_PARAMS, Project, make_project
+from PIL import Image
+
+from mnist_pipeline.datasets import DATASETS, raw_name
+from mnist_pipeline.models import load_model
+
+STAGES = ["download", "preprocess", "train", "evaluate", "predict-sample"]
+TRAIN_N, TEST_N = TINY_PARAMS["preprocess.train_limit"], TINY_PARAMS["preprocess.test_limit"]
+PNGS = ["metrics/confusion.png", "metrics/confident_mistakes.png", "metrics/predictions.png",
+        "metrics/train/curves.png"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> tuple[Project, list[str]]:
+    project = make_project(tmp_path_factory.mktemp("stages") / "repo", mirror_root)
+    return project, project.repro()
+
+
+@pytest.fixture(scope="module")
+def project(built: tuple[Project, list[str]]) -> Project:
+    return built[0]
+
+
+def read_json(project: Project, path: str) -> Any:
+    return json.loads((project.path / path).read_text())
+
+
+def test_all_five_stages_run_in_order(built: tuple[Project, list[str]]) -> None:
+    _, ran = built
+    assert sorted(ran) == sorted(STAGES)
+    assert ran[:3] == ["download", "preprocess", "train"]
+
+
+def test_download_writes_the_verified_payloads(project: Project) -> None:
+    folder = project.path / "data" / "raw" / "mnist"
+    spec = DATASETS["mnist"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(raw_name(f.name) for f in spec.files)
+    for file in spec.files:
+        assert hashlib.sha256((folder / raw_name(file.name)).read_bytes()).hexdigest() == file.payload_sha256
+
+
+@pytest.mark.parametrize(("split", "count"), [("train", TRAIN_N), ("val", 0), ("test", TEST_N)])
+def test_prepared_arrays(project: Project, split: str, count: int) -> None:
+    x = np.load(project.path / "data" / "prepared" / f"x_{split}.npy", allow_pickle=False)
+    y = np.load(project.path / "data" / "prepared" / f"y_{split}.npy", allow_pickle=False)
+    assert x.dtype == np.float32 and x.shape == (count, 784)
+    assert y.dtype == np.uint8 and y.shape == (count,)
+    if count:
+        assert x.min() == np.float32(-0.5) and x.max() == np.float32(0.5)
+        assert set(np.unique(y)) == set(range(10))
+
+
+def test_model_files(project: Project) -> None:
+    model = load_model(project.path / "models" / "model.keras")
+    assert model.output_shape == (None, 10)
+    assert (project.path / "models" / "model.weights.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    x = np.load(project.path / "data" / "prepared" / "x_test.npy")[:5]
+    predicted = model.predict(x, verbose=0).argmax(axis=1).tolist()
+    assert predicted == [row["predicted"] for row in read_json(project, "metrics/predictions.json")["predictions"]]
+
+
+def test_train_logs_one_point_per_epoch(project: Project) -> None:
+    summary = read_json(project, "metrics/train/metrics.json")["train"]  # dvclive's layout
+    assert {"loss", "accuracy"} <= set(summary)
+    for metric in ("loss", "accuracy"):
+        with open(project.path / f"metrics/train/plots/metrics/train/{metric}.tsv", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        assert len(rows) == TINY_PARAMS["train.epochs"]
+        assert float(rows[-1][metric]) == pytest.approx(summary[metric], rel=1e-6)
+
+
+def test_evaluate_json_schema(project: Project) -> None:
+    report = read_json(project, "metrics/evaluate.json")
+    assert {"loss", "accuracy", "macro_f1", "test_images", "per_class"} <= set(report)
+    assert report["test_images"] == TEST_N
+    assert 0 < report["loss"] < 10
+    assert 0.3 < report["accuracy"] <= 1  # it learned: chance is 0.1, one epoch on 1,000 images gives about 0.6
+    assert sorted(report["per_class"]) == [str(d) for d in range(10)]
+    for scores in report["per_class"].values():
+        assert set(scores) == {"precision", "recall", "f1"}
+        assert all(0 <= v <= 1 for v in scores.values())
+    f1s = [s["f1"] for s in report["per_class"].values()]
+    assert report["macro_f1"] == pytest.approx(np.mean(f1s), abs=1e-5)
+
+
+def test_confusion_csv_has_a_row_per_test_image(project: Project) -> None:
+    with open(project.path / "metrics" / "confusion.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == TEST_N
+    assert set(rows[0]) == {"actual", "predicted"}
+    labels = np.load(project.path / "data" / "prepared" / "y_test.npy")
+    assert [int(r["actual"]) for r in rows] == labels.tolist()
+    accuracy = np.mean([r["actual"] == r["predicted"] for r in rows])
+    assert accuracy == pytest.approx(read_json(project, "metrics/evaluate.json")["accuracy"], abs=1e-6)
+
+
+def test_predictions_json_schema(project: Project) -> None:
+    rows = read_json(project, "metrics/predictions.json")["predictions"]
+    assert len(rows) == 5
+    for i, row in enumerate(rows):
+        assert set(row) == {"index", "predicted", "label", "probability", "predicted_name", "label_name"}
+        assert row["index"] == i
+        assert row["predicted_name"] == str(row["predicted"]) and row["label_name"] == str(row["label"])
+        assert 0.1 <= row["probability"] <= 1  # the arg-max of 10 probabilities
+    assert [r["label"] for r in rows] == [7, 2, 1, 0, 4]
+
+
+@pytest.mark.parametrize("path", PNGS)
+def test_pngs_are_valid(project: Project, path: str) -> None:
+    with Image.open(project.path / path) as image:
+        assert image.format == "PNG"
+        assert image.width >= 200 and image.height >= 200
+        image.verify()
+
+
+def test_second_repro_runs_nothing(project: Project) -> None:
+    assert project.repro() == []
+    assert project.dvc("status", "--json").stdout.strip() == "{}"
+
+
+def test_dvc_metrics_show(project: Project) -> None:
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    (workspace,) = shown.values()  # one revision: the workspace (its key is "" in dvc 3.67)
+    files = workspace["data"]
+    assert files["metrics/evaluate.json"]["data"] == read_json(project, "metrics/evaluate.json")
+    assert files["metrics/train/metrics.json"]["data"] == read_json(project, "metrics/train/metrics.json")
+
+
+def test_dvc_plots_show(project: Project) -> None:
+    shown = json.loads(project.dvc("plots", "show", "--json").stdout)
+    # val_size 0 (the tutorial's default) means no validation curves: the only files DVC may miss.
+    for error in shown.get("errors", []):
+        assert error["type"] == "FileNotFoundError" and "/plots/metrics/eval/" in error["source"], error
+    plots = shown["data"]
+    for name in ("metrics/confusion.csv", "Loss per epoch", "Accuracy per epoch"):
+        assert any(name in key for key in plots), sorted(plots)
+    for path in PNGS:
+        assert any(key.endswith(path) for key in plots), sorted(plots)
+
+
+@pytest.mark.slow
+def test_fashion_mnist_runs_from_its_mirror(tmp_path: Path, mirror_root: Path) -> None:
+    project = make_project(tmp_path / "repo", mirror_root, {"data.dataset": "fashion_mnist"})
+    assert sorted(project.repro()) == sorted(STAGES)
+    spec = DATASETS["fashion_mnist"]
+    folder = project.path / "data" / "raw" / "fashion_mnist"
+    for file in spec.files:
+        assert hashlib.sha256((folder / raw_name(file.name)).read_bytes()).hexdigest() == file.payload_sha256
+    x = np.load(project.path / "data" / "prepared" / "x_train.npy")
+    assert x.shape == (TRAIN_N, 784) and x.dtype == np.float32
+    rows = read_json(project, "metrics/predictions.json")["predictions"]
+    assert [r["label"] for r in rows] == [9, 2, 1, 1, 6]
+    assert [r["label_name"] for r in rows] == ["Ankle boot", "Pullover", "Trouser", "Trouser", "Shirt"]
+    assert all(r["predicted_name"] == spec.class_names[r["predicted"]] for r in rows)
+    assert sorted(read_json(project, "metrics/evaluate.json")["per_class"]) == sorted(spec.class_names)
+    assert project.repro() == []
