@@ -1,0 +1,93 @@
+"""Run the experiments of docs/experiments.md as `dvc exp run`s over seeds, and print their table.
+
+Run it in a clone, never in the main checkout (experiments rewrite params.yaml, dvc.lock and metrics/):
+
+    git clone . /tmp/exp && cd /tmp/exp && DATASET_MIRROR=... python docs/run_experiments.py run tutorial lr-0.005
+    python docs/run_experiments.py table            # markdown rows from results.jsonl
+
+Each result line records the exact command, the test accuracy from metrics/evaluate.json, the wall time of
+`dvc exp run` (download and preprocess are cached, so it is train + evaluate + predict-sample) and the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path("results.jsonl")
+# name: (arguments after `dvc exp run`, seeds)
+ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "tutorial": ("", (0, 1, 2)),
+    "lr-0.005": ("-S train.learning_rate=0.005", (0, 1, 2)),
+    "batch64-10ep": ("-S train.batch_size=64 -S train.epochs=10", (0, 1, 2)),
+    "4-hidden": ("-S 'model.hidden=[64,64,64,64]'", (0, 1, 2)),
+    "sigmoid": ("-S model.activation=sigmoid", (0, 1, 2)),
+    "dropout-0.5": ("-S model.dropout=0.5", (0, 1, 2)),
+    "mlp-512": ("$(python -m mnist_pipeline.presets mlp-512)", (0, 1, 2)),
+    "cnn": ("$(python -m mnist_pipeline.presets cnn)", (0, 1, 2)),
+    "fashion-tutorial": ("-S data.dataset=fashion_mnist", (0, 1, 2)),
+    "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
+    "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),
+}
+
+
+def run(names: list[str], seeds: list[int] | None) -> None:
+    for name in names:
+        args, default_seeds = ROWS[name]
+        for seed in seeds if seeds is not None else default_seeds:
+            command = f"dvc exp run -n {name}-s{seed} {args} -S train.seed={seed}".replace("  ", " ")
+            load = os.getloadavg()[0]
+            start = time.monotonic()
+            result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+            wall = time.monotonic() - start
+            if result.returncode != 0:
+                print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
+                raise SystemExit(f"{command}: exited {result.returncode}")
+            report = json.loads(Path("metrics/evaluate.json").read_text())
+            fit = [line for line in result.stdout.splitlines() if "fit" in line.lower() and " s" in line]
+            record = {"name": name, "seed": seed, "command": command, "accuracy": report["accuracy"],
+                      "loss": report["loss"], "exp_run_s": round(wall, 1), "fit_line": fit[-1] if fit else None,
+                      "load_start": round(load, 2), "load_end": round(os.getloadavg()[0], 2)}
+            print(json.dumps(record), flush=True)
+            with RESULTS.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def table() -> None:
+    records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    for name in ROWS:
+        rows = [r for r in records if r["name"] == name]
+        if not rows:
+            continue
+        acc = [r["accuracy"] for r in rows]
+        wall = [r["exp_run_s"] for r in rows]
+        seeds = ",".join(str(r["seed"]) for r in rows)
+        args = ROWS[name][0]
+        print(f"| {name} | `dvc exp run {args} -S train.seed=S` (S={seeds}) | {statistics.mean(acc):.4f} "
+              f"({min(acc):.4f}-{max(acc):.4f}) | {statistics.mean(wall):.0f} s "
+              f"(load {statistics.mean(r['load_start'] for r in rows):.1f}) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    run_parser = sub.add_parser("run")
+    run_parser.add_argument("names", nargs="+", choices=list(ROWS))
+    run_parser.add_argument("--seeds", type=int, nargs="+")
+    sub.add_parser("table")
+    args = parser.parse_args()
+    if args.action == "run":
+        run(args.names, args.seeds)
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main()
+
