@@ -135,6 +135,7 @@ SCHEMA: dict[str, Rule] = {
     "train.learning_rate": _float(0.0, low_open=True),
     "train.lr_schedule": _choice(("constant", "one_cycle")),
     "train.seed": _int(0),
+    "train.cpu_threads": _int(0, 64),
     "evaluate.batch_size": _int(1),
     "predict.count": _int(1, 100),
     "predict.start": _int(0),

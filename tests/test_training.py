@@ -1,0 +1,149 @@
+"""The compiled training loop: deterministic, seed-sensitive, fit-compatible history and dvclive files.
+
+Trains for real (TensorFlow, small slices of real MNIST); each training takes a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from mnist_pipeline.data import prepare
+from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.idx import read_idx
+from mnist_pipeline.params import Params, load_params
+from tests.conftest import PROJECT_ROOT, set_dotted, subprocess_env
+
+# 1,000 images at batch 32 leave a partial last batch of 8: the tail path runs every epoch.
+N_TRAIN, N_VAL = 1000, 200
+
+
+def params_with(tmp_path: Path, values: dict[str, Any]) -> Params:
+    """The project's params.yaml with some values changed, loaded and validated like a stage does."""
+    tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    for key, value in values.items():
+        set_dotted(tree, key, value)
+    path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return load_params(path)
+
+
+def mirror_splits(mirror: Path, n_train: int, n_val: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The preprocess stage's arrays for the first images of real MNIST, read from the mirror's .gz files."""
+    folder = mirror / "mnist"
+    raw = {
+        "train_images": read_idx(folder / TRAIN_IMAGES, "images"),
+        "train_labels": read_idx(folder / TRAIN_LABELS, "labels"),
+        "test_images": read_idx(folder / TEST_IMAGES, "images"),
+        "test_labels": read_idx(folder / TEST_LABELS, "labels"),
+    }
+    return prepare(raw, 255.0, 0.5, val_size=n_val, seed=0, train_limit=n_train + n_val, test_limit=10)
+
+
+@pytest.fixture(scope="module")
+def splits(mirror_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return mirror_splits(mirror_root, N_TRAIN, N_VAL)
+
+
+def train(tmp_path: Path, splits: dict, name: str, with_val: bool = True, **values: Any) -> tuple[Any, dict, Path]:
+    from mnist_pipeline.training import train_model
+
+    params = params_with(tmp_path, {"train.epochs": 2, **values})
+    x_val, y_val = splits["val"] if with_val else (splits["val"][0][:0], splits["val"][1][:0])
+    live = tmp_path / name
+    model, history = train_model(params, *splits["train"], x_val, y_val, live)
+    return model, history, live
+
+
+def weights_digest(model: Any) -> str:
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def test_same_seed_same_weights_and_history(tmp_path: Path, splits: dict) -> None:
+    first, history_a, _ = train(tmp_path, splits, "a")
+    second, history_b, _ = train(tmp_path, splits, "b")
+    assert weights_digest(first) == weights_digest(second)
+    assert history_a == history_b
+
+
+def test_different_seed_different_weights(tmp_path: Path, splits: dict) -> None:
+    first, _, _ = train(tmp_path, splits, "a", **{"train.seed": 0})
+    second, _, _ = train(tmp_path, splits, "b", **{"train.seed": 1})
+    assert weights_digest(first) != weights_digest(second)
+
+
+def test_history_matches_fit_keys_and_learns(tmp_path: Path, splits: dict) -> None:
+    model, history, live = train(tmp_path, splits, "live")
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(values) == 2 for values in history.values())
+    assert history["loss"][1] < history["loss"][0]
+    assert history["accuracy"][1] > 0.5
+    # The loop's validation numbers are Keras' own evaluate on the same data.
+    x_val, y_val = splits["val"]
+    loss, accuracy = model.evaluate(x_val, np.eye(10, dtype=np.float32)[y_val], batch_size=32, verbose=0)
+    assert history["val_accuracy"][-1] == pytest.approx(accuracy, abs=1e-6)
+    assert history["val_loss"][-1] == pytest.approx(loss, rel=1e-4)
+
+    metrics = json.loads((live / "metrics.json").read_text())
+    assert metrics["train"]["accuracy"] == pytest.approx(history["accuracy"][-1])
+    assert metrics["eval"]["loss"] == pytest.approx(history["val_loss"][-1])
+    for split in ("train", "eval"):
+        for metric in ("loss", "accuracy"):
+            rows = (live / "plots" / "metrics" / split / f"{metric}.tsv").read_text().splitlines()
+            assert rows[0] == f"step\t{metric}" and len(rows) == 3
+
+
+def test_no_validation(tmp_path: Path, splits: dict) -> None:
+    _, history, live = train(tmp_path, splits, "live", with_val=False)
+    assert set(history) == {"loss", "accuracy"}
+    assert not (live / "plots" / "metrics" / "eval").exists()
+
+
+def test_dropout_schedule_and_other_optimizer(tmp_path: Path, splits: dict) -> None:
+    """Dropout draws (training=True), a one-cycle schedule and SGD all run inside the graph loop, deterministically."""
+    values = {"model.dropout": 0.2, "train.lr_schedule": "one_cycle", "train.optimizer": "sgd",
+              "train.learning_rate": 0.05}
+    first, history, _ = train(tmp_path, splits, "a", **values)
+    second, _, _ = train(tmp_path, splits, "b", **values)
+    assert weights_digest(first) == weights_digest(second)
+    # The schedule ended at its last step: one optimizer step per batch, tail included (2 epochs x 32 batches).
+    assert int(first.optimizer.iterations.numpy()) == 2 * 32
+    assert history["loss"][1] < history["loss"][0]
+
+
+def test_cnn_with_batch_norm_trains(tmp_path: Path, splits: dict) -> None:
+    """Batch-norm moving statistics are updated by the loop (they would stay 0/1 otherwise)."""
+    values = {"model.type": "cnn", "model.cnn.filters": [4], "model.cnn.dense": 8, "train.epochs": 1}
+    model, history, _ = train(tmp_path, splits, "a", **values)
+    norm = next(layer for layer in model.layers if "batch_normalization" in layer.name)
+    assert np.abs(norm.moving_mean.numpy()).max() > 0
+    assert np.isfinite(history["loss"][0])
+
+
+def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
+    """Not a terminal: each epoch prints exactly one progress line (stderr), and no bar."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from tests.test_training import mirror_splits, params_with\n"
+        "from mnist_pipeline.training import train_model\n"
+        f"s = mirror_splits(Path({str(mirror_root)!r}), 500, 100)\n"
+        f"p = params_with(Path({str(tmp_path)!r}), {{'train.epochs': 3}})\n"
+        f"train_model(p, *s['train'], *s['val'], Path({str(tmp_path / 'live')!r}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split(" - ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("val_accuracy" in line for line in lines)
