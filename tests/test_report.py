@@ -44,6 +44,8 @@ def test_report_on_two_commits(tiny_project: Project) -> None:
     cells = table_row(report, "metrics/evaluate.json", "accuracy")
     assert float(cells[2]) == pytest.approx(before, abs=1e-4) and float(cells[3]) == pytest.approx(after, abs=1e-4)
 
+    # Headline metrics first; the per-class rows fold away below them.
+    assert report.index(" accuracy ") < report.index("<details>") < report.index(" per_class.")
     assert table_row(report, "params.yaml", "train.epochs")[2:4] == ["1", "2"]
 
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
