@@ -1,0 +1,109 @@
+"""Diffs across commits work from a fresh `git clone` with no DVC cache and no remote.
+
+Metrics and plot data are `cache: false` outputs committed to git, so a clone has everything
+`dvc metrics diff`, `dvc params diff` and `dvc plots diff` need. Two commits differ in
+`train.epochs` (1 -> 2); every metrics file, the one param and every plot must show it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import Project, make_project
+
+pytestmark = pytest.mark.slow
+
+BASE_PARAMS = {"preprocess.val_size": 100, "train.epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
+    root = tmp_path_factory.mktemp("diffs")
+    origin = make_project(root / "origin", mirror_root, BASE_PARAMS)
+    origin.repro()
+    origin.commit("1 epoch")
+    origin.set_params({"train.epochs": 2})
+    assert "train" in origin.repro()
+    origin.commit("2 epochs")
+    subprocess.run(["git", "clone", "-q", str(origin.path), str(root / "clone")], check=True, env=origin.env)
+    return Project(root / "clone", None)
+
+
+def declared(clone: Project) -> tuple[list[str], list[str]]:
+    """Metrics files and plot ids from dvc.yaml: top-level entries and those of every stage."""
+    spec = yaml.safe_load((clone.path / "dvc.yaml").read_text())
+
+    def names(entries: list[Any]) -> list[str]:
+        return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+    metrics = names(spec.get("metrics", [])) + [m for s in spec["stages"].values() for m in names(s.get("metrics", []))]
+    plots = names(spec.get("plots", [])) + [p for s in spec["stages"].values() for p in names(s.get("plots", []))]
+    return metrics, plots
+
+
+def dvc_json(clone: Project, *args: str) -> Any:
+    return json.loads(clone.dvc(*args, "--json").stdout)
+
+
+def test_clone_has_no_dvc_cache(clone: Project) -> None:
+    cache = clone.path / ".dvc" / "cache"
+    assert not cache.exists() or not any(cache.rglob("*")), "the clone should start without a DVC cache"
+    assert not (clone.path / "models" / "model.keras").exists()
+
+
+def test_metrics_diff_shows_every_metrics_file_changed(clone: Project) -> None:
+    diff = dvc_json(clone, "metrics", "diff", "HEAD~1")
+    metrics, _ = declared(clone)
+    assert metrics, "dvc.yaml declares no metrics"
+    for file in metrics:
+        assert file in diff, f"{file} missing from `dvc metrics diff`: {sorted(diff)}"
+        assert any(v["old"] != v["new"] for v in diff[file].values()), f"{file}: no value changed"
+    train_metrics = next(f for f in metrics if f.startswith("metrics/train"))
+    assert diff[train_metrics]["step"] == {"old": 0, "new": 1, "diff": 1}
+
+
+def test_params_diff_shows_exactly_the_changed_param(clone: Project) -> None:
+    diff = dvc_json(clone, "params", "diff", "HEAD~1")
+    assert diff == {"params.yaml": {"train.epochs": {"old": 1, "new": 2, "diff": 1}}}
+
+
+def test_plots_diff_shows_both_revisions_and_the_change(clone: Project, tmp_path: Path) -> None:
+    result = dvc_json(clone, "plots", "diff", "HEAD~1", "-o", str(tmp_path))
+    assert not result.get("errors"), result.get("errors")
+    _, plots = declared(clone)
+    assert plots, "dvc.yaml declares no plots"
+    for plot in plots:
+        assert plot in result["data"], f"{plot} missing from `dvc plots diff`: {sorted(result['data'])}"
+        by_rev: dict[str, list[Any]] = defaultdict(list)
+        for entry in result["data"][plot]:
+            if entry["type"] == "vega":
+                for row in entry["content"]["data"]["values"]:
+                    by_rev[row["rev"]].append({k: v for k, v in row.items() if k != "rev"})
+            else:
+                (rev,) = entry["revisions"]
+                by_rev[rev].append(Path(entry["url"]).read_bytes())
+        assert set(by_rev) == {"workspace", "HEAD~1"}, f"{plot}: revisions {sorted(by_rev)}"
+        assert by_rev["workspace"] != by_rev["HEAD~1"], f"{plot}: the same in both revisions"
+
+
+def test_per_epoch_plots_have_one_point_per_epoch(clone: Project, tmp_path: Path) -> None:
+    """Every per-step curve (loss, accuracy; train and validation) has 1 point at HEAD~1 and 2 now."""
+    result = dvc_json(clone, "plots", "diff", "HEAD~1", "-o", str(tmp_path))
+    curves = 0
+    for entries in result["data"].values():
+        for entry in entries:
+            rows = entry["content"]["data"]["values"] if entry["type"] == "vega" else []
+            if not rows or "step" not in rows[0]:
+                continue
+            for filename in {r["filename"] for r in rows}:
+                curves += 1
+                steps = {rev: sorted(int(r["step"]) for r in rows if (r["rev"], r["filename"]) == (rev, filename))
+                         for rev in ("HEAD~1", "workspace")}
+                assert steps == {"HEAD~1": [0], "workspace": [0, 1]}, f"{filename}: steps {steps}"
+    assert curves >= 2, "expected per-epoch curves for training and validation"

@@ -1,0 +1,161 @@
+"""Only changed stages rerun: for every param key and for code edits, `dvc repro` runs exactly what it should.
+
+One project for the module (tiny real MNIST, a validation split so `preprocess.seed` matters).
+Each case starts from the committed, reproduced baseline (`git checkout HEAD -- .` then
+`dvc checkout`) and costs one `dvc repro`.
+
+Expected stages for a param change (the rule):
+1. every stage that declares the key reruns (DVC sees the param change);
+2. such a stage's outputs change only if it really read the key in this configuration (the
+   baseline repro is traced) and the key is not in OUTPUT_INVARIANT;
+3. a stage downstream of a changed output reruns, and its own outputs count as changed,
+   except where SKIPPED names it: it depends on the stage but not on the files that changed.
+Keys read only under another configuration (CNN keys while `model.type` is mlp) thus rerun
+train, whose model comes out byte-identical, so evaluate and predict-sample are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
+from dvc_spec import choices, covers, expand, leaf_params, load_stages
+
+from mnist_pipeline.params import SCHEMA, validate
+
+pytestmark = pytest.mark.slow
+
+BASE_PARAMS = {"preprocess.val_size": 100}
+# Keys that rerun their stage without changing its output bytes.
+OUTPUT_INVARIANT = {
+    # Files are accepted only when their pinned checksums match: where they came from leaves no trace.
+    "download.mirrors": "the local mirror is tried first and serves the same checksummed files",
+    "download.timeout_s": "checksummed files, whatever the timeout",
+    "download.retries": "checksummed files, whatever the retries",
+}
+# Stages downstream of a changed stage that still skip, because the files they read did not change.
+SKIPPED = {
+    "preprocess.test_limit": {"train": "only x_test/y_test change; train reads the train and val arrays"},
+}
+LEAVES = leaf_params(PROJECT_ROOT)
+STAGES = load_stages(PROJECT_ROOT)
+UNREACHABLE_MIRROR = "https://unused.invalid/"
+
+
+def other_value(key: str, value: Any) -> Any:
+    """Another value the schema accepts: the next choice, the flipped bool, the number nudged up."""
+    if choices(key):
+        candidates: list[Any] = [c for c in choices(key) if c != value]
+    elif isinstance(value, bool):
+        candidates = [not value]
+    elif isinstance(value, int):
+        candidates = [value + 1, value - 1]
+    elif isinstance(value, float):
+        candidates = [value * 2, value + 0.25, value / 2]
+    elif isinstance(value, list):
+        candidates = [[value[0] + 1, *value[1:]]] if value else [[8]]
+    elif isinstance(value, dict):  # mirrors: one more (never reached) public URL per data set
+        candidates = [{k: [*v, UNREACHABLE_MIRROR] for k, v in value.items()}]
+    else:
+        candidates = []
+    for candidate in candidates:
+        if candidate != value and SCHEMA[key].convert(candidate) is not None:
+            return candidate
+    raise AssertionError(f"no other valid value for {key} = {value!r}: teach other_value() one")
+
+
+def expected_stages(key: str, read: dict[str, set[str]]) -> set[str]:
+    """The rule in the module docstring, applied to dvc.yaml as it is now."""
+    declaring = {name for name, stage in STAGES.items() if key in expand(stage.params, LEAVES)}
+    changed = {name for name in declaring if key in read[name] and key not in OUTPUT_INVARIANT}
+    expected = set(declaring)
+    for name, stage in STAGES.items():  # dvc.yaml order is topological
+        if name in expected or name in SKIPPED.get(key, {}):
+            continue
+        upstream_outs = [o for c in changed for o in STAGES[c].outs]
+        if any(covers(d, o) or covers(o, d) for d in stage.deps for o in upstream_outs):
+            expected.add(name)
+            changed.add(name)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
+    project = make_project(tmp_path_factory.mktemp("rerun") / "repo", mirror_root, BASE_PARAMS)
+    trace = project.path.parent / "trace.jsonl"
+    result = project.dvc("repro", env={**project.env, "MNIST_PIPELINE_TRACE": str(trace)})
+    assert ran_stages(result.stdout + result.stderr) == list(STAGES)
+    read: dict[str, set[str]] = {name: set() for name in STAGES}
+    by_file = {stage.module.replace(".", "/") + ".py": name for name, stage in STAGES.items()}
+    for line in trace.read_text().splitlines():
+        record = json.loads(line)
+        read[by_file[Path(record["argv"][0]).relative_to(project.path).as_posix()]] |= set(record["params"])
+    project.read = read  # type: ignore[attr-defined]
+    project.commit("baseline: reproduced, metrics and dvc.lock committed")
+    return project
+
+
+def reset(project: Project) -> None:
+    """Back to the committed baseline: params, code, dvc.lock and metrics from git, the rest from the cache.
+
+    A reset that missed something shows up as an extra stage in the next case's repro.
+    """
+    project.git("checkout", "HEAD", "--", ".")
+    project.dvc("checkout", "--force")
+
+
+def test_other_values_are_valid() -> None:
+    """Every key gets another value, and params.yaml with it still validates as a whole."""
+    for key, value in LEAVES.items():
+        tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+        set_dotted(tree, key, other_value(key, value))
+        validate(tree, "params.yaml")
+
+
+@pytest.mark.parametrize("key", list(LEAVES))
+def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: str) -> None:
+    reset(project)
+    value = leaf_params(project.path)[key]
+    new = other_value(key, value)
+    project.set_params({key: new})
+    ran = project.repro()
+    expected = expected_stages(key, project.read)  # type: ignore[attr-defined]
+    assert len(ran) == len(set(ran)), f"a stage ran twice: {ran}"
+    assert set(ran) == expected, f"{key}: {value!r} -> {new!r} ran {ran}, expected {sorted(expected)}"
+
+
+def test_second_repro_runs_nothing(project: Project) -> None:
+    reset(project)
+    assert project.repro() == []
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_editing_stage_code_reruns_only_that_stage(project: Project, name: str) -> None:
+    """A comment changes the code hash, not the outputs: the stage reruns and, its bytes equal, nothing after it."""
+    reset(project)
+    code = project.path / (STAGES[name].module.replace(".", "/") + ".py")
+    code.write_text(code.read_text() + "# touched by test_rerun\n")
+    assert project.repro() == [name]
+
+
+def _one_module_per_declarer_set() -> list[str]:
+    """Shared modules grouped by which stages declare them; one module stands for each group."""
+    groups: dict[frozenset[str], str] = {}
+    modules = sorted({d for s in STAGES.values() for d in s.code_deps if d.startswith("mnist_pipeline/")})
+    for module in modules:
+        groups.setdefault(frozenset(n for n, s in STAGES.items() if module in s.deps), module)
+    return list(groups.values())
+
+
+@pytest.mark.parametrize("module", _one_module_per_declarer_set())
+def test_editing_shared_module_reruns_exactly_its_declarers(project: Project, module: str) -> None:
+    reset(project)
+    path = project.path / module
+    path.write_text(path.read_text() + "# touched by test_rerun\n")
+    declarers = {n for n, s in STAGES.items() if module in s.deps}
+    ran = project.repro()
+    assert len(ran) == len(set(ran)) and set(ran) == declarers, f"{module}: ran {ran}, expected {sorted(declarers)}"
