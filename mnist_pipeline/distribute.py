@@ -74,7 +74,7 @@ def is_chief(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The strategy named by `train.strategy`. Create it first: TF needs it before any other op runs."""
+    """The strategy named by `train.strategy`. Create it before building models: multi_worker sets up collectives."""
     import tensorflow as tf
 
     if name == "default":
