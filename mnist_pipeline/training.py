@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # Updates of the live bar per epoch on a terminal; CI logs get one line per epoch and one call per epoch.
 BAR_UPDATES = 20
 
-EpochFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+EpochFn = Callable[[np.ndarray, np.ndarray], tuple[float, float]]
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -101,27 +101,29 @@ def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: in
         model.optimizer.apply(gradients, model.trainable_variables)
         return loss, _accuracy_sum(yb, y_pred)
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def run_batch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """One batch of any size: the partial last batch, traced only when the data has one."""
         loss, correct = step(tf.gather(x, idx), tf.gather(y, idx))
         return loss * tf.cast(tf.shape(idx)[0], tf.float32), correct
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, batch_size], tf.int32),  # full batches: a static batch shape in the loop
-            tf.TensorSpec([None], tf.int32),  # the partial last batch, possibly empty
-        ]
-    )
-    def run(batches: tf.Tensor, tail: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int32)])
+    def run_full(batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Full batches in a graph loop: a static batch shape, no Python between steps."""
         loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
         for i in tf.range(tf.shape(batches)[0]):
-            batch_loss, batch_correct = run_batch(batches[i])
-            loss_sum += batch_loss
-            correct += batch_correct
-        if tf.size(tail) > 0:
-            batch_loss, batch_correct = run_batch(tail)
-            loss_sum += batch_loss
+            idx = batches[i]
+            loss, batch_correct = step(tf.gather(x, idx), tf.gather(y, idx))
+            loss_sum += loss * batch_size
             correct += batch_correct
         return loss_sum, correct
+
+    def run(batches: np.ndarray, tail: np.ndarray) -> tuple[float, float]:
+        loss_sum, correct = run_full(batches) if len(batches) else (0.0, 0.0)
+        if len(tail):
+            tail_loss, tail_correct = run_batch(tail)
+            loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
+        return float(loss_sum), float(correct)
 
     return run
 
@@ -131,7 +133,7 @@ def _run_epoch(run: EpochFn, batches: np.ndarray, tail: np.ndarray, n: int, labe
     no_tail = np.zeros(0, np.int32)
     if not progress.interactive():
         loss_sum, correct = run(batches, tail)
-        return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n}
+        return {"loss": loss_sum / n, "accuracy": correct / n}
     steps = len(batches) + (len(tail) > 0)
     chunk = max(1, math.ceil(len(batches) / BAR_UPDATES))
     loss_sum = correct = 0.0
@@ -140,7 +142,7 @@ def _run_epoch(run: EpochFn, batches: np.ndarray, tail: np.ndarray, n: int, labe
             part = batches[start : start + chunk]
             last = start + chunk >= len(batches)
             part_loss, part_correct = run(part, tail if last else no_tail)
-            loss_sum, correct = loss_sum + float(part_loss), correct + float(part_correct)
+            loss_sum, correct = loss_sum + part_loss, correct + part_correct
             bar.update(len(part) + (last and len(tail) > 0))
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
