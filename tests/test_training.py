@@ -147,3 +147,15 @@ def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
     assert [line.split(" - ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all("val_accuracy" in line for line in lines)
+
+
+def test_terminal_chunks_give_identical_weights(tmp_path: Path, splits: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal an epoch runs in BAR_UPDATES calls to move the bar; the weights must not notice."""
+    from mnist_pipeline import progress
+
+    plain, history_plain, _ = train(tmp_path, splits, "a")
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    chunked, history_chunked, _ = train(tmp_path, splits, "b")
+    assert weights_digest(plain) == weights_digest(chunked)
+    assert history_plain["val_accuracy"] == history_chunked["val_accuracy"]
+    assert history_plain["loss"] == pytest.approx(history_chunked["loss"], rel=1e-6)
