@@ -44,6 +44,9 @@ def run(names: list[str], seeds: list[int] | None) -> None:
         args, default_seeds = ROWS[name]
         for seed in seeds if seeds is not None else default_seeds:
             command = f"dvc exp run -n {name}-s{seed} {args} -S train.seed={seed}".replace("  ", " ")
+            # `dvc exp run` leaves the experiment's params in the workspace and applies -S on top of them:
+            # start every run from the committed params.yaml, so each row differs from the defaults only by its -S.
+            subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml"], check=True)
             load = os.getloadavg()[0]
             start = time.monotonic()
             result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
