@@ -76,9 +76,10 @@ def table() -> None:
         train = [r["train_s"] for r in rows]
         seeds = ",".join(str(r["seed"]) for r in rows)
         args = ROWS[name][0]
-        print(f"| {name} | `dvc exp run {args} -S train.seed=S` (S={seeds}) | {statistics.mean(acc):.4f} "
-              f"({min(acc):.4f}-{max(acc):.4f}) | {statistics.mean(train):.0f} s "
-              f"(load {statistics.mean(r['load_start'] for r in rows):.1f}) |")
+        command = " ".join(["dvc exp run", *([args] if args else []), "-S train.seed=S"])
+        load = statistics.mean(r["load_start"] for r in rows)
+        print(f"| {name} | `{command}` (S={seeds}) | {statistics.mean(acc):.4f} ({min(acc):.4f}-{max(acc):.4f}) "
+              f"| {statistics.mean(train):.0f} s ({min(train):.0f}-{max(train):.0f}), load {load:.1f} |")
 
 
 def main() -> None:
