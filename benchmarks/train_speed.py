@@ -1,6 +1,6 @@
 """Train-stage speed against the tutorial's own code, and the pipeline's cost end to end.
 
-    python benchmarks/train_speed.py [--runs 3]        (or `make bench`)
+    python benchmarks/train_speed.py [--runs 5] [--skip-pipeline]     (or `make bench`)
 
 In one run on the same data it alternates the tutorial's script (benchmarks/tutorial.py) and our
 `train_model` at the default params, each in a fresh subprocess (a fresh TensorFlow), seeds 0..runs-1
@@ -176,7 +176,7 @@ def load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs of each side, alternating; seeds 0..runs-1")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each side, alternating; seeds 0..runs-1")
     parser.add_argument("--skip-pipeline", action="store_true", help="only the fit comparison")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
