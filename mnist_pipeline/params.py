@@ -136,6 +136,7 @@ SCHEMA: dict[str, Rule] = {
     "train.lr_schedule": _choice(("constant", "one_cycle")),
     "train.seed": _int(0),
     "train.cpu_threads": _int(0, 64),
+    "train.strategy": _choice(("default", "mirrored", "multi_worker")),
     "evaluate.batch_size": _int(1),
     "predict.count": _int(1, 100),
     "predict.start": _int(0),

@@ -27,6 +27,7 @@ from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
 from mnist_pipeline import progress
+from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.models import N_CLASSES, build_model, make_optimizer
 
 if TYPE_CHECKING:
@@ -147,27 +148,16 @@ def _run_epoch(run: EpochFn, batches: np.ndarray, tail: np.ndarray, n: int, labe
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
 
-def train_model(
-    params: Params,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    live_dir: Path,
-) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build, compile and train the model; returns it with the per-epoch history (as fit's History)."""
-    set_cpu_threads(params["train.cpu_threads"])
-    seed, epochs, batch_size = params["train.seed"], params["train.epochs"], params["train.batch_size"]
-    make_deterministic(seed)
-    model = build_model(params)
-    total_steps = epochs * math.ceil(len(y_train) / batch_size)
-    model.compile(
-        optimizer=make_optimizer(
-            params["train.optimizer"], params["train.learning_rate"], params["train.lr_schedule"], total_steps
-        ),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+def _compiled_loop(
+    model: keras.Model,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    callbacks: keras.callbacks.CallbackList,
+) -> dict[str, list[float]]:
+    """The single-device path: each epoch one `tf.function` call, logs through the callbacks."""
+    x_train, y_train, x_val, y_val = data
     x, y = tf.convert_to_tensor(x_train), tf.convert_to_tensor(one_hot(y_train))
     # Build the loss and the optimizer's slots outside the graph loop (variables cannot be created inside it);
     # a training=False call changes no state and draws no random numbers.
@@ -179,8 +169,6 @@ def train_model(
         val_epoch = make_epoch_fn(model, xv, yv, batch_size, train=False)
         val_batches, val_tail = batch_plan(len(y_val), batch_size, None)  # fit's batches: in order
 
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    callbacks = keras.callbacks.CallbackList([DVCLiveCallback(live=live)], model=model)
     history: dict[str, list[float]] = {}
     rng = np.random.default_rng(seed)
     model.stop_training = False
@@ -201,4 +189,54 @@ def train_model(
         if model.stop_training:
             break
     callbacks.on_train_end()
-    return model, history
+    return history
+
+
+def train_model(
+    params: Params,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    live_dir: Path | None,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build, compile and train the model; returns it with the per-epoch history (as fit's History).
+
+    `live_dir` None logs nothing: a worker of a multi-worker cluster that is not the chief.
+    With `train.strategy` other than `default`, Keras' own `fit` runs under the strategy (the
+    compiled loop above is single-device); `train.batch_size` is then the global batch.
+    """
+    set_cpu_threads(params["train.cpu_threads"])
+    seed, epochs, batch_size = params["train.seed"], params["train.epochs"], params["train.batch_size"]
+    strategy_name = params["train.strategy"]
+    # Before any model: multi_worker sets up its collectives when created.
+    strategy = make_strategy(strategy_name)
+    make_deterministic(seed)
+    total_steps = epochs * math.ceil(len(y_train) / batch_size)
+    with strategy.scope():
+        model = build_model(params)
+        model.compile(
+            optimizer=make_optimizer(
+                params["train.optimizer"], params["train.learning_rate"], params["train.lr_schedule"], total_steps
+            ),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+    loggers = []
+    if live_dir is not None:
+        loggers.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)))
+    if strategy_name == "default":
+        callbacks = keras.callbacks.CallbackList(loggers, model=model)
+        history = _compiled_loop(model, (x_train, y_train, x_val, y_val), epochs, batch_size, seed, callbacks)
+        return model, history
+    check_batch_size(batch_size, strategy)
+    fitted = model.fit(
+        x_train,
+        one_hot(y_train),
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=(x_val, one_hot(y_val)) if len(y_val) else None,
+        callbacks=loggers,
+        verbose=1 if progress.interactive() else 2,
+    )
+    return model, {key: [float(v) for v in values] for key, values in fitted.history.items()}

@@ -224,3 +224,45 @@ def test_two_workers_on_loopback_train_and_only_the_chief_saves(tmp_path: Path, 
     assert distributed.keys() == alone.keys()
     for name in distributed:
         np.testing.assert_allclose(distributed[name], alone[name], atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_train_stage_as_two_workers_only_the_chief_writes(tmp_path: Path, mirror_root: Path) -> None:
+    """The real train stage (`train.strategy: multi_worker`) in two processes on loopback ports."""
+    import shutil
+
+    from conftest import make_project
+
+    project = make_project(tmp_path / "chief", mirror_root, {"train.strategy": "multi_worker"})
+    project.dvc("repro", "preprocess")
+    # The other worker has the same code, params and prepared data, as after `dvc pull data/prepared`.
+    other = tmp_path / "worker1"
+    shutil.copytree(project.path, other, ignore=shutil.ignore_patterns(".dvc", ".git"))
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    command = [sys.executable, "-m", "stages.train", "data/prepared", "models", "metrics/train"]
+    env = {k: v for k, v in project.env.items() if k != TF_CONFIG_ENV}
+    workers = [
+        subprocess.Popen(command, cwd=cwd, env={**env, **tf_config(cluster, "worker", i)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, cwd in enumerate((project.path, other))
+    ]
+    try:
+        for worker in workers:
+            try:
+                _, stderr = worker.communicate(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                _, stderr = worker.communicate()
+            assert worker.returncode == 0, f"worker exited {worker.returncode}\n{stderr[-3000:]}"
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+
+    assert (project.path / "models" / "model.keras").is_file()
+    assert (project.path / "models" / "model.weights.h5").is_file()
+    logged = json.loads((project.path / "metrics" / "train" / "metrics.json").read_text())
+    assert logged["train"]["accuracy"] > 0.2, logged  # chance is 0.1
+    assert not (other / "models").exists(), "a non-chief worker wrote a model"
+    assert not (other / "metrics" / "train").exists(), "a non-chief worker wrote training logs"
