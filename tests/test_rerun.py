@@ -36,6 +36,8 @@ OUTPUT_INVARIANT = {
     "download.mirrors": "the local mirror is tried first and serves the same checksummed files",
     "download.timeout_s": "checksummed files, whatever the timeout",
     "download.retries": "checksummed files, whatever the retries",
+    # Measured: 1 and 2 threads give the same model bytes under TF's op determinism (speed only).
+    "train.cpu_threads": "thread count changes speed, not the trained weights",
 }
 # Stages downstream of a changed stage that still skip, because the files they read did not change.
 SKIPPED = {
