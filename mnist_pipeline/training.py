@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,32 @@ def set_cpu_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         progress.say(f"train: train.cpu_threads = {threads} not applied: TensorFlow already started in this process")
+
+
+class BackgroundDVCLiveCallback(DVCLiveCallback):
+    """dvclive's Keras callback, its `Live` built on a helper thread while the first epoch trains.
+
+    Building a `Live` opens the DVC repo (imports and git reads: about 0.5 s of CPU), pure Python
+    that needs no training result; the epoch loop runs in TensorFlow without the GIL, so the two
+    overlap on a second core. The first `live` access (end of epoch 1) waits for it if needed.
+    """
+
+    def __init__(self, live_dir: Path) -> None:
+        keras.callbacks.Callback.__init__(self)
+        self.save_weights_only = False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvclive-init")
+        self._pending: Future[Live] = self._pool.submit(
+            Live, dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None
+        )
+        self._pool.shutdown(wait=False)
+
+    @property
+    def live(self) -> Live:  # type: ignore[override]
+        return self._pending.result()
+
+    @live.setter
+    def live(self, value: Live) -> None:  # DVCLiveCallback's API; only ever the pending one here
+        raise AttributeError("BackgroundDVCLiveCallback builds its own Live")
 
 
 def make_deterministic(seed: int) -> None:
@@ -222,9 +249,9 @@ def train_model(
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
-    loggers = []
+    loggers: list[keras.callbacks.Callback] = []
     if live_dir is not None:
-        loggers.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)))
+        loggers.append(BackgroundDVCLiveCallback(live_dir))
     if strategy_name == "default":
         callbacks = keras.callbacks.CallbackList(loggers, model=model)
         history = _compiled_loop(model, (x_train, y_train, x_val, y_val), epochs, batch_size, seed, callbacks)
