@@ -4,7 +4,7 @@ Uses the pipeline's own model builders and optimizer (mnist_pipeline/models.py) 
 training set minus a stratified validation split, so choices are made without looking at the test set
 (test accuracy is printed too, for the record). Run from the project root:
 
-    DATASET_MIRROR=/path/to/datasets python docs/tune.py --tag A --lr 0.003 --epochs 6
+    DATASET_MIRROR=/path/to/datasets python experiments/tune.py --tag A --lr 0.003 --epochs 6
 """
 
 from __future__ import annotations

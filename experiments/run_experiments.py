@@ -2,8 +2,9 @@
 
 Run it in a clone, never in the main checkout (experiments rewrite params.yaml, dvc.lock and metrics/):
 
-    git clone . /tmp/exp && cd /tmp/exp && DATASET_MIRROR=... python docs/run_experiments.py run tutorial lr-0.005
-    python docs/run_experiments.py table            # markdown rows from results.jsonl
+    git clone . /tmp/exp && cd /tmp/exp
+    DATASET_MIRROR=... python experiments/run_experiments.py run tutorial lr-0.005
+    python experiments/run_experiments.py table            # markdown rows from results.jsonl
 
 Each result line records the exact command, the test accuracy from metrics/evaluate.json, the training time
 (the sum of the epoch times the train stage prints), the wall time of `dvc exp run` and the load average.
