@@ -16,6 +16,7 @@ train, whose model comes out byte-identical, so evaluate and predict-sample are 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,25 @@ def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Proj
     return project
 
 
-def reset(project: Project) -> None:
-    """Back to the committed baseline: params, code, dvc.lock and metrics from git, the rest from the cache.
+_case_numbers = itertools.count()
 
-    A reset that missed something shows up as an extra stage in the next case's repro.
+
+def reset(project: Project) -> Project:
+    """A fresh clone of the committed baseline, its DVC outputs checked out from the baseline's cache.
+
+    Each case gets its own working tree. An in-place reset (`git checkout HEAD -- .` then
+    `dvc checkout --force`) now and then left a previous case's outputs behind when cases followed
+    each other quickly (seen on a quiet machine, never under load), and the next case then ran an
+    extra stage; a clone cannot inherit anything from the case before it.
     """
-    project.git("checkout", "HEAD", "--", ".")
-    project.dvc("checkout", "--force")
+    path = project.path.parent / f"case-{next(_case_numbers)}"
+    project.run("git", "clone", "-q", str(project.path), str(path))
+    case = Project(path, None)
+    case.env = project.env
+    case.dvc("config", "--local", "cache.dir", str(project.path / ".dvc" / "cache"))
+    case.dvc("checkout", "--force")
+    assert case.repro() == [], "the clone of the baseline is not up to date"
+    return case
 
 
 def test_other_values_are_valid() -> None:
@@ -120,28 +133,28 @@ def test_other_values_are_valid() -> None:
 
 @pytest.mark.parametrize("key", list(LEAVES))
 def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: str) -> None:
-    reset(project)
-    value = leaf_params(project.path)[key]
+    case = reset(project)
+    value = leaf_params(case.path)[key]
     new = other_value(key, value)
-    project.set_params({key: new})
-    ran = project.repro()
+    case.set_params({key: new})
+    ran = case.repro()
     expected = expected_stages(key, project.read)  # type: ignore[attr-defined]
     assert len(ran) == len(set(ran)), f"a stage ran twice: {ran}"
     assert set(ran) == expected, f"{key}: {value!r} -> {new!r} ran {ran}, expected {sorted(expected)}"
 
 
 def test_second_repro_runs_nothing(project: Project) -> None:
-    reset(project)
-    assert project.repro() == []
+    case = reset(project)
+    assert case.repro() == []
 
 
 @pytest.mark.parametrize("name", STAGES)
 def test_editing_stage_code_reruns_only_that_stage(project: Project, name: str) -> None:
     """A comment changes the code hash, not the outputs: the stage reruns and, its bytes equal, nothing after it."""
-    reset(project)
-    code = project.path / (STAGES[name].module.replace(".", "/") + ".py")
+    case = reset(project)
+    code = case.path / (STAGES[name].module.replace(".", "/") + ".py")
     code.write_text(code.read_text() + "# touched by test_rerun\n")
-    assert project.repro() == [name]
+    assert case.repro() == [name]
 
 
 def _one_module_per_declarer_set() -> list[str]:
@@ -155,9 +168,9 @@ def _one_module_per_declarer_set() -> list[str]:
 
 @pytest.mark.parametrize("module", _one_module_per_declarer_set())
 def test_editing_shared_module_reruns_exactly_its_declarers(project: Project, module: str) -> None:
-    reset(project)
-    path = project.path / module
+    case = reset(project)
+    path = case.path / module
     path.write_text(path.read_text() + "# touched by test_rerun\n")
     declarers = {n for n, s in STAGES.items() if module in s.deps}
-    ran = project.repro()
+    ran = case.repro()
     assert len(ran) == len(set(ran)) and set(ran) == declarers, f"{module}: ran {ran}, expected {sorted(declarers)}"
