@@ -1,13 +1,15 @@
 """Run the experiments of docs/experiments.md as `dvc exp run`s over seeds, and print their table.
 
-Run it in a clone, never in the main checkout (experiments rewrite params.yaml, dvc.lock and metrics/):
+Run it from the root of a clone, never in the main checkout (experiments rewrite params.yaml, dvc.lock
+and metrics/):
 
     git clone . /tmp/exp && cd /tmp/exp
     DATASET_MIRROR=... python experiments/run_experiments.py run tutorial lr-0.005
-    python experiments/run_experiments.py table            # markdown rows from results.jsonl
+    python experiments/run_experiments.py table            # markdown rows from experiments/results.jsonl
 
-Each result line records the exact command, the test accuracy from metrics/evaluate.json, the training time
-(the sum of the epoch times the train stage prints), the wall time of `dvc exp run` and the load average.
+Each result line, appended to experiments/results.jsonl next to this script, records the exact command, the
+test accuracy from metrics/evaluate.json, the training time (the sum of the epoch times the train stage
+prints), the wall time of `dvc exp run` and the 1-minute load average at its start and end.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path("results.jsonl")
+RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 EPOCH_LINE = re.compile(r"epoch \d+/\d+ - ([0-9.]+)s - ")
 # name: (arguments after `dvc exp run`, seeds)
 ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
