@@ -257,6 +257,8 @@ def train_model(
         history = _compiled_loop(model, (x_train, y_train, x_val, y_val), epochs, batch_size, seed, callbacks)
         return model, history
     check_batch_size(batch_size, strategy)
+    # Says how many replicas train in step: each worker of a cluster prints it, so a log shows the cluster formed.
+    progress.say(f"train: strategy {strategy_name}, {strategy.num_replicas_in_sync} replicas in sync")
     fitted = model.fit(
         x_train,
         one_hot(y_train),
