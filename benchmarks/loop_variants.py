@@ -1,11 +1,11 @@
-"""The training-loop variants tried for issue 5, each on the tutorial's model and full MNIST, one per process.
+"""The training-loop variants compared in docs/performance.md, each on the tutorial's model and full MNIST.
 
     python benchmarks/loop_variants.py VARIANT [SEED]      (env: THREADS=inter,intra  UNROLL=k  DIRECTLOSS=1)
 
 VARIANT: fit (the tutorial's fit), spe<N> (fit with steps_per_execution=N), loop (Keras' own
 train_step in a whole-epoch tf.function loop), stepxla (that step under XLA), lean (our step:
 forward, compute_loss, optimizer.apply, accuracy as a loop value), leanxla (lean under XLA),
-loopxla (the whole epoch loop under XLA: did not finish in 200 s here). Prints the fit's wall and
+loopxla (the whole epoch loop under XLA: did not finish within 200 s on 2 CPU cores). Prints the fit's wall and
 CPU seconds, test accuracy, and the CPU seconds of each epoch (loop variants). CPU time is the
 steadier measure when other work shares the machine. docs/performance.md has the results.
 """
