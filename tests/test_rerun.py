@@ -1,8 +1,8 @@
 """Only changed stages rerun: for every param key and for code edits, `dvc repro` runs exactly what it should.
 
 One project for the module (tiny real MNIST, a validation split so `preprocess.seed` matters).
-Each case starts from the committed, reproduced baseline (`git checkout HEAD -- .` then
-`dvc checkout`) and costs one `dvc repro`.
+Each case starts from a fresh clone of the committed, reproduced baseline (see `reset`) and
+costs one `dvc repro`.
 
 Expected stages for a param change (the rule):
 1. every stage that declares the key reruns (DVC sees the param change);
@@ -110,7 +110,7 @@ def reset(project: Project) -> Project:
 
     Each case gets its own working tree. An in-place reset (`git checkout HEAD -- .` then
     `dvc checkout --force`) now and then left a previous case's outputs behind when cases followed
-    each other quickly (seen on a quiet machine, never under load), and the next case then ran an
+    each other quickly (a timing race), and the next case then ran an
     extra stage; a clone cannot inherit anything from the case before it.
     """
     path = project.path.parent / f"case-{next(_case_numbers)}"
