@@ -9,8 +9,10 @@ batch" buys.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -226,14 +228,28 @@ def test_two_workers_on_loopback_train_and_only_the_chief_saves(tmp_path: Path, 
         np.testing.assert_allclose(distributed[name], alone[name], atol=1e-6, err_msg=name)
 
 
+# What the train stage prints under a strategy: its own line, then Keras' fit line per epoch (verbose=2).
+REPLICAS_LINE = re.compile(r"^train: strategy (\S+), (\d+) replicas in sync$", re.MULTILINE)
+EPOCH_LINE = re.compile(r"^\d+/\d+ - .*? - loss: ([0-9.e+-]+)", re.MULTILINE)
+STAGE_EPOCHS = 2
+
+
 @pytest.mark.slow
-def test_train_stage_as_two_workers_only_the_chief_writes(tmp_path: Path, mirror_root: Path) -> None:
-    """The real train stage (`train.strategy: multi_worker`) in two processes on loopback ports."""
+def test_train_stage_as_two_workers_trains_two_replicas_in_step_and_only_the_chief_writes(
+    tmp_path: Path, mirror_root: Path
+) -> None:
+    """The real train stage (`train.strategy: multi_worker`) in two processes on loopback ports.
+
+    Seen from outside, in each worker's own output: both report 2 replicas in sync, and both print
+    the same loss for every epoch (the all-reduced loss: two independent trainings on different
+    shards would not agree), which is also the loss the chief logs with dvclive.
+    """
     import shutil
 
     from conftest import make_project
 
-    project = make_project(tmp_path / "chief", mirror_root, {"train.strategy": "multi_worker"})
+    params = {"train.strategy": "multi_worker", "train.epochs": STAGE_EPOCHS}
+    project = make_project(tmp_path / "chief", mirror_root, params)
     project.dvc("repro", "preprocess")
     # The other worker has the same code, params and prepared data, as after `dvc pull data/prepared`.
     other = tmp_path / "worker1"
@@ -246,19 +262,30 @@ def test_train_stage_as_two_workers_only_the_chief_writes(tmp_path: Path, mirror
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i, cwd in enumerate((project.path, other))
     ]
+    outputs = []
     try:
         for worker in workers:
             try:
-                _, stderr = worker.communicate(timeout=TIMEOUT_S)
+                stdout, stderr = worker.communicate(timeout=TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 worker.kill()
-                _, stderr = worker.communicate()
+                stdout, stderr = worker.communicate()
             assert worker.returncode == 0, f"worker exited {worker.returncode}\n{stderr[-3000:]}"
+            outputs.append(stdout + stderr)
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
                 worker.communicate()
+
+    for i, output in enumerate(outputs):
+        assert REPLICAS_LINE.findall(output) == [("multi_worker", "2")], f"worker {i}:\n{output[-3000:]}"
+    losses = [EPOCH_LINE.findall(output) for output in outputs]
+    assert len(losses[0]) == STAGE_EPOCHS, outputs[0][-3000:]
+    assert losses[1] == losses[0], f"per-epoch losses differ: worker 0 {losses[0]}, worker 1 {losses[1]}"
+    with open(project.path / "metrics/train/plots/metrics/train/loss.tsv", newline="") as f:
+        logged_losses = [float(row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
+    assert [f"{v:.4f}" for v in logged_losses] == losses[0]  # as Keras prints them
 
     assert (project.path / "models" / "model.keras").is_file()
     assert (project.path / "models" / "model.weights.h5").is_file()
