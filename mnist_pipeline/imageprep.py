@@ -8,6 +8,7 @@ through the same steps before it is scaled as preprocess scales the data set.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -49,22 +50,34 @@ def _greyscale(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1.0 - alpha)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """A PNG or JPEG file as float64 greyscale (H, W), EXIF rotation applied; errors name the file."""
+def read_image(
+    path: str | os.PathLike[str] | io.BytesIO, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
+    """A PNG or JPEG file as float64 greyscale (H, W), EXIF rotation applied; errors name the file.
+
+    `max_pixels` is checked from the header, before any pixel is decoded: a small file can declare
+    an image too large to hold in memory.
+    """
+    name = str(path) if name is None else name
     try:
         with Image.open(path, formats=FORMATS) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise PipelineError(f"{name}: {image.width}x{image.height} pixels: expected at most "
+                                    f"{max_pixels:,} pixels")
             image = ImageOps.exif_transpose(image)
             image.load()
             return _greyscale(image)
     except FileNotFoundError:
-        raise PipelineError(f"{path}: file not found") from None
+        raise PipelineError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, expected a PNG or JPEG file") from None
+        raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file") from None
     except UnidentifiedImageError:
-        raise PipelineError(f"{path}: not a PNG or JPEG image") from None
+        raise PipelineError(f"{name}: not a PNG or JPEG image") from None
+    except Image.DecompressionBombError as e:
+        raise PipelineError(f"{name}: refused: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         # Truncated or corrupt data after a valid header.
-        raise PipelineError(f"{path}: unreadable image ({e})") from None
+        raise PipelineError(f"{name}: unreadable image ({e})") from None
 
 
 def to_ink(grey: np.ndarray, name: str) -> np.ndarray:
@@ -115,6 +128,11 @@ def prepare_array(grey: np.ndarray, name: str = "image") -> np.ndarray:
 def prepare_file(path: str | os.PathLike[str]) -> np.ndarray:
     """read_image + prepare_array: a file on disk as a (28, 28) uint8 MNIST-style image."""
     return prepare_array(read_image(path), str(path))
+
+
+def prepare_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """read_image + prepare_array for a picture held in memory (an upload): what prepare_file does for a file."""
+    return prepare_array(read_image(io.BytesIO(data), name, max_pixels), name)
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
