@@ -1,8 +1,14 @@
-"""The shared entry-point wrapper: one-line errors, clean exits on Ctrl-C and SIGTERM."""
+"""The one entry-point wrapper of every command, stages and tools alike.
+
+Whatever a command meets ends the same way: a fault the user can act on is one `error:` line on
+stderr and exit 2; Ctrl-C exits 130, SIGTERM and SIGHUP 128 + the signal, each after the atomic
+writers have removed their temporary files; a closed stdout (`| head -1`) ends quietly.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -10,9 +16,12 @@ from typing import NoReturn
 
 from mnist_pipeline.errors import PipelineError
 
+EXIT_FAULT = 2
+EXIT_INTERRUPTED = 130
+
 
 class Terminated(BaseException):
-    """SIGTERM as an exception, so it unwinds through the atomic writers like Ctrl-C does.
+    """SIGTERM or SIGHUP as an exception, so it unwinds through the atomic writers like Ctrl-C does.
 
     A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it.
     """
@@ -32,26 +41,48 @@ def one_line(message: object) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
-def run_stage(main: Callable[..., None], description: str, *arg_names: str) -> None:
-    """Parse the positional path arguments named in dvc.yaml's `cmd` and run `main` with them."""
+def fail(message: object) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _exit_quietly_on_closed_stdout() -> NoReturn:
+    """`cmd | head -1`: the reader left; flushing again at exit would raise once more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(1)
+
+
+def run_command(main: Callable[[], int | None]) -> NoReturn:
+    """Run `main` and exit with its status (0 for None), turning every known fault into one line."""
     signal.signal(signal.SIGTERM, _terminate)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _terminate)
+    try:
+        status = main() or 0
+        sys.stdout.flush()
+    except PipelineError as e:
+        fail(e)
+        sys.exit(EXIT_FAULT)
+    except BrokenPipeError:
+        _exit_quietly_on_closed_stdout()
+    except OSError as e:
+        # A disk, permission or path fault: say where, not how deep.
+        where = f"{e.filename}: " if e.filename else ""
+        fail(f"{where}{e.strerror or e}")
+        sys.exit(EXIT_FAULT)
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C); no partial output was kept")
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated as e:
+        fail(f"terminated ({signal.Signals(e.signum).name}); no partial output was kept")
+        sys.exit(128 + e.signum)
+    sys.exit(status)
+
+
+def run_stage(main: Callable[..., None], description: str | None, *arg_names: str) -> NoReturn:
+    """Parse the positional path arguments named in dvc.yaml's `cmd` and run `main` with them."""
     parser = argparse.ArgumentParser(description=description)
     for name in arg_names:
         parser.add_argument(name)
     args = parser.parse_args()
-    try:
-        main(**vars(args))
-    except PipelineError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        # A disk, permission or path fault met while writing outputs: say where, not how deep.
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{one_line(e.strerror or e)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); no partial output was kept", file=sys.stderr)
-        sys.exit(130)
-    except Terminated as e:
-        print("error: terminated (SIGTERM); no partial output was kept", file=sys.stderr)
-        sys.exit(128 + e.signum)
+    run_command(lambda: main(**vars(args)))

@@ -1,4 +1,4 @@
-"""Turn raw IDX arrays into the float32 (N, 784) arrays the tutorial feeds to Keras."""
+"""Turn a data set's raw IDX arrays into the flattened float32 splits the tutorial feeds to Keras."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.config import PreprocessConfig
+from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
 
-SPLITS = ("train", "val", "test")
-
 
 def scale_images(images: np.ndarray, scale: float, offset: float) -> np.ndarray:
-    """`images / scale - offset` as float32, flattened to (N, 784).
+    """`images / scale - offset` as float32, each image flattened to one row.
 
     A 256-entry lookup table computed in float64 gives exactly the float32 values that the
     tutorial's float64 arithmetic gives after Keras casts it, without a float64 copy of the data.
@@ -44,52 +43,43 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     return train, val
 
 
-def load_raw(raw_dir: str | Path, dataset: str) -> dict[str, np.ndarray]:
-    """The four raw arrays of one data set as written by the download stage."""
-    folder = Path(raw_dir) / dataset
+def load_raw(raw_dir: str | Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
+    """The four raw arrays of one data set as written by the download stage, checked against its spec."""
+    folder = Path(raw_dir) / spec.name
     arrays = {
-        "train_images": read_idx(folder / raw_name(TRAIN_IMAGES), "images"),
+        "train_images": read_idx(folder / raw_name(TRAIN_IMAGES), "images", spec.image_shape),
         "train_labels": read_idx(folder / raw_name(TRAIN_LABELS), "labels"),
-        "test_images": read_idx(folder / raw_name(TEST_IMAGES), "images"),
+        "test_images": read_idx(folder / raw_name(TEST_IMAGES), "images", spec.image_shape),
         "test_labels": read_idx(folder / raw_name(TEST_LABELS), "labels"),
     }
-    for split in ("train", "test"):
+    for split, labels_file in (("train", TRAIN_LABELS), ("test", TEST_LABELS)):
         n_img, n_lab = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
         if n_img != n_lab:
             raise PipelineError(f"{folder}: {split} set has {n_img} images but {n_lab} labels")
+        labels = arrays[f"{split}_labels"]
+        if len(labels) and int(labels.max()) >= spec.n_classes:
+            raise PipelineError(f"{raw_name(labels_file)}: expected labels 0-{spec.n_classes - 1}, "
+                                f"found {int(labels.max())}")
     return arrays
 
 
-def prepare(
-    raw: dict[str, np.ndarray],
-    scale: float,
-    offset: float,
-    val_size: int,
-    seed: int,
-    train_limit: int = 0,
-    test_limit: int = 0,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def prepare(raw: dict[str, np.ndarray], cfg: PreprocessConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(images, labels) per split; limits (0 = all) take the first N images for quick runs."""
     train_images, train_labels = raw["train_images"], raw["train_labels"]
     test_images, test_labels = raw["test_images"], raw["test_labels"]
-    if train_limit:
-        train_images, train_labels = train_images[:train_limit], train_labels[:train_limit]
-    if test_limit:
-        test_images, test_labels = test_images[:test_limit], test_labels[:test_limit]
-    if val_size >= len(train_labels):
+    if cfg.train_limit:
+        train_images, train_labels = train_images[: cfg.train_limit], train_labels[: cfg.train_limit]
+    if cfg.test_limit:
+        test_images, test_labels = test_images[: cfg.test_limit], test_labels[: cfg.test_limit]
+    if cfg.val_size >= len(train_labels):
         raise PipelineError(
-            f"params.yaml: preprocess.val_size = {val_size}: expected fewer than the "
+            f"params.yaml: preprocess.val_size = {cfg.val_size}: expected fewer than the "
             f"{len(train_labels)} training images"
         )
-    train_idx, val_idx = stratified_split(train_labels, val_size, seed)
+    train_idx, val_idx = stratified_split(train_labels, cfg.val_size, cfg.seed)
+    scale, offset = cfg.scale, cfg.offset
     return {
         "train": (scale_images(train_images[train_idx], scale, offset), train_labels[train_idx]),
         "val": (scale_images(train_images[val_idx], scale, offset), train_labels[val_idx]),
         "test": (scale_images(test_images, scale, offset), test_labels),
     }
-
-
-def split_paths(prepared_dir: str | Path, split: str) -> tuple[Path, Path]:
-    """Where preprocess writes a split and where train, evaluate and predict read it."""
-    folder = Path(prepared_dir)
-    return folder / f"x_{split}.npy", folder / f"y_{split}.npy"

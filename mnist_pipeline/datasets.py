@@ -17,14 +17,32 @@ class FileSpec:
     gzip_md5: str  # md5 of upstream's own .gz: a second proof for upstream bytes
 
 
+# MNIST's frame: 28x28 greyscale, the size every data set here shares.
+MNIST_FRAME = 28
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A data set as laid out on mirrors: `<root>/<mirror_dir>/<file>`."""
+    """A data set as laid out on mirrors (`<root>/<mirror_dir>/<file>`), and the shape of its images.
+
+    The one place that knows image size and class count: the prepared arrays, the models and the
+    pictures all take them from here.
+    """
 
     name: str
     mirror_dir: str
     files: tuple[FileSpec, ...]
     class_names: tuple[str, ...]
+    image_shape: tuple[int, int] = (MNIST_FRAME, MNIST_FRAME)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_pixels(self) -> int:
+        """Length of one flattened image, as the prepared arrays hold it."""
+        return self.image_shape[0] * self.image_shape[1]
 
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -58,7 +76,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 "ec29112dd5afa0611ce80d1b7f02629c",
             ),
         ),
-        class_names=tuple(str(d) for d in range(10)),
+        class_names=("0", "1", "2", "3", "4", "5", "6", "7", "8", "9"),
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",

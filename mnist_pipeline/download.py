@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_pipeline import progress
+from mnist_pipeline.config import DownloadConfig
 from mnist_pipeline.datasets import DatasetSpec, FileSpec, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
@@ -132,13 +133,11 @@ def fetch_file(
 def download_dataset(
     spec: DatasetSpec,
     out_dir: str | os.PathLike[str],
-    public_mirrors: list[str],
-    timeout: float,
-    retries: int,
+    cfg: DownloadConfig,
     env_root: str | None = None,
 ) -> list[Path]:
     """All files of `spec` into `out_dir/<dataset>/`, decompressed and verified."""
-    mirrors = mirrors_for(spec, public_mirrors, env_root)
+    mirrors = mirrors_for(spec, cfg.mirrors[spec.name], env_root)
     if not mirrors:
         raise PipelineError(
             f"{spec.name}: no mirrors: set ${MIRROR_ENV} or download.mirrors.{spec.name} in params.yaml"
@@ -148,7 +147,7 @@ def download_dataset(
     for file in spec.files:
         dest = target / raw_name(file.name)
         started = time.perf_counter()
-        mirror = fetch_file(file, mirrors, dest, timeout, retries)
+        mirror = fetch_file(file, mirrors, dest, cfg.timeout_s, cfg.retries)
         size_mb = dest.stat().st_size / 1e6
         progress.say(
             f"download: {file.name} from {mirror.label}: {size_mb:.1f} MB verified "

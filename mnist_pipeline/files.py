@@ -168,13 +168,3 @@ def load_npy(
         raise PipelineError(f"{path}: expected shape {want}, found {array.shape}")
     return array
 
-
-def load_pair(x_path: str | os.PathLike[str], y_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 784) float32 and their labels (N,) uint8, checked to have the same N."""
-    x = load_npy(x_path, np.float32, 2, (784,))
-    y = load_npy(y_path, np.uint8, 1)
-    if len(x) != len(y):
-        raise PipelineError(f"{y_path}: {len(y)} labels for {len(x)} images in {x_path}")
-    if len(y) and int(y.max()) > 9:
-        raise PipelineError(f"{y_path}: labels must be 0-9, found {int(y.max())}")
-    return x, y

@@ -33,8 +33,11 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
-def parse_idx(data: bytes, name: str, kind: str) -> np.ndarray:
-    """Images as (N, rows, cols) uint8 or labels as (N,) uint8, validated against the header."""
+def parse_idx(data: bytes, name: str, kind: str, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Images as (N, rows, cols) uint8 or labels as (N,) uint8, validated against the header.
+
+    `image_shape` is the data set's (rows, cols) when known; None accepts any size.
+    """
     magic = IMAGES_MAGIC if kind == "images" else LABELS_MAGIC
     header_len = 16 if kind == "images" else 8
     # The magic first: a labels file given as images is "wrong magic", not "short header".
@@ -43,26 +46,18 @@ def parse_idx(data: bytes, name: str, kind: str) -> np.ndarray:
     if len(data) < header_len:
         raise PipelineError(f"{name}: expected a {header_len}-byte IDX {kind} header, found {len(data)} bytes")
     dims = struct.unpack(">III" if kind == "images" else ">I", data[4:header_len])
-    if kind == "images" and (dims[1], dims[2]) != (28, 28):
-        raise PipelineError(f"{name}: expected 28x28 images, found {dims[1]}x{dims[2]}")
+    if kind == "images" and image_shape is not None and (dims[1], dims[2]) != tuple(image_shape):
+        raise PipelineError(f"{name}: expected {image_shape[0]}x{image_shape[1]} images, found {dims[1]}x{dims[2]}")
     expected = int(np.prod(dims))
     payload = len(data) - header_len
     if payload != expected:
         what = "image" if kind == "images" else "label"
         raise PipelineError(f"{name}: expected {expected} {what} bytes, found {payload}")
     array = np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
-    if kind == "labels" and len(array) and int(array.max()) > 9:
-        raise PipelineError(f"{name}: expected labels 0-9, found {int(array.max())}")
     return array
 
 
-def read_idx(path: str | os.PathLike[str], kind: str) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], kind: str, image_shape: tuple[int, int] | None = None) -> np.ndarray:
     """`kind` is "images" or "labels"; errors name the file and the problem."""
-    return parse_idx(read_bytes(path), Path(path).name, kind)
+    return parse_idx(read_bytes(path), Path(path).name, kind, image_shape)
 
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """IDX bytes for a uint8 array of images (N, 28, 28) or labels (N,): used by tests and tools."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
-    return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()

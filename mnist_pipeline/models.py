@@ -1,4 +1,4 @@
-"""Build the network named by params, and save it so equal weights give equal bytes."""
+"""Build the network named by the `model` params, and save it so equal weights give equal bytes."""
 
 from __future__ import annotations
 
@@ -15,27 +15,30 @@ from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
 
 if TYPE_CHECKING:
-    from mnist_pipeline.params import Params
+    from mnist_pipeline.config import ModelConfig
+    from mnist_pipeline.datasets import DatasetSpec
 
-N_CLASSES = 10
-N_PIXELS = 784
 # Zip's own epoch: every entry gets it, so a save today and a save tomorrow are the same bytes.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"
 
 
-def build_mlp(hidden: list[int], activation: str, dropout: float) -> keras.Model:
+def build_mlp(
+    hidden: list[int], activation: str, dropout: float, image_shape: tuple[int, int], n_classes: int
+) -> keras.Model:
     """The tutorial's Sequential MLP; defaults give Dense 64 relu, Dense 64 relu, Dense 10 softmax."""
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(N_PIXELS,))]
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(image_shape[0] * image_shape[1],))]
     for width in hidden:
         layers.append(keras.layers.Dense(width, activation=activation))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(N_CLASSES, activation="softmax"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax"))
     return keras.Sequential(layers, name="mlp")
 
 
 def build_cnn(
+    image_shape: tuple[int, int],
+    n_classes: int,
     filters: list[int],
     kernel_size: int,
     dense: int,
@@ -45,14 +48,15 @@ def build_cnn(
     augment_shift: float = 0.0,
     augment_rotation: float = 0.0,
 ) -> keras.Model:
-    """A small convnet on the same (N, 784) arrays: it reshapes to 28x28x1 itself.
+    """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, 1) itself.
 
     One block per entry of `filters`: a convolution (optionally batch-normalised) and a 2x2 max-pool, as in
     the Keras "Simple MNIST convnet"; then dropout, an optional dense layer, softmax. Small on purpose:
     it has to train in minutes on two CPU cores.
     Augmentation layers are Keras' own: active in training only, identity at inference.
     """
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(N_PIXELS,)), keras.layers.Reshape((28, 28, 1))]
+    rows, cols = image_shape
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(rows * cols,)), keras.layers.Reshape((rows, cols, 1))]
     if augment_shift > 0:
         layers.append(keras.layers.RandomTranslation(augment_shift, augment_shift, fill_mode="nearest"))
     if augment_rotation > 0:
@@ -70,27 +74,30 @@ def build_cnn(
         layers.append(keras.layers.Dense(dense, activation=activation))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(N_CLASSES, activation="softmax"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax"))
     return keras.Sequential(layers, name="cnn")
 
 
-def build_model(params: Params) -> keras.Model:
-    """The network described by the `model.*` params (weights drawn from the global seed).
+def build_model(cfg: ModelConfig, spec: DatasetSpec) -> keras.Model:
+    """The network described by the `model` params for the data set's images and classes.
 
-    Only the keys of the chosen `model.type` are read, so an MLP run never records CNN keys.
+    Weights are drawn from the global seed. Only the keys of the chosen `model.type` are read.
     """
-    if params["model.type"] == "cnn":
+    if cfg.type == "cnn":
+        cnn = cfg.cnn
         return build_cnn(
-            params["model.cnn.filters"],
-            params["model.cnn.kernel_size"],
-            params["model.cnn.dense"],
-            params["model.cnn.dropout"],
-            params["model.cnn.batch_norm"],
-            params["model.activation"],
-            params["model.cnn.augment_shift"],
-            params["model.cnn.augment_rotation"],
+            spec.image_shape,
+            spec.n_classes,
+            cnn.filters,
+            cnn.kernel_size,
+            cnn.dense,
+            cnn.dropout,
+            cnn.batch_norm,
+            cfg.activation,
+            cnn.augment_shift,
+            cnn.augment_rotation,
         )
-    return build_mlp(params["model.hidden"], params["model.activation"], params["model.dropout"])
+    return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.image_shape, spec.n_classes)
 
 
 def make_learning_rate(
@@ -158,8 +165,11 @@ def save_weights(model: keras.Model, path: str | os.PathLike[str]) -> None:
         model.save_weights(tmp)
 
 
-def load_model(path: str | os.PathLike[str]) -> keras.Model:
-    """Load with `safe_mode=True`: a shared model file cannot run arbitrary code (Lambda layers)."""
+def load_model(path: str | os.PathLike[str], spec: DatasetSpec) -> keras.Model:
+    """Load with `safe_mode=True`: a shared model file cannot run arbitrary code (Lambda layers).
+
+    The model must map the data set's flattened images to its class probabilities.
+    """
     if not Path(path).is_file():
         raise PipelineError(f"{path}: file not found (run the train stage: dvc repro train)")
     if not zipfile.is_zipfile(path):
@@ -179,7 +189,7 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
         shapes = (tuple(model.input_shape[1:]), tuple(model.output_shape[1:]))
     except (AttributeError, ValueError, TypeError):  # a model without one defined input or output
         shapes = ("unknown",), ("unknown",)
-    if shapes != ((N_PIXELS,), (N_CLASSES,)):
-        raise PipelineError(f"{path}: expected a model from ({N_PIXELS},) images to ({N_CLASSES},) class "
+    if shapes != ((spec.n_pixels,), (spec.n_classes,)):
+        raise PipelineError(f"{path}: expected a model from ({spec.n_pixels},) images to ({spec.n_classes},) class "
                             f"probabilities, found {shapes[0]} to {shapes[1]}")
     return model

@@ -31,10 +31,11 @@ def image_grid(
     captions: Sequence[str],
     path: str | os.PathLike[str],
     title: str,
+    image_shape: tuple[int, int],
     colors: Sequence[str] | None = None,
     columns: int = 5,
 ) -> None:
-    """Flattened 28x28 images in a grid, each captioned (e.g. "pred 7 / true 7")."""
+    """Flattened images of `image_shape` in a grid, each captioned (e.g. "pred 7 / true 7")."""
     count = len(images)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
@@ -42,7 +43,7 @@ def image_grid(
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < count:
-            ax.imshow(images[i].reshape(28, 28), cmap="gray_r")
+            ax.imshow(images[i].reshape(image_shape), cmap="gray_r")
             ax.set_title(captions[i], fontsize=9, color=(colors[i] if colors else "black"))
     figure.suptitle(title)
     figure.tight_layout()

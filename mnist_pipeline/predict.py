@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnist_pipeline.cli import run_command
+from mnist_pipeline.config import PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.imageprep import expand_paths, prepare_file
-from mnist_pipeline.params import load_params
 
 DEFAULT_MODEL = "models/model.keras"
 DEFAULT_PARAMS = "params.yaml"
@@ -36,20 +36,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     parser.add_argument("--top", type=int, default=3, help="how many most likely classes to list (default 3)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="class names to use (default: params.yaml's)")
-    parser.add_argument("--params", default=DEFAULT_PARAMS,
-                        help="params.yaml for data.dataset and preprocess scaling, used when it exists")
+    parser.add_argument("--params",
+                        help=f"params file for data.dataset and preprocess scaling (default: {DEFAULT_PARAMS} when "
+                        "it exists, else MNIST's x/255 - 0.5)")
     args = parser.parse_args(argv)
     if not 1 <= args.top <= 10:
         parser.error(f"--top {args.top}: expected 1 to 10")
     return args
 
 
-def settings(params_path: str, dataset: str | None) -> tuple[str, float, float]:
-    """Dataset name and preprocess scaling: the project's params when present, else the defaults."""
-    if not Path(params_path).is_file():
+def settings(params_path: str | None, dataset: str | None) -> tuple[str, float, float]:
+    """Dataset name and preprocess scaling: the project's params, else the tutorial's defaults.
+
+    Only the default params.yaml may be absent: a path the user gave must exist, or a Fashion-MNIST
+    model would silently get MNIST's class names.
+    """
+    if params_path is None and not Path(DEFAULT_PARAMS).exists():
         return dataset or "mnist", DEFAULT_SCALE, DEFAULT_OFFSET
-    params = load_params(params_path)
-    return dataset or params["data.dataset"], params["preprocess.scale"], params["preprocess.offset"]
+    cfg = load_config(params_path or DEFAULT_PARAMS)
+    preprocess: PreprocessConfig = cfg.preprocess
+    return dataset or cfg.data.dataset, preprocess.scale, preprocess.offset
 
 
 def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[str, ...], top: int) -> list[dict]:
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     # Imported here: TensorFlow takes seconds to load, and bad input should not wait for it.
     from mnist_pipeline.models import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, DATASETS[dataset])
     probabilities = model.predict(scale_images(images, scale, offset), verbose=0)
     return classify(probabilities, files, DATASETS[dataset].class_names, args.top)
 
@@ -92,18 +98,15 @@ def run(args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0 when every picture was classified, 2 with one `error:` line otherwise."""
     args = parse_args(argv)
-    try:
+
+    def classify_and_print() -> None:
         records = run(args)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    if args.json:
-        print(json.dumps({"predictions": records}, indent=2))
-    else:
-        print("\n".join(format_text(record) for record in records))
+        if args.json:
+            print(json.dumps({"predictions": records}, indent=2))
+        else:
+            print("\n".join(format_text(record) for record in records))
+
+    run_command(classify_and_print)
 
 
 if __name__ == "__main__":

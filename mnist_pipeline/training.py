@@ -29,10 +29,11 @@ from dvclive.keras import DVCLiveCallback
 
 from mnist_pipeline import progress
 from mnist_pipeline.distribute import check_batch_size, make_strategy
-from mnist_pipeline.models import N_CLASSES, build_model, make_optimizer
+from mnist_pipeline.models import build_model, make_optimizer
 
 if TYPE_CHECKING:
-    from mnist_pipeline.params import Params
+    from mnist_pipeline.config import ModelConfig, TrainConfig
+    from mnist_pipeline.datasets import DatasetSpec
 
 # Updates of the live bar per epoch on a terminal; CI logs get one line per epoch and one call per epoch.
 BAR_UPDATES = 20
@@ -91,9 +92,9 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def one_hot(labels: np.ndarray) -> np.ndarray:
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """float32 one-hot targets (Keras' to_categorical gives float64: twice the memory, cast again later)."""
-    return np.eye(N_CLASSES, dtype=np.float32)[labels]
+    return np.eye(n_classes, dtype=np.float32)[labels]
 
 
 def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +179,7 @@ def _run_epoch(run: EpochFn, batches: np.ndarray, tail: np.ndarray, n: int, labe
 def _compiled_loop(
     model: keras.Model,
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    n_classes: int,
     epochs: int,
     batch_size: int,
     seed: int,
@@ -185,14 +187,14 @@ def _compiled_loop(
 ) -> dict[str, list[float]]:
     """The single-device path: each epoch one `tf.function` call, logs through the callbacks."""
     x_train, y_train, x_val, y_val = data
-    x, y = tf.convert_to_tensor(x_train), tf.convert_to_tensor(one_hot(y_train))
+    x, y = tf.convert_to_tensor(x_train), tf.convert_to_tensor(one_hot(y_train, n_classes))
     # Build the loss and the optimizer's slots outside the graph loop (variables cannot be created inside it);
     # a training=False call changes no state and draws no random numbers.
     model.compute_loss(x=x[:1], y=y[:1], y_pred=model(x[:1], training=False), training=False)
     model.optimizer.build(model.trainable_variables)
     train_epoch = make_epoch_fn(model, x, y, batch_size, train=True)
     if len(y_val):
-        xv, yv = tf.convert_to_tensor(x_val), tf.convert_to_tensor(one_hot(y_val))
+        xv, yv = tf.convert_to_tensor(x_val), tf.convert_to_tensor(one_hot(y_val, n_classes))
         val_epoch = make_epoch_fn(model, xv, yv, batch_size, train=False)
         val_batches, val_tail = batch_plan(len(y_val), batch_size, None)  # fit's batches: in order
 
@@ -220,7 +222,9 @@ def _compiled_loop(
 
 
 def train_model(
-    params: Params,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    spec: DatasetSpec,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
@@ -233,38 +237,36 @@ def train_model(
     With `train.strategy` other than `default`, Keras' own `fit` runs under the strategy (the
     compiled loop above is single-device); `train.batch_size` is then the global batch.
     """
-    set_cpu_threads(params["train.cpu_threads"])
-    seed, epochs, batch_size = params["train.seed"], params["train.epochs"], params["train.batch_size"]
-    strategy_name = params["train.strategy"]
+    set_cpu_threads(train_cfg.cpu_threads)
+    epochs, batch_size = train_cfg.epochs, train_cfg.batch_size
     # Before any model: multi_worker sets up its collectives when created.
-    strategy = make_strategy(strategy_name)
-    make_deterministic(seed)
+    strategy = make_strategy(train_cfg.strategy)
+    make_deterministic(train_cfg.seed)
     total_steps = epochs * math.ceil(len(y_train) / batch_size)
     with strategy.scope():
-        model = build_model(params)
+        model = build_model(model_cfg, spec)
         model.compile(
-            optimizer=make_optimizer(
-                params["train.optimizer"], params["train.learning_rate"], params["train.lr_schedule"], total_steps
-            ),
+            optimizer=make_optimizer(train_cfg.optimizer, train_cfg.learning_rate, train_cfg.lr_schedule, total_steps),
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
     loggers: list[keras.callbacks.Callback] = []
     if live_dir is not None:
         loggers.append(BackgroundDVCLiveCallback(live_dir))
-    if strategy_name == "default":
+    if train_cfg.strategy == "default":
         callbacks = keras.callbacks.CallbackList(loggers, model=model)
-        history = _compiled_loop(model, (x_train, y_train, x_val, y_val), epochs, batch_size, seed, callbacks)
+        data = (x_train, y_train, x_val, y_val)
+        history = _compiled_loop(model, data, spec.n_classes, epochs, batch_size, train_cfg.seed, callbacks)
         return model, history
     check_batch_size(batch_size, strategy)
     # Says how many replicas train in step: each worker of a cluster prints it, so a log shows the cluster formed.
-    progress.say(f"train: strategy {strategy_name}, {strategy.num_replicas_in_sync} replicas in sync")
+    progress.say(f"train: strategy {train_cfg.strategy}, {strategy.num_replicas_in_sync} replicas in sync")
     fitted = model.fit(
         x_train,
-        one_hot(y_train),
+        one_hot(y_train, spec.n_classes),
         epochs=epochs,
         batch_size=batch_size,
-        validation_data=(x_val, one_hot(y_val)) if len(y_val) else None,
+        validation_data=(x_val, one_hot(y_val, spec.n_classes)) if len(y_val) else None,
         callbacks=loggers,
         verbose=1 if progress.interactive() else 2,
     )

@@ -3,26 +3,27 @@
 import numpy as np
 
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.data import split_paths
+from mnist_pipeline.config import load_config
 from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.files import atomic_open, load_pair, save_json
+from mnist_pipeline.files import atomic_open, save_json
 from mnist_pipeline.metrics import classification_report
-from mnist_pipeline.params import load_params
 from mnist_pipeline.plots import image_grid, plot_confusion
+from mnist_pipeline.prepared import load_split
 
 WRONG_SHOWN = 15
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
-    params = load_params()
-    class_names = DATASETS[params["data.dataset"]].class_names
-    x_test, y_test = load_pair(*split_paths(prepared_dir, "test"))
+    cfg = load_config()
+    spec = DATASETS[cfg.data.dataset]
+    class_names = spec.class_names
+    x_test, y_test = load_split(prepared_dir, "test", spec)
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
     from mnist_pipeline.models import load_model
 
-    model = load_model(model_path)
-    probabilities = model.predict(x_test, batch_size=params["evaluate.batch_size"], verbose=0)
+    model = load_model(model_path, spec)
+    probabilities = model.predict(x_test, batch_size=cfg.evaluate.batch_size, verbose=0)
     report, confusion = classification_report(probabilities, y_test, class_names)
     predicted = probabilities.argmax(axis=1)
 
@@ -41,6 +42,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
          for i in worst],
         f"{out_dir}/confident_mistakes.png",
         title=f"Most confidently wrong ({len(wrong)} mistakes in {len(y_test)})",
+        image_shape=spec.image_shape,
     )
     print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} "
           f"on {report['test_images']} images")

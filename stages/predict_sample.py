@@ -1,19 +1,20 @@
 """Stage predict-sample: predict the first few test images, as the tutorial does, and show them."""
 
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.data import split_paths
+from mnist_pipeline.config import load_config
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import load_pair, save_json
-from mnist_pipeline.params import load_params
+from mnist_pipeline.files import save_json
 from mnist_pipeline.plots import image_grid
+from mnist_pipeline.prepared import load_split
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
-    params = load_params()
-    class_names = DATASETS[params["data.dataset"]].class_names
-    start, count = params["predict.start"], params["predict.count"]
-    x_test, y_test = load_pair(*split_paths(prepared_dir, "test"))
+    cfg = load_config()
+    spec = DATASETS[cfg.data.dataset]
+    class_names = spec.class_names
+    start, count = cfg.predict.start, cfg.predict.count
+    x_test, y_test = load_split(prepared_dir, "test", spec)
     images, labels = x_test[start : start + count], y_test[start : start + count]
     if len(labels) == 0:
         raise PipelineError(f"params.yaml: predict.start = {start}: expected less than the {len(y_test)} test images")
@@ -21,7 +22,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
     from mnist_pipeline.models import load_model
 
-    probabilities = load_model(model_path).predict(images, verbose=0)
+    probabilities = load_model(model_path, spec).predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)
     rows = [
         {
@@ -40,6 +41,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         [f"pred {r['predicted_name']} ({r['probability']:.0%})\ntrue {r['label_name']}" for r in rows],
         f"{out_dir}/predictions.png",
         title=f"Test images {start}-{start + len(rows) - 1}",
+        image_shape=spec.image_shape,
         colors=["green" if r["predicted"] == r["label"] else "red" for r in rows],
     )
     print("predict-sample: predicted", [r["predicted"] for r in rows], "true", [r["label"] for r in rows])

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import PROJECT_ROOT, Project
 
 
 def table_row(report: str, *cells: str) -> list[str]:
@@ -32,7 +32,7 @@ def test_report_on_two_commits(tiny_project: Project) -> None:
     assert project.repro() == ["train", "evaluate", "predict-sample"]
     project.commit("2 epochs")
 
-    result = project.run("python", "-m", "mnist_pipeline.report", "--base", "main", "--out", "pr/report.md")
+    result = project.run("python", str(PROJECT_ROOT / "tools" / "report.py"), "--base", "main", "--out", "pr/report.md")
     out = project.path / "pr" / "report.md"
     assert result.stdout.strip() == "report: wrote pr/report.md"
     report = out.read_text()
@@ -64,7 +64,7 @@ def test_report_on_two_commits(tiny_project: Project) -> None:
 def test_unknown_base_is_one_line(tmp_path: Path) -> None:
     project = Project(tmp_path, None)
     project.git("init", "-q", "-b", "main")
-    result = project.run("python", "-m", "mnist_pipeline.report", "--base", "nope", check=False)
+    result = project.run("python", str(PROJECT_ROOT / "tools" / "report.py"), "--base", "nope", check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: --base nope: not a commit in this git repository (in CI, check out with full history: fetch-depth: 0)"

@@ -1,6 +1,6 @@
 """A pull request's model report in markdown: what changed in metrics, params and pictures.
 
-`python -m mnist_pipeline.report --base main --out report.md`, run after `dvc repro`: the tables
+`python tools/report.py --base main --out report.md`, run after `dvc repro`: the tables
 come from `dvc metrics diff` and `dvc params diff` (DVC's own comparison), the pictures are the
 PNGs under metrics/, shown beside the base branch's version when it differs. CI posts the file
 with `cml comment create --publish`, which uploads the linked images (.github/workflows/pr-report.yml).
@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mnist_pipeline.cli import run_command
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_open
 
@@ -116,20 +117,21 @@ def build_report(base: str, out: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def write_report(base: str, out: Path) -> None:
+    if out.is_dir():
+        raise PipelineError(f"--out {out}: is a folder: expected the path of the markdown file to write")
+    text = build_report(base, out)
+    with atomic_open(out, "w") as f:
+        f.write(text)
+    print(f"report: wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--base", default="main", help="git revision to compare with (default main)")
     parser.add_argument("--out", default="report.md", help="markdown file to write (default report.md)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    try:
-        text = build_report(args.base, out)
-        with atomic_open(out, "w") as f:
-            f.write(text)
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"report: wrote {out}")
+    run_command(lambda: write_report(args.base, Path(args.out)))
 
 
 if __name__ == "__main__":

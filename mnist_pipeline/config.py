@@ -1,0 +1,426 @@
+"""`params.yaml` as typed, frozen objects: validated once, before any work, then passed by section.
+
+A stage loads the file with `load_config()` and hands each library function only the section it
+needs (`train_model(cfg.model, cfg.train, ...)`). Pydantic does the checking; this module turns its
+first complaint into one line naming the key, the value and what is allowed, with a did-you-mean
+for a near miss. Allowed values come from their owners: data set names from the dataset registry,
+strategies from the strategy table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import unicodedata
+from collections.abc import Mapping
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+
+from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.distribute import STRATEGIES
+from mnist_pipeline.errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "swish", "linear")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad")
+LR_SCHEDULES = ("constant", "one_cycle")
+MODEL_TYPES = ("mlp", "cnn")
+# Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
+MAX_SEED = 2**32 - 1
+# A bound on what YAML may expand to: aliases can make a small file describe an enormous tree.
+MAX_PARAMS_NODES = 10_000
+_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
+
+
+def integer(low: int, high: int | None = None) -> Any:
+    """A required int field in [low, high]; the description is the 'expected ...' of its error line."""
+    text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    return Field(ge=low, le=high, strict=True, description=text)
+
+
+def number(low: float, high: float | None = None, *, low_open: bool = False) -> Any:
+    """A required finite float field: [low, high) by default, (low, ...) when `low_open`."""
+    left, below = ("(", ">") if low_open else ("[", ">=")
+    text = f"a number {below} {low:g}" if high is None else f"a number in {left}{low:g}, {high:g})"
+    bounds = {"gt": low} if low_open else {"ge": low}
+    return Field(**bounds, lt=high, allow_inf_nan=False, description=text)
+
+
+def choice(options: tuple[str, ...]) -> Any:
+    return Field(description="one of " + ", ".join(options))
+
+
+def int_list(low: int, min_len: int, max_len: int = 16) -> Any:
+    return Field(min_length=min_len, max_length=max_len,
+                 description=f"a list of {min_len} to {max_len} integers >= {low}")
+
+
+class Section(BaseModel):
+    """A frozen group of params: unknown keys are errors, ints are never bools or floats."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_float_text(cls, value: Any, info: Any) -> Any:
+        """PyYAML (YAML 1.1) reads `1e-3` as a string; a float field takes it as the number meant."""
+        field = cls.model_fields[info.field_name]
+        if field.annotation is float and isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
+            return float(value)
+        if field.annotation is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+
+class DataConfig(Section):
+    dataset: DatasetName = choice(tuple(DATASETS))
+
+
+class DownloadConfig(Section):
+    mirrors: dict[str, list[str]] = Field(
+        description="a mapping with exactly the keys " + ", ".join(DATASETS) + ", each a list of http(s) URLs"
+    )
+    timeout_s: float = number(0.0, low_open=True)
+    retries: int = integer(0, 10)
+
+    @field_validator("mirrors")
+    @classmethod
+    def _every_dataset_has_http_mirrors(cls, mirrors: dict[str, list[str]]) -> dict[str, list[str]]:
+        if set(mirrors) != set(DATASETS) or not all(
+            url.startswith(("https://", "http://")) for urls in mirrors.values() for url in urls
+        ):
+            raise ValueError("not the data sets' http(s) mirrors")
+        return mirrors
+
+
+class PreprocessConfig(Section):
+    scale: float = number(0.0, low_open=True)
+    offset: float = number(-1e6, 1e6)
+    val_size: int = integer(0)
+    seed: int = integer(0, MAX_SEED)
+    train_limit: int = integer(0)
+    test_limit: int = integer(0)
+
+
+class CnnConfig(Section):
+    filters: list[int] = int_list(1, 1, 4)
+    kernel_size: int = integer(1, 7)
+    dense: int = integer(0)
+    dropout: float = number(0.0, 1.0)
+    batch_norm: bool = Field(description="true or false")
+    augment_shift: float = number(0.0, 0.5)
+    augment_rotation: float = number(0.0, 0.5)
+
+    @field_validator("filters")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        return _positive_ints(widths)
+
+
+class ModelConfig(Section):
+    type: Literal[MODEL_TYPES] = choice(MODEL_TYPES)  # type: ignore[valid-type]
+    activation: Literal[ACTIVATIONS] = choice(ACTIVATIONS)  # type: ignore[valid-type]
+    hidden: list[int] = int_list(1, 0)
+    dropout: float = number(0.0, 1.0)
+    cnn: CnnConfig
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, widths: list[int]) -> list[int]:
+        return _positive_ints(widths)
+
+
+class TrainConfig(Section):
+    epochs: int = integer(1)
+    batch_size: int = integer(1)
+    optimizer: Literal[OPTIMIZERS] = choice(OPTIMIZERS)  # type: ignore[valid-type]
+    learning_rate: float = number(0.0, low_open=True)
+    lr_schedule: Literal[LR_SCHEDULES] = choice(LR_SCHEDULES)  # type: ignore[valid-type]
+    seed: int = integer(0, MAX_SEED)
+    cpu_threads: int = integer(0, 64)
+    strategy: StrategyName = choice(STRATEGIES)
+
+
+class EvaluateConfig(Section):
+    batch_size: int = integer(1)
+
+
+class PredictConfig(Section):
+    count: int = integer(1, 100)
+    start: int = integer(0)
+
+
+class Config(Section):
+    """The whole of params.yaml, one frozen object per section."""
+
+    data: DataConfig
+    download: DownloadConfig
+    preprocess: PreprocessConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    predict: PredictConfig
+
+
+def _positive_ints(widths: list[int]) -> list[int]:
+    if any(w < 1 for w in widths):
+        raise ValueError("every entry must be >= 1")
+    return widths
+
+
+# ---------------------------------------------------------------------------------------------
+# One line per fault: pydantic's first complaint, in the words of params.yaml.
+
+
+def leaf_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, FieldInfo]:
+    """Every dotted leaf key the file may hold, with its field (its description says what is allowed)."""
+    keys: dict[str, FieldInfo] = {}
+    for name, field in model.model_fields.items():
+        section = _section_type(field)
+        if section is not None:
+            keys.update(leaf_keys(section, f"{prefix}{name}."))
+        else:
+            keys[f"{prefix}{name}"] = field
+    return keys
+
+
+def _section_type(field: FieldInfo) -> type[BaseModel] | None:
+    annotation = field.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def choices(key: str) -> tuple[str, ...]:
+    """The allowed values of a choice key (empty for other keys)."""
+    annotation = leaf_keys()[key].annotation
+    return tuple(get_args(annotation)) if get_origin(annotation) is Literal else ()
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """The bad value as the user wrote it, cut short so the error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _lookalike(typed: str, meant: str) -> str:
+    """Where two keys that print alike differ: 'а' (U+0430 CYRILLIC SMALL LETTER A) for 'a'."""
+    if typed.isascii():
+        return ""
+    for a, b in zip(typed, meant, strict=False):
+        if a != b:
+            return f"; it has {a!r} (U+{ord(a):04X} {unicodedata.name(a, '?')}) where {b!r} is meant"
+    return ""
+
+
+def _first_leaf(key: str, value: Any) -> str:
+    """`trainning: {epochs: 3}` is reported as its first leaf, `trainning.epochs`: that is what was meant."""
+    while isinstance(value, dict) and value:
+        first = next(iter(value))
+        key, value = f"{key}.{first}", value[first]
+    return key
+
+
+def _unknown_key(loc: tuple[Any, ...], value: Any, path: str) -> PipelineError:
+    """Name the typo and what was meant: the closest key, or else every key allowed there."""
+    keys = leaf_keys()
+    if "." in str(loc[0]):
+        return PipelineError(f"{path}: top-level key '{loc[0]}' is not read: set it inside the "
+                             f"'{str(loc[0]).split('.')[0]}' section (only the nested layout counts, as DVC reads it)")
+    key = _first_leaf(".".join(str(p) for p in loc), value)
+    sections = {k.rpartition(".")[0] for k in keys} - {""}
+    close = difflib.get_close_matches(key, [*keys, *sections], n=1)
+    if close:
+        return PipelineError(f"{path}: unknown key '{key}' (did you mean '{close[0]}'?{_lookalike(key, close[0])})")
+    section = key.rpartition(".")[0]
+    allowed = [k for k in keys if k.startswith(section + ".")] if section else sorted({k.split(".")[0] for k in keys})
+    where = f"in '{section}'" if section else "at the top level"
+    return PipelineError(f"{path}: unknown key '{key}': expected {where} one of " + ", ".join(allowed))
+
+
+def _leaf(loc: tuple[Any, ...]) -> tuple[str, FieldInfo | None, type[BaseModel] | None]:
+    """The dotted params key an error location points into, with its field or its section class."""
+    model: type[BaseModel] = Config
+    parts: list[str] = []
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        parts.append(str(part))
+        section = _section_type(field)
+        if section is None:
+            return ".".join(parts), field, None
+        model = section
+    return ".".join(parts), None, model
+
+
+def _dig(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part] if isinstance(tree, dict) else None
+    return tree
+
+
+def _message(error: Any, tree: dict[str, Any], path: str) -> PipelineError:
+    loc = tuple(error["loc"])
+    key, field, section = _leaf(loc)
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(loc, error["input"], path)
+    if field is None and section is not None:
+        section_keys = [k for k in leaf_keys(section, key + ".")]
+        if error["type"] == "missing" and len(loc) == len(key.split(".")):
+            return PipelineError(f"{path}: missing section '{key}': expected a mapping with the keys "
+                                 + ", ".join(section_keys))
+        return PipelineError(f"{path}: {key} = {_shown(_dig(tree, key))}: expected a mapping with the keys "
+                             + ", ".join(section_keys))
+    assert field is not None
+    expected = field.description or "a valid value"
+    if error["type"] == "missing":
+        return PipelineError(f"{path}: missing key '{key}': expected {expected}")
+    value = _dig(tree, key)
+    options = choices(key)
+    close = difflib.get_close_matches(value, options, n=1) if isinstance(value, str) and options else []
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return PipelineError(f"{path}: {key} = {_shown(value)}: expected {expected}{hint}")
+
+
+def _first_error(errors: list[Any]) -> Any:
+    """Unknown keys first (a typo also makes its key 'missing'), then in the file's section order."""
+    return min(errors, key=lambda e: e["type"] != "extra_forbidden")
+
+
+def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
+    """The typed config, or a PipelineError naming the first bad key, its value and what is allowed."""
+    if tree is None:
+        raise PipelineError(f"{path}: the file is empty: expected a YAML mapping of sections (data, train, ...)")
+    if not isinstance(tree, dict):
+        raise PipelineError(
+            f"{path}: expected a YAML mapping of sections (data, train, ...), got {type(tree).__name__} {_shown(tree)}"
+        )
+    for key in tree:
+        if not isinstance(key, str):
+            raise PipelineError(f"{path}: key {_shown(key)} at the top level: expected a section name")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise _message(_first_error(e.errors()), tree, path) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the file: plain YAML only, no duplicate keys, bounded work, regular files only.
+
+
+class StrictSafeLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader (plain values only, never Python objects) that also refuses duplicate
+    keys, which PyYAML would otherwise resolve silently, and aliases, whose expansion is unbounded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"alias '*{event.anchor}' is not allowed: params hold plain values, written out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def _construct_unique_mapping(loader: StrictSafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)):
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (YAML would silently keep only the last one)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _yaml_problem(e: yaml.YAMLError, path: str) -> PipelineError:
+    """One line: where in the file, and what is wrong there."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark else ""
+    problem = str(getattr(e, "problem", None) or e)
+    tag = re.search(r"constructor for the tag '([^']+)'", problem)
+    if tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return PipelineError(
+            f"{path}:{where}: tag '{shown}' is not allowed: params hold plain YAML values only (yaml.safe_load)"
+        )
+    if problem.startswith(("duplicate key", "alias")):
+        return PipelineError(f"{path}:{where}: {problem}")
+    return PipelineError(f"{path}:{where} is not valid YAML: {' '.join(problem.split())}")
+
+
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """A regular UTF-8 file's text; a FIFO, a device or a folder is refused rather than read forever."""
+    path = str(path)
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
+            raise PipelineError(f"{path}: {kind}: expected a regular {what}")
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found (run from the project root)") from None
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """Plain YAML values from a file, read with the strict loader; errors name the file and line."""
+    text = read_text(path, "YAML file")
+    try:
+        return yaml.load(text, Loader=StrictSafeLoader)  # a SafeLoader: plain values only
+    except yaml.YAMLError as e:
+        raise _yaml_problem(e, str(path)) from None
+
+
+def load_config(path: str | os.PathLike[str] = PARAMS_FILE) -> Config:
+    """Read and validate the whole params file; the first fault ends in one PipelineError line."""
+    return validate(load_yaml(path), str(path))
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested mapping, down to the params' leaves (a mirrors mapping stays whole)."""
+    leaves = leaf_keys()
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and dotted not in leaves:
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested mapping, as DVC's `-S a.b.c=value` does."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value
+
+
+def with_overrides(config: Config, overrides: Mapping[str, Any], source: str = "overrides") -> Config:
+    """A new validated config with DVC-style `key: value` overrides applied (presets, benchmarks)."""
+    tree = config.model_dump()
+    for key, value in overrides.items():
+        set_dotted(tree, key, value)
+    return validate(tree, source)
+

@@ -1,0 +1,149 @@
+"""The code deps of every stage, computed from the imports: `python tools/stage_deps.py [--check|--write]`.
+
+DVC reruns a stage when a file in its `deps` changes, so each stage must list exactly the project
+modules it runs. This tool follows the imports of each stage's entry module (the `python -m` module
+of its `cmd`) through the project's own modules, counting imports inside functions too (they run)
+but not those under `if TYPE_CHECKING:` (they never run). `--check` exits 1 naming every difference
+from dvc.yaml; `--write` puts the computed lists into dvc.yaml, keeping its data deps and comments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shlex
+import sys
+from pathlib import Path
+
+PACKAGES = ("mnist_pipeline", "stages")
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imported_names(source: str) -> set[str]:
+    """Dotted module names a module imports when it runs (any depth, TYPE_CHECKING blocks excluded)."""
+    names: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return names
+
+
+def module_file(root: Path, name: str) -> str | None:
+    """The project file of a dotted module name, or None when it is not one of ours."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(root).as_posix()
+    return None
+
+
+def code_deps(root: Path, entry_module: str) -> list[str]:
+    """Every project module `entry_module` runs, as paths; package `__init__` files are left out
+    (they hold only docstrings, which a test checks)."""
+    start = module_file(root, entry_module)
+    if start is None:
+        raise SystemExit(f"error: {entry_module}: no such module in {root}")
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in imported_names((root / path).read_text(encoding="utf-8")):
+            found = module_file(root, name)
+            if found is not None and found not in seen:
+                todo.append(found)
+    return sorted((p for p in seen if not p.endswith("__init__.py")), key=lambda p: (p != start, p))
+
+
+def entry_module(cmd: str) -> str:
+    words = shlex.split(cmd)
+    return words[words.index("-m") + 1]
+
+
+def expected_deps(root: Path) -> dict[str, list[str]]:
+    """Stage name -> the code deps it should declare, from dvc.yaml's commands."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {name: code_deps(root, entry_module(body["cmd"])) for name, body in stages.items()}
+
+
+def differences(root: Path) -> list[str]:
+    """One line per stage whose declared code deps differ from its imports."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    lines = []
+    for name, wanted in expected_deps(root).items():
+        declared = [d for d in stages[name].get("deps", []) if isinstance(d, str) and d.endswith(".py")]
+        missing, extra = sorted(set(wanted) - set(declared)), sorted(set(declared) - set(wanted))
+        if missing:
+            lines.append(f"stage {name}: imports but does not declare {', '.join(missing)}")
+        if extra:
+            lines.append(f"stage {name}: declares but never imports {', '.join(extra)}")
+    return lines
+
+
+def write(root: Path) -> None:
+    """Replace each stage's `.py` deps with the computed ones, keeping data deps, order and comments."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    path = root / "dvc.yaml"
+    spec = yaml.load(path.read_text(encoding="utf-8"))
+    for name, wanted in expected_deps(root).items():
+        deps = spec["stages"][name]["deps"]
+        data = [d for d in deps if not (isinstance(d, str) and d.endswith(".py"))]
+        deps.clear()
+        deps.extend([*wanted, *data])
+    with path.open("w", encoding="utf-8") as f:
+        yaml.dump(spec, f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml differs from the imports")
+    mode.add_argument("--write", action="store_true", help="put the computed code deps into dvc.yaml")
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="project root")
+    args = parser.parse_args(argv)
+    if args.write:
+        write(args.root)
+        return 0
+    if args.check:
+        found = differences(args.root)
+        for line in found:
+            print(f"error: dvc.yaml: {line}", file=sys.stderr)
+        return 1 if found else 0
+    for name, deps in expected_deps(args.root).items():
+        print(f"{name}: {' '.join(deps)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
