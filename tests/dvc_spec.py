@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from mnist_pipeline.params import SCHEMA, flatten
+from mnist_pipeline.config import choices as config_choices
+from mnist_pipeline.config import flatten
 
 PARAMS_FILE = "params.yaml"
 
@@ -84,12 +85,8 @@ def expand(declared: tuple[str, ...], leaves: dict[str, Any]) -> set[str]:
 
 
 def choices(key: str) -> list[str]:
-    """The allowed values of a choice key, from the schema (its options, or its text 'one of a, b')."""
-    rule = SCHEMA[key]
-    if getattr(rule, "options", ()):
-        return list(rule.options)
-    prefix = "one of "
-    return rule.expected[len(prefix) :].split(", ") if rule.expected.startswith(prefix) else []
+    """The allowed values of a choice key, from the typed config (which takes them from their owners)."""
+    return list(config_choices(key))
 
 
 def covers(path: str, declared: str) -> bool:
