@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from mnist_pipeline.config import DownloadConfig
 from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, FileSpec
 from mnist_pipeline.download import download_dataset, fetch_file, mirrors_for
 from mnist_pipeline.errors import PipelineError
@@ -38,6 +39,11 @@ class Served:
     payloads: dict[str, bytes]
     gzips: dict[str, bytes]
     spec: DatasetSpec
+
+
+def settings(mirrors: list[str], timeout: float) -> DownloadConfig:
+    """The download section for the generated data set, which the params registry does not know."""
+    return DownloadConfig.model_construct(mirrors={"tiny": mirrors}, timeout_s=timeout, retries=0)
 
 
 def make_dataset() -> Served:
@@ -170,7 +176,7 @@ def closed_port() -> int:
 def test_success_writes_verified_payloads(server: MirrorServer, data: Served, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     root = server.publish("/m1/", data.gzips)
-    written = download_dataset(data.spec, tmp_path / "raw", [root], timeout=2, retries=0)
+    written = download_dataset(data.spec, tmp_path / "raw", settings([root], 2))
     folder = tmp_path / "raw" / "tiny"
     assert written == [folder / f.name.removesuffix(".gz") for f in data.spec.files]
     assert leftovers(folder) == sorted(p.name for p in written)  # no .tmp-* left beside them
@@ -244,7 +250,7 @@ def test_corrupt_file_among_good_ones_leaves_only_verified_files(server: MirrorS
     files[TEST_IMAGES] = gzip.compress(data.payloads[TEST_IMAGES][:-1] + b"\x00", mtime=0)
     root = server.publish("/m1/", files)
     with pytest.raises(PipelineError, match=f"^{TEST_IMAGES}: every mirror failed: .*checksum mismatch"):
-        download_dataset(data.spec, tmp_path / "raw", [root], timeout=2, retries=0)
+        download_dataset(data.spec, tmp_path / "raw", settings([root], 2))
     # The two files before it were verified and stay; the bad one and its temporary are gone.
     assert leftovers(tmp_path / "raw" / "tiny") == ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
 
@@ -252,7 +258,7 @@ def test_corrupt_file_among_good_ones_leaves_only_verified_files(server: MirrorS
 def test_corrupt_mirror_falls_back_to_good_one(server: MirrorServer, data: Served, tmp_path: Path) -> None:
     bad = {name: gzip.compress(p[::-1], mtime=0) for name, p in data.payloads.items()}
     roots = [server.publish("/bad/", bad), server.publish("/good/", data.gzips)]
-    written = download_dataset(data.spec, tmp_path / "raw", roots, timeout=2, retries=0)
+    written = download_dataset(data.spec, tmp_path / "raw", settings(roots, 2))
     assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
 
 
@@ -295,7 +301,7 @@ def test_all_mirrors_failing_give_one_message_listing_each(server: MirrorServer,
     refused = f"http://127.0.0.1:{closed_port()}/x/"
     public = [server.url("/missing/"), server.url("/corrupt/"), refused, server.url("/stall/")]
     with pytest.raises(PipelineError) as info:
-        download_dataset(data.spec, tmp_path / "raw", public, timeout=0.5, retries=0, env_root=str(env_root))
+        download_dataset(data.spec, tmp_path / "raw", settings(public, 0.5), env_root=str(env_root))
     message = str(info.value)
     assert "\n" not in message
     expected = [
@@ -320,7 +326,7 @@ def test_env_mirror_directory_is_tried_first(server: MirrorServer, data: Served,
     for name, body in data.gzips.items():
         (folder / name).write_bytes(body)
     public = server.publish("/pub/", data.gzips)
-    written = download_dataset(data.spec, tmp_path / "raw", [public], timeout=2, retries=0,
+    written = download_dataset(data.spec, tmp_path / "raw", settings([public], 2),
                                env_root=str(tmp_path / "mirror"))
     assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
     assert server.hits == []  # the public mirror was never asked
@@ -330,13 +336,13 @@ def test_env_mirror_directory_is_tried_first(server: MirrorServer, data: Served,
 def test_env_mirror_url_root_is_tried_first(server: MirrorServer, data: Served, tmp_path: Path) -> None:
     server.publish(f"/env/{data.spec.mirror_dir}/", data.gzips)
     public = server.publish("/pub/", data.gzips)
-    download_dataset(data.spec, tmp_path / "raw", [public], timeout=2, retries=0, env_root=server.url("/env"))
+    download_dataset(data.spec, tmp_path / "raw", settings([public], 2), env_root=server.url("/env"))
     assert sorted(server.hits) == sorted(f"/env/{data.spec.mirror_dir}/{name}" for name in data.gzips)
 
 
 def test_failing_env_mirror_falls_back_to_public(server: MirrorServer, data: Served, tmp_path: Path) -> None:
     public = server.publish("/pub/", data.gzips)
-    written = download_dataset(data.spec, tmp_path / "raw", [public], timeout=2, retries=0,
+    written = download_dataset(data.spec, tmp_path / "raw", settings([public], 2),
                                env_root=server.url("/env/"))
     assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
     file = data.spec.files[0].name

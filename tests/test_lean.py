@@ -31,6 +31,6 @@ def test_training_targets_are_float32() -> None:
 
     from mnist_pipeline.training import one_hot
 
-    targets = one_hot(np.array([3, 0, 9], dtype=np.uint8))
+    targets = one_hot(np.array([3, 0, 9], dtype=np.uint8), 10)
     assert targets.dtype == np.float32
     assert targets.argmax(axis=1).tolist() == [3, 0, 9] and targets.sum() == 3

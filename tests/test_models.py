@@ -13,8 +13,9 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-import yaml
 
+from mnist_pipeline.config import ACTIVATIONS, OPTIMIZERS, Config, load_config, with_overrides
+from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.models import (
     build_mlp,
@@ -24,19 +25,20 @@ from mnist_pipeline.models import (
     save_model_deterministic,
     save_weights,
 )
-from mnist_pipeline.params import ACTIVATIONS, OPTIMIZERS, Params, validate
 from mnist_pipeline.training import train_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MNIST = DATASETS["mnist"]
+IMAGE_SHAPE = MNIST.image_shape
 
 
-def make_params(overrides: dict[str, Any] | None = None) -> Params:
+def make_params(overrides: dict[str, Any] | None = None) -> Config:
     """The project's params.yaml with dotted-key overrides, validated as a stage would see it."""
-    tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    for key, value in (overrides or {}).items():
-        section, leaf = key.split(".")
-        tree[section][leaf] = value
-    return Params(validate(tree, "params.yaml"), "params.yaml")
+    return with_overrides(load_config(PROJECT_ROOT / "params.yaml"), overrides or {})
+
+
+def train(cfg: Config, x: np.ndarray, y: np.ndarray, live: Path) -> tuple[keras.Model, dict]:
+    return train_model(cfg.model, cfg.train, MNIST, x, y, x[:0], y[:0], live)
 
 
 def layers_of(model: keras.Model) -> list[tuple[str, Any, Any]]:
@@ -62,13 +64,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> keras.Model:
     """The default (tutorial) model after one short epoch on small data: weights that are not the init."""
     x, y = small_data()
     params = make_params({"train.epochs": 1})
-    model, history = train_model(params, x, y, x[:0], y[:0], tmp_path_factory.mktemp("live"))
+    model, history = train(params, x, y, tmp_path_factory.mktemp("live"))
     assert set(history) == {"loss", "accuracy"}  # no validation slice, no val_ metrics
     return model
 
 
 def test_defaults_are_the_tutorials_model() -> None:
-    model = build_model(make_params())
+    model = build_model(make_params().model, MNIST)
     relu, softmax = keras.activations.get("relu"), keras.activations.get("softmax")
     assert layers_of(model) == [("Dense", 64, relu), ("Dense", 64, relu), ("Dense", 10, softmax)]
     assert model.input_shape == (None, 784)
@@ -77,7 +79,7 @@ def test_defaults_are_the_tutorials_model() -> None:
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_activation(activation: str) -> None:
-    model = build_model(make_params({"model.activation": activation}))
+    model = build_model(make_params({"model.activation": activation}).model, MNIST)
     function = keras.activations.get(activation)
     assert [a for kind, _, a in layers_of(model)] == [function, function, keras.activations.get("softmax")]
 
@@ -87,7 +89,8 @@ def test_every_activation(activation: str) -> None:
     [([], 0.0), ([128], 0.0), ([32, 16, 8], 0.0), ([64, 64], 0.2), ([10, 20, 30, 40], 0.5)],
 )
 def test_depth_width_and_dropout(hidden: list[int], dropout: float) -> None:
-    model = build_model(make_params({"model.hidden": hidden, "model.dropout": dropout, "model.activation": "tanh"}))
+    cfg = make_params({"model.hidden": hidden, "model.dropout": dropout, "model.activation": "tanh"})
+    model = build_model(cfg.model, MNIST)
     tanh = keras.activations.get("tanh")
     expected: list[tuple[str, Any, Any]] = []
     for width in hidden:
@@ -102,7 +105,7 @@ def test_depth_width_and_dropout(hidden: list[int], dropout: float) -> None:
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_compiles_and_steps(name: str) -> None:
     keras.utils.set_random_seed(0)
-    model = build_model(make_params({"model.hidden": [8]}))
+    model = build_model(make_params({"model.hidden": [8]}).model, MNIST)
     optimizer = make_optimizer(name, 0.01)
     assert type(optimizer).__name__.lower() == name
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
@@ -145,13 +148,13 @@ def test_deterministic_saving_gives_identical_bytes(trained: keras.Model, tmp_pa
 
 def test_training_twice_with_one_seed_gives_identical_weights(trained: keras.Model, tmp_path: Path) -> None:
     x, y = small_data()
-    again, _ = train_model(make_params({"train.epochs": 1}), x, y, x[:0], y[:0], tmp_path / "live")
+    again, _ = train(make_params({"train.epochs": 1}), x, y, tmp_path / "live")
     for a, b in zip(trained.get_weights(), again.get_weights(), strict=True):
         assert a.tobytes() == b.tobytes()
     save_weights(trained, tmp_path / "a.weights.h5")
     save_weights(again, tmp_path / "b.weights.h5")
     assert (tmp_path / "a.weights.h5").read_bytes() == (tmp_path / "b.weights.h5").read_bytes()
-    other, _ = train_model(make_params({"train.epochs": 1, "train.seed": 1}), x, y, x[:0], y[:0], tmp_path / "l2")
+    other, _ = train(make_params({"train.epochs": 1, "train.seed": 1}), x, y, tmp_path / "l2")
     assert not np.array_equal(other.get_weights()[0], again.get_weights()[0])
 
 
@@ -159,7 +162,7 @@ SAVE_SCRIPT = """
 import sys, keras
 from mnist_pipeline.models import build_mlp, save_model_deterministic
 keras.utils.set_random_seed(0)
-save_model_deterministic(build_mlp([16], "relu", 0.1), sys.argv[1])
+save_model_deterministic(build_mlp([16], "relu", 0.1, (28, 28), 10), sys.argv[1])
 """
 
 
@@ -170,19 +173,19 @@ def test_model_file_is_identical_across_processes(tmp_path: Path) -> None:
                    capture_output=True, timeout=300)
     keras.utils.clear_session(free_memory=False)  # a fresh process's layer names, here
     keras.utils.set_random_seed(0)
-    save_model_deterministic(build_mlp([16], "relu", 0.1), tmp_path / "b.keras")
+    save_model_deterministic(build_mlp([16], "relu", 0.1, (28, 28), 10), tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     with zipfile.ZipFile(tmp_path / "a.keras") as archive:
         assert json.loads(archive.read("metadata.json"))["date_saved"] == "1980-01-01@00:00:00"
         assert {i.date_time for i in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
         assert '"shared_object_id": 1' in archive.read("config.json").decode()
-    assert load_model(tmp_path / "a.keras").output_shape == (None, 10)
+    assert load_model(tmp_path / "a.keras", MNIST).output_shape == (None, 10)
 
 
 def test_load_model_round_trip(trained: keras.Model, tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     save_model_deterministic(trained, path)
-    loaded = load_model(path)
+    loaded = load_model(path, MNIST)
     x, _ = small_data(50, seed=2)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), trained.predict(x, verbose=0))
 
@@ -199,7 +202,7 @@ def test_load_model_turns_a_bad_file_into_one_line(trained: keras.Model, tmp_pat
         bad = {"truncated": good[: len(good) // 2], "text": b"version https://git-lfs\n", "empty": b""}
         path.write_bytes(bad[damage])
     with pytest.raises(PipelineError) as info:
-        load_model(path)
+        load_model(path, MNIST)
     message = str(info.value)
     assert message.startswith(f"{path}: not a ")
     assert "Keras model" in message
@@ -208,7 +211,7 @@ def test_load_model_turns_a_bad_file_into_one_line(trained: keras.Model, tmp_pat
 
 def test_load_model_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match=r"model\.keras: file not found \(run the train stage"):
-        load_model(tmp_path / "model.keras")
+        load_model(tmp_path / "model.keras", MNIST)
 
 
 def test_load_model_uses_safe_mode(tmp_path: Path) -> None:
@@ -219,7 +222,7 @@ def test_load_model_uses_safe_mode(tmp_path: Path) -> None:
     model.save(path)
     assert keras.saving.load_model(path, safe_mode=False).output_shape == (None, 10)  # loadable when unsafe
     with pytest.raises(PipelineError) as info:
-        load_model(path)
+        load_model(path, MNIST)
     message = str(info.value)
     assert message.startswith(f"{path}: ")
     assert "safe_mode" in message

@@ -11,8 +11,8 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import StageDir, error_line, stage_dir, write_prepared, write_raw
 
+from mnist_pipeline.config import leaf_keys, load_config
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.params import SCHEMA, load_params
 
 OTHER_MIRRORS = ["https://example.org/fashion/"]
 
@@ -53,9 +53,9 @@ def set_text(project: StageDir, edit: Any) -> None:
 
 
 def test_the_real_params_yaml_is_valid() -> None:
-    params = load_params(PROJECT_ROOT / "params.yaml")
-    assert params["train.epochs"] >= 1
-    assert set(SCHEMA) >= {"train.epochs", "train.learning_rate", "model.dropout", "data.dataset"}
+    cfg = load_config(PROJECT_ROOT / "params.yaml")
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.model.hidden) == (5, 32, [64, 64])  # the tutorial's
+    assert set(leaf_keys()) >= {"train.epochs", "train.learning_rate", "model.dropout", "data.dataset"}
 
 
 VALUE_IDS = [f"{k}={v!r}"[:40] for k, v, _ in BAD_VALUES]
@@ -67,7 +67,7 @@ IN_A_STAGE = ["train.epochs=0", "train.learning_rate=nan", "model.dropout=1.0", 
 def test_bad_value_names_key_value_and_allowed(project: StageDir, key: str, value: Any, expected: str) -> None:
     project.set_params({key: value})
     with pytest.raises(PipelineError) as caught:
-        load_params(project.params_file)
+        load_config(project.params_file)
     message = str(caught.value)
     assert message.startswith(f"{project.params_file}: ") and expected in message
     assert "\n" not in message

@@ -63,7 +63,7 @@ def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
     y_train = read_idx(mirror_root / "mnist" / TRAIN_LABELS, "labels")
     keras.utils.set_random_seed(0)
-    model = build_mlp([64, 64], "relu", 0.0)
+    model = build_mlp([64, 64], "relu", 0.0, (28, 28), 10)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     images, labels = mnist_test(mirror_root, N_IMAGES)

@@ -7,13 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_pipeline.config import PreprocessConfig
 from mnist_pipeline.data import load_raw, prepare, scale_images, stratified_split
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import encode_idx, read_idx
 
 NAMES = {"train_images": TRAIN_IMAGES, "train_labels": TRAIN_LABELS,
          "test_images": TEST_IMAGES, "test_labels": TEST_LABELS}
+MNIST = DATASETS["mnist"]
+
+
+def settings(val_size: int = 0, seed: int = 0, train_limit: int = 0, test_limit: int = 0,
+             scale: float = 255.0, offset: float = 0.5) -> PreprocessConfig:
+    return PreprocessConfig(scale=scale, offset=offset, val_size=val_size, seed=seed,
+                            train_limit=train_limit, test_limit=test_limit)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,7 @@ def test_every_byte_value_scales_exactly() -> None:
 
 
 def test_val_size_zero_is_the_tutorials_training_set(raw: dict[str, np.ndarray]) -> None:
-    splits = prepare(raw, scale=255.0, offset=0.5, val_size=0, seed=0)
+    splits = prepare(raw, settings())
     x_train, y_train = splits["train"]
     x_val, y_val = splits["val"]
     x_test, y_test = splits["test"]
@@ -73,9 +81,9 @@ def test_split_is_stratified_disjoint_and_complete(raw: dict[str, np.ndarray]) -
 
 
 def test_split_is_reproducible_and_depends_on_the_seed(raw: dict[str, np.ndarray]) -> None:
-    first = prepare(raw, 255.0, 0.5, val_size=6000, seed=0, train_limit=10000, test_limit=10)
-    again = prepare(raw, 255.0, 0.5, val_size=6000, seed=0, train_limit=10000, test_limit=10)
-    other = prepare(raw, 255.0, 0.5, val_size=6000, seed=1, train_limit=10000, test_limit=10)
+    first = prepare(raw, settings(val_size=6000, seed=0, train_limit=10000, test_limit=10))
+    again = prepare(raw, settings(val_size=6000, seed=0, train_limit=10000, test_limit=10))
+    other = prepare(raw, settings(val_size=6000, seed=1, train_limit=10000, test_limit=10))
     for split in ("train", "val"):
         for a, b in zip(first[split], again[split], strict=True):
             assert a.tobytes() == b.tobytes()
@@ -86,7 +94,7 @@ def test_split_is_reproducible_and_depends_on_the_seed(raw: dict[str, np.ndarray
 def test_split_rows_keep_their_labels(raw: dict[str, np.ndarray]) -> None:
     images, labels = raw["train_images"][:3000], raw["train_labels"][:3000]
     train, val = stratified_split(labels, 500, seed=3)
-    splits = prepare(raw, 255.0, 0.5, val_size=500, seed=3, train_limit=3000)
+    splits = prepare(raw, settings(val_size=500, seed=3, train_limit=3000))
     assert splits["val"][0].tobytes() == tutorial(images[val]).tobytes()
     np.testing.assert_array_equal(splits["val"][1], labels[val])
     assert splits["train"][0].tobytes() == tutorial(images[train]).tobytes()
@@ -94,7 +102,7 @@ def test_split_rows_keep_their_labels(raw: dict[str, np.ndarray]) -> None:
 
 
 def test_limits_take_the_first_images(raw: dict[str, np.ndarray]) -> None:
-    splits = prepare(raw, 255.0, 0.5, val_size=0, seed=0, train_limit=1000, test_limit=200)
+    splits = prepare(raw, settings(train_limit=1000, test_limit=200))
     assert splits["train"][0].tobytes() == tutorial(raw["train_images"][:1000]).tobytes()
     np.testing.assert_array_equal(splits["test"][1], raw["test_labels"][:200])
     assert splits["test"][0].shape == (200, 784)
@@ -105,7 +113,7 @@ def test_limits_take_the_first_images(raw: dict[str, np.ndarray]) -> None:
 def test_val_size_must_leave_training_images(raw: dict[str, np.ndarray], val_size: int, train_limit: int,
                                              count: int) -> None:
     with pytest.raises(PipelineError) as info:
-        prepare(raw, 255.0, 0.5, val_size=val_size, seed=0, train_limit=train_limit)
+        prepare(raw, settings(val_size=val_size, train_limit=train_limit))
     assert str(info.value) == (
         f"params.yaml: preprocess.val_size = {val_size}: expected fewer than the {count} training images"
     )
@@ -122,9 +130,21 @@ def test_load_raw_reads_the_download_layout(tmp_path: Path) -> None:
     for key, name in NAMES.items():
         (folder / raw_name(name)).write_bytes(encode_idx(arrays[key]))
     with pytest.raises(PipelineError) as info:
-        load_raw(tmp_path / "raw", "mnist")
+        load_raw(tmp_path / "raw", MNIST)
     assert str(info.value) == f"{folder}: test set has 2 images but 3 labels"
     (folder / raw_name(TEST_LABELS)).write_bytes(encode_idx(arrays["test_labels"][:2]))
-    loaded = load_raw(tmp_path / "raw", "mnist")
+    loaded = load_raw(tmp_path / "raw", MNIST)
     for key, array in arrays.items():
         np.testing.assert_array_equal(loaded[key], array[: len(loaded[key])])
+
+
+def test_labels_outside_the_data_sets_classes_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "raw" / "mnist"
+    folder.mkdir(parents=True)
+    arrays = {"train_images": np.zeros((3, 28, 28), np.uint8), "train_labels": np.array([3, 12, 9], np.uint8),
+              "test_images": np.zeros((1, 28, 28), np.uint8), "test_labels": np.array([1], np.uint8)}
+    for key, name in NAMES.items():
+        (folder / raw_name(name)).write_bytes(encode_idx(arrays[key]))
+    with pytest.raises(PipelineError) as info:
+        load_raw(tmp_path / "raw", MNIST)
+    assert str(info.value) == "train-labels-idx1-ubyte: expected labels 0-9, found 12"

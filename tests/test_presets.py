@@ -11,11 +11,12 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
+from mnist_pipeline.config import load_config
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.params import load_params
-from mnist_pipeline.presets import PRESETS_DIR, available, load_preset, main, set_args
+from mnist_pipeline.presets import available, load_preset, set_args, shipped
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PARAMS = str(PROJECT_ROOT / "params.yaml")
 SHIPPED = available()
 
 
@@ -25,36 +26,44 @@ def test_the_documented_presets_ship() -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_dvc_reads_back_every_preset_value(name: str, tmp_path: Path) -> None:
-    overrides = load_preset(name)
+    overrides = load_preset(name, params=PARAMS)
     params_file = tmp_path / "params.yaml"
     shutil.copy(PROJECT_ROOT / "params.yaml", params_file)
     args = set_args(overrides)
     assert args[::2] == ["-S"] * len(overrides)
     assert not any(" " in arg for arg in args), "arguments must survive the shell's word splitting"
     apply_overrides(params_file, args[1::2])  # what `dvc exp run -S ...` does to params.yaml
-    applied = load_params(params_file)  # and the whole file stays valid
+    applied = load_config(params_file).model_dump()  # and the whole file stays valid
     for key, value in overrides.items():
-        assert applied[key] == value, key
+        node = applied
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
 
 
-def test_cli_prints_the_arguments_and_lists_presets(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cnn"]) == 0
-    assert capsys.readouterr().out.split() == set_args(load_preset("cnn"))
-    assert main([]) == 0
-    listed = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in listed] == SHIPPED
+def presets_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mnist_pipeline.presets", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True)
+
+
+def test_cli_prints_the_arguments_and_lists_presets() -> None:
+    one = presets_cli("cnn")
+    assert one.returncode == 0 and one.stdout.split() == set_args(load_preset("cnn", params=PARAMS))
+    listed = presets_cli()
+    assert listed.returncode == 0
+    assert [line.split(":")[0] for line in listed.stdout.splitlines()] == SHIPPED
 
 
 def test_cli_runs_as_a_module() -> None:
-    result = subprocess.run([sys.executable, "-m", "mnist_pipeline.presets", "fashion-mlp"], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, check=True)
-    assert "-S data.dataset=fashion_mnist" in result.stdout
+    assert "-S data.dataset=fashion_mnist" in presets_cli("fashion-mlp").stdout
 
 
-def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cnnn"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown preset 'cnnn'") and "cnn" in err and "\n" not in err
+@pytest.mark.parametrize("name", ["cnnn", "../params", "/etc/passwd", "cnn.yaml"])
+def test_only_names_of_shipped_presets_are_accepted(name: str) -> None:
+    result = presets_cli(name)
+    assert result.returncode == 2 and result.stdout == ""
+    err = result.stderr.strip()
+    assert err.startswith(f"error: unknown preset '{name}' (available: cnn, ") and "\n" not in err
 
 
 @pytest.mark.parametrize(
@@ -70,10 +79,25 @@ def test_unknown_preset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) ->
 def test_bad_presets_name_the_key_and_value(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(PipelineError, match=message.replace("[", r"\[").replace(".", r"\.")):
-        load_preset("bad", tmp_path)
+        load_preset("bad", tmp_path, params=PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"train:\n  epochs: 1\n  epochs: 10\n", "duplicate key 'epochs' (YAML would silently keep only the last one)"),
+        (b"# caf\xe9\ntrain:\n  epochs: 1\n", "not UTF-8 text (byte 5: invalid continuation byte)"),
+        (b"a: &x [1]\ntrain:\n  epochs: *x\n", "alias '*x' is not allowed"),
+    ],
+)
+def test_presets_are_read_as_strictly_as_params(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "bad.yaml").write_bytes(content)
+    with pytest.raises(PipelineError) as caught:
+        load_preset("bad", tmp_path, params=PARAMS)
+    assert message in str(caught.value)
 
 
 def test_preset_files_hold_only_known_sections() -> None:
     sections = set(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
     for name in SHIPPED:
-        assert set(yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())) <= sections, name
+        assert set(yaml.safe_load((shipped() / f"{name}.yaml").read_text())) <= sections, name

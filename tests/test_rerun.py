@@ -26,7 +26,8 @@ import yaml
 from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
 from dvc_spec import choices, covers, expand, leaf_params, load_stages
 
-from mnist_pipeline.params import SCHEMA, validate
+from mnist_pipeline.config import load_config, validate, with_overrides
+from mnist_pipeline.errors import PipelineError
 
 pytestmark = pytest.mark.slow
 
@@ -65,9 +66,15 @@ def other_value(key: str, value: Any) -> Any:
         candidates = [{k: [*v, UNREACHABLE_MIRROR] for k, v in value.items()}]
     else:
         candidates = []
+    base = load_config(PROJECT_ROOT / "params.yaml")
     for candidate in candidates:
-        if candidate != value and SCHEMA[key].convert(candidate) is not None:
-            return candidate
+        if candidate == value:
+            continue
+        try:
+            with_overrides(base, {key: candidate})
+        except PipelineError:
+            continue
+        return candidate
     raise AssertionError(f"no other valid value for {key} = {value!r}: teach other_value() one")
 
 

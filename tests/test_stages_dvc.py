@@ -67,7 +67,7 @@ def test_prepared_arrays(project: Project, split: str, count: int) -> None:
 
 
 def test_model_files(project: Project) -> None:
-    model = load_model(project.path / "models" / "model.keras")
+    model = load_model(project.path / "models" / "model.keras", DATASETS["mnist"])
     assert model.output_shape == (None, 10)
     assert (project.path / "models" / "model.weights.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
     x = np.load(project.path / "data" / "prepared" / "x_test.npy")[:5]
