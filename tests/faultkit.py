@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import yaml
 from conftest import PROJECT_ROOT, TINY_PARAMS, set_dotted, subprocess_env
+from idxkit import encode_idx
 
-from mnist_pipeline.data import split_paths
 from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
-from mnist_pipeline.idx import encode_idx
+from mnist_pipeline.prepared import split_paths
 
 STAGE_ARGS = {
     "download": ("data/raw",),

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from idxkit import encode_idx
 
 from mnist_pipeline.config import DownloadConfig
 from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, FileSpec
 from mnist_pipeline.download import download_dataset, fetch_file, mirrors_for
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import encode_idx, read_idx
+from mnist_pipeline.idx import read_idx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 Behaviour = Callable[[http.server.BaseHTTPRequestHandler], None]

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faultkit import StageDir, error_line, labels_for, last_error_line, stage_dir, write_prepared, write_raw
+from idxkit import encode_idx
 
 from mnist_pipeline.datasets import TRAIN_IMAGES, TRAIN_LABELS, raw_name
-from mnist_pipeline.idx import encode_idx
 
 PREPARED = Path("data/prepared")
 RAW = Path("data/raw/mnist")

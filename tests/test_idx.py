@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from idxkit import encode_idx
 
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, encode_idx, read_idx
+from mnist_pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 
 
 def sample(n: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from idxkit import encode_idx
 
 from mnist_pipeline.config import PreprocessConfig
 from mnist_pipeline.data import load_raw, prepare, scale_images, stratified_split
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import encode_idx, read_idx
+from mnist_pipeline.idx import read_idx
 
 NAMES = {"train_images": TRAIN_IMAGES, "train_labels": TRAIN_LABELS,
          "test_images": TEST_IMAGES, "test_labels": TEST_LABELS}
