@@ -98,33 +98,28 @@ def child_tutorial(seed: int) -> None:
 
 def child_ours(seed: int, workdir: Path) -> None:
     """train_model at the project's params (train.seed set), on the preprocess stage's arrays."""
-    import yaml
-
+    from mnist_pipeline.config import load_config, with_overrides
     from mnist_pipeline.data import prepare
+    from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.idx import read_idx
-    from mnist_pipeline.params import load_params
 
-    tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    tree["train"]["seed"] = seed
-    params_path = workdir / "params.yaml"
-    params_path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    params = load_params(params_path)
+    cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"train.seed": seed})
+    spec = DATASETS[cfg.data.dataset]
     folder = Path(os.environ["MNIST_IDX_DIR"])
     raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
            for split, prefix in (("train", "train"), ("test", "t10k"))
            for kind, dims in (("images", 3), ("labels", 1))}
-    splits = prepare(raw, params["preprocess.scale"], params["preprocess.offset"], params["preprocess.val_size"],
-                     params["preprocess.seed"], params["preprocess.train_limit"], params["preprocess.test_limit"])
+    splits = prepare(raw, cfg.preprocess)
 
     import numpy as np
 
     from mnist_pipeline.training import train_model
 
     started, cpu = time.perf_counter(), time.process_time()
-    model, _ = train_model(params, *splits["train"], *splits["val"], workdir / "live")
+    model, _ = train_model(cfg.model, cfg.train, spec, *splits["train"], *splits["val"], workdir / "live")
     record = {"fit_s": time.perf_counter() - started, "fit_cpu_s": time.process_time() - cpu}
     x_test, y_test = splits["test"]
-    _, accuracy = model.evaluate(x_test, np.eye(10, dtype=np.float32)[y_test], verbose=0)
+    _, accuracy = model.evaluate(x_test, np.eye(spec.n_classes, dtype=np.float32)[y_test], verbose=0)
     record["test_accuracy"] = float(accuracy)
     print(RESULT_TAG + json.dumps(record), flush=True)
 
