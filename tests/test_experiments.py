@@ -8,6 +8,8 @@ blocking `dvc queue logs --follow`, polling `dvc queue status` only until a task
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Iter
 
 
 def experiments(project: Project) -> dict[str, dict[str, Any]]:
-    """`dvc exp show --json` as {experiment name: {"params": flat params, "metrics": {file: values}}}."""
+    """`dvc exp show --json` as {experiment name: {"rev": commit, "params": flat params, "metrics": {file: values}}}."""
     shown = json.loads(project.dvc("exp", "show", "--json").stdout)
     found = {}
     for baseline in shown:
@@ -41,10 +43,17 @@ def experiments(project: Project) -> dict[str, dict[str, Any]]:
                 data = rev["data"]
                 params = data["params"]["params.yaml"]["data"]
                 found[rev["name"]] = {
+                    "rev": rev["rev"],
                     "params": {f"{s}.{k}": v for s, keys in params.items() for k, v in keys.items()},
                     "metrics": {f: m["data"] for f, m in data["metrics"].items()},
                 }
     return found
+
+
+def confusion_accuracy(confusion_csv: str) -> float:
+    """Accuracy recomputed from confusion.csv, one (actual, predicted) row per test image."""
+    rows = list(csv.DictReader(io.StringIO(confusion_csv)))
+    return sum(row["actual"] == row["predicted"] for row in rows) / len(rows)
 
 
 def queue_status(project: Project) -> dict[str, str]:
@@ -63,7 +72,10 @@ def test_exp_run_with_set_param_is_listed_with_params_and_metrics(project: Proje
     assert "Running stage 'train'" in output and "Running stage 'preprocess'" not in output
     exp = experiments(project)["epochs2"]
     assert exp["params"]["train.epochs"] == 2
-    assert 0 <= exp["metrics"]["metrics/evaluate.json"]["accuracy"] <= 1
+    # exp show reports this experiment's own evaluation: the accuracy its committed predictions give.
+    confusion = project.git("show", f"{exp['rev']}:metrics/confusion.csv").stdout
+    assert confusion == (project.path / "metrics" / "confusion.csv").read_text()  # and the workspace holds it
+    assert exp["metrics"]["metrics/evaluate.json"]["accuracy"] == pytest.approx(confusion_accuracy(confusion), abs=1e-6)
     assert exp["metrics"]["metrics/train/metrics.json"]["step"] == 1  # two epochs: steps 0 and 1
 
 
@@ -87,4 +99,6 @@ def test_queued_experiments_run_through_the_queue(project: Project) -> None:
     for name, setting in QUEUED.items():
         key, value = setting.split("=")
         assert str(shown[name]["params"][key]) == value, shown[name]["params"]
-        assert "accuracy" in shown[name]["metrics"]["metrics/evaluate.json"]
+        confusion = project.git("show", f"{shown[name]['rev']}:metrics/confusion.csv").stdout
+        accuracy = shown[name]["metrics"]["metrics/evaluate.json"]["accuracy"]
+        assert accuracy == pytest.approx(confusion_accuracy(confusion), abs=1e-6), name
