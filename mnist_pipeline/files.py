@@ -2,7 +2,6 @@
 
 Every output is written to a temporary file in its own directory and renamed into place, so a
 stage killed mid-write leaves the previous file or none, never a truncated one.
-tests/test_interrupt.py kills real stages inside that window; PAUSE_ENV is its only hook.
 """
 
 from __future__ import annotations
@@ -23,10 +22,6 @@ import numpy as np
 
 from mnist_pipeline.errors import PipelineError
 
-# Test-only, off unless set: "<output name>:<fifo path>". When a write to that output name is done
-# but not yet renamed into place, the writer reports the temporary path on the FIFO and blocks until
-# a signal arrives, so tests/test_interrupt.py can kill it right there without sleeping.
-PAUSE_ENV = "MNIST_PIPELINE_TEST_PAUSE_BEFORE_RENAME"
 NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -34,18 +29,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _pause_for_test(final: Path, tmp: Path) -> None:
-    """The PAUSE_ENV hook: a no-op unless a test set it for this output name."""
-    setting = os.environ.get(PAUSE_ENV, "")
-    name, _, fifo = setting.partition(":")
-    if not fifo or name != final.name:
-        return
-    with open(fifo, "w") as f:  # blocks until the test opens the FIFO to read
-        f.write(f"{tmp}\n")
-    with open(fifo):  # no second writer ever comes: blocks until the test's signal interrupts it
-        pass
 
 
 @contextlib.contextmanager
@@ -82,7 +65,6 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        _pause_for_test(final, tmp_path)
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -111,7 +93,6 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
-        _pause_for_test(final, tmp)
         with _signals_deferred():
             if final.exists():
                 os.replace(final, old)

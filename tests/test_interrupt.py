@@ -1,10 +1,12 @@
-"""Nothing half-written: real stage processes killed (SIGTERM, SIGINT) while an output is being written.
+"""Nothing half-written: real stage processes killed (SIGTERM, SIGINT, SIGHUP) while an output is being written.
 
-The kill must land after the new bytes are written and before they are renamed into place, every
-time, without sleeping. files.PAUSE_ENV makes the stage announce its temporary file on a FIFO and
-block there; the test reads the FIFO (select, so a stage that dies early fails the test instead of
-hanging it), sends the signal, and checks that the previous output is intact (same bytes) or absent,
-and that no `.tmp-*` file is left behind.
+The kill must land inside the window that matters, every time, without sleeping. The product holds
+no hook for this: the stage runs with a `sitecustomize` (on PYTHONPATH) that adds a Python audit hook.
+When the stage is about to rename a finished temporary file onto the named output (the `os.rename`
+audit event, which `os.replace` raises too), or first writes into the named output's temporary
+folder, the hook announces the temporary path on a FIFO and blocks there. The test reads the FIFO
+(select, so a stage that dies early fails the test instead of hanging it), sends the signal, and
+checks that the previous output is intact (same bytes) or absent, and that no `.tmp-*` file is left.
 """
 
 from __future__ import annotations
@@ -20,22 +22,71 @@ import pytest
 from faultkit import StageDir, stage_dir, write_prepared, write_raw
 
 from mnist_pipeline.datasets import TRAIN_IMAGES, raw_name
-from mnist_pipeline.files import PAUSE_ENV
 
 PREPARED = ("x_train.npy", "y_train.npy", "x_val.npy", "y_val.npy", "x_test.npy", "y_test.npy")
 MESSAGES = {
     signal.SIGTERM: "error: terminated (SIGTERM); no partial output was kept",
     signal.SIGINT: "error: interrupted (Ctrl-C); no partial output was kept",
+    signal.SIGHUP: "error: terminated (SIGHUP); no partial output was kept",
 }
-EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 130}
+EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 130, signal.SIGHUP: 128 + signal.SIGHUP}
+PAUSE_ENV = "TEST_PAUSE_AT"  # "<rename|write-in>:<output name>:<fifo path>", read by PAUSE_HOOK only
+PAUSE_HOOK = '''\
+"""Stops this process where a test kills it: before the rename onto an output, or at its first
+write into the output's temporary folder. Announces the temporary path on a FIFO, then blocks."""
+import os, sys, threading
+
+_setting = os.environ.get("TEST_PAUSE_AT")
+if _setting:
+    _mode, _name, _fifo = _setting.split(":", 2)
+    _paused = []
+
+    def _pause(announce):
+        _paused.append(announce)
+        with open(_fifo, "w") as f:  # blocks until the test opens the FIFO to read
+            f.write(announce + "\\n")
+        with open(_fifo):  # no writer ever comes: blocks until the test's signal raises here
+            pass
+
+    def _temporary_folder(path):
+        """The output's temporary folder (.tmp-*-<name>) holding `path`, if any."""
+        parts = os.path.abspath(os.fsdecode(path)).split(os.sep)
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i].startswith(".tmp-") and parts[i].endswith("-" + _name) and i < len(parts) - 1:
+                return os.sep.join(parts[: i + 1])
+        return None
+
+    def _hook(event, args):
+        if _paused or threading.current_thread() is not threading.main_thread():
+            return
+        if _mode == "rename" and event == "os.rename":
+            if os.path.basename(os.fsdecode(args[1])) == _name:
+                _pause(os.path.abspath(os.fsdecode(args[0])))
+        elif _mode == "write-in" and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            path, mode, flags = args
+            writing = bool(mode and any(c in mode for c in "wax+")) or bool((flags or 0) & (os.O_WRONLY | os.O_RDWR))
+            folder = _temporary_folder(path) if writing else None
+            if folder:
+                _pause(folder)
+
+    sys.addaudithook(_hook)
+'''
 
 
-def kill_while_writing(project: StageDir, stage: str, output: str, signum: int,
-                       fifo_dir: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """Run `stage`, wait until its write of `output` is complete but not renamed, send `signum`."""
+@pytest.fixture(scope="module")
+def hook_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pause-hook")
+    (folder / "sitecustomize.py").write_text(PAUSE_HOOK)
+    return folder
+
+
+def kill_while_writing(project: StageDir, stage: str, output: str, signum: int, fifo_dir: Path,
+                       hook_dir: Path, at: str = "rename") -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run `stage`, wait until it pauses at `output` (see PAUSE_HOOK for `at`), send `signum`."""
     fifo = fifo_dir / f"pause-{output}"
     os.mkfifo(fifo)
-    proc = project.popen(stage, env={PAUSE_ENV: f"{output}:{fifo}"})
+    pythonpath = os.pathsep.join(p for p in (str(hook_dir), project.env.get("PYTHONPATH")) if p)
+    proc = project.popen(stage, env={PAUSE_ENV: f"{at}:{output}:{fifo}", "PYTHONPATH": pythonpath})
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     announced = b""
     try:
@@ -50,7 +101,7 @@ def kill_while_writing(project: StageDir, stage: str, output: str, signum: int,
         else:
             proc.kill()
             pytest.fail(f"{stage} never reached the write of {output}")
-        tmp = project.path / announced.decode().strip()  # relative to the stage, or absolute
+        tmp = project.path / announced.decode().strip()  # absolute: the hook resolves it
         assert tmp.exists() and tmp.name.startswith(".tmp-"), tmp  # the new output is there, not yet in place
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=300)
@@ -92,18 +143,18 @@ def preprocessed(project: StageDir) -> dict[str, bytes]:
     return before
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_preprocess_killed_while_writing_keeps_the_previous_array(
-        project: StageDir, preprocessed: dict[str, bytes], tmp_path: Path, signum: int) -> None:
-    result, tmp = kill_while_writing(project, "preprocess", "x_train.npy", signum, tmp_path)
+        project: StageDir, preprocessed: dict[str, bytes], tmp_path: Path, hook_dir: Path, signum: int) -> None:
+    result, tmp = kill_while_writing(project, "preprocess", "x_train.npy", signum, tmp_path, hook_dir)
     assert_stopped_cleanly(result, signum, tmp, project.path)
     assert snapshot(project.path / "data" / "prepared") == preprocessed  # every file: same bytes
 
 
 def test_preprocess_killed_at_its_last_write(project: StageDir, preprocessed: dict[str, bytes],
-                                             tmp_path: Path) -> None:
+                                             tmp_path: Path, hook_dir: Path) -> None:
     """Files finished before the kill are whole new ones; the one being written is the old one."""
-    result, tmp = kill_while_writing(project, "preprocess", "y_test.npy", signal.SIGTERM, tmp_path)
+    result, tmp = kill_while_writing(project, "preprocess", "y_test.npy", signal.SIGTERM, tmp_path, hook_dir)
     assert_stopped_cleanly(result, signal.SIGTERM, tmp, project.path)
     after = snapshot(project.path / "data" / "prepared")
     assert after["y_test.npy"] == preprocessed["y_test.npy"]
@@ -112,20 +163,20 @@ def test_preprocess_killed_at_its_last_write(project: StageDir, preprocessed: di
     assert x_train.shape == (25, 784) and float(x_train.min()) >= 0.0  # complete, with the new offset
 
 
-def test_first_run_killed_leaves_no_output(project: StageDir, tmp_path: Path) -> None:
+def test_first_run_killed_leaves_no_output(project: StageDir, tmp_path: Path, hook_dir: Path) -> None:
     write_raw(project.path / "data" / "raw" / "mnist", train=30, test=10)
-    result, tmp = kill_while_writing(project, "preprocess", "x_train.npy", signal.SIGINT, tmp_path)
+    result, tmp = kill_while_writing(project, "preprocess", "x_train.npy", signal.SIGINT, tmp_path, hook_dir)
     assert_stopped_cleanly(result, signal.SIGINT, tmp, project.path)
     assert snapshot(project.path / "data" / "prepared") == {}
 
 
-def test_download_killed_mid_file(tmp_path: Path, mirror_root: Path) -> None:
+def test_download_killed_mid_file(tmp_path: Path, mirror_root: Path, hook_dir: Path) -> None:
     """The downloaded file being written stays the previous one, not a verified-looking partial one."""
     project = stage_dir(tmp_path / "p", mirror=mirror_root)
     previous = project.path / "data" / "raw" / "mnist" / raw_name(TRAIN_IMAGES)
     previous.parent.mkdir(parents=True)
     previous.write_bytes(b"previous bytes")
-    result, tmp = kill_while_writing(project, "download", raw_name(TRAIN_IMAGES), signal.SIGTERM, tmp_path)
+    result, tmp = kill_while_writing(project, "download", raw_name(TRAIN_IMAGES), signal.SIGTERM, tmp_path, hook_dir)
     assert_stopped_cleanly(result, signal.SIGTERM, tmp, project.path)
     assert snapshot(project.path / "data" / "raw") == {f"mnist/{previous.name}": b"previous bytes"}
 
@@ -141,17 +192,17 @@ def trained_before(project: StageDir) -> dict[str, bytes]:
     return {**snapshot(project.path / "models"), **snapshot(project.path / "metrics")}
 
 
-def test_train_killed_while_replacing_its_metrics_folder(project: StageDir, trained_before: dict[str, bytes],
-                                                         tmp_path: Path) -> None:
-    """dvclive's folder is written aside and swapped in whole: the kill leaves the old folder as it was."""
-    result, tmp = kill_while_writing(project, "train", "train", signal.SIGTERM, tmp_path)
+def test_train_killed_while_writing_its_metrics_folder(project: StageDir, trained_before: dict[str, bytes],
+                                                       tmp_path: Path, hook_dir: Path) -> None:
+    """dvclive's folder is written aside and swapped in whole: a kill while it is written leaves the old one."""
+    result, tmp = kill_while_writing(project, "train", "train", signal.SIGTERM, tmp_path, hook_dir, at="write-in")
     assert_stopped_cleanly(result, signal.SIGTERM, tmp, project.path)
     assert {**snapshot(project.path / "models"), **snapshot(project.path / "metrics")} == trained_before
 
 
 def test_train_killed_while_saving_the_model(project: StageDir, trained_before: dict[str, bytes],
-                                             tmp_path: Path) -> None:
-    result, tmp = kill_while_writing(project, "train", "model.keras", signal.SIGINT, tmp_path)
+                                             tmp_path: Path, hook_dir: Path) -> None:
+    result, tmp = kill_while_writing(project, "train", "model.keras", signal.SIGINT, tmp_path, hook_dir)
     assert_stopped_cleanly(result, signal.SIGINT, tmp, project.path)
     assert (project.path / "models" / "model.keras").read_bytes() == b"previous model"
     metrics = snapshot(project.path / "metrics" / "train")
