@@ -1,0 +1,468 @@
+"""`mnist-serve`: draw a digit in the browser, or POST a picture, and see what the trained model makes of it.
+
+One process, the model loaded once at start. Every picture goes through the same preparation as
+`mnist-predict` (imageprep: MNIST's crop, 20-pixel box and centring) and the same scaling as the
+preprocess stage, so the page can show the 28x28 image the model really saw. The page is static
+files shipped in the package (web/static): it loads nothing from other hosts and works offline.
+
+A fault at start (a missing or unloadable model, bad params) ends in one `error:` line and exit 2
+before the server listens. A bad request gets a 4xx answer with one JSON line
+`{"error": "..."}` and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import ipaddress
+import json
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+import uvicorn
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnist_pipeline.cli import run_command
+from mnist_pipeline.config import load_config
+from mnist_pipeline.data import scale_images
+from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.imageprep import prepare_bytes
+from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, settings
+
+if TYPE_CHECKING:
+    import keras
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+# A drawing is a few kB and a phone photo a few MB; anything larger is refused unread.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+# A 12-megapixel photo; checked from the image header, before decoding (a 50 kB PNG can declare 10^10 pixels).
+MAX_PIXELS = 12_000_000
+# Pictures prepared at once: each may briefly hold a few copies of a MAX_PIXELS float image.
+PREPARE_SLOTS = 2
+TOP = 3
+RAW_TYPES = ("image/png", "image/jpeg")
+MULTIPART = "multipart/form-data"
+UPLOAD_FIELD = "file"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png"}
+# The evaluate stage's outputs the model card shows, when dvc.lock ties them to the served model.
+METRICS_FILE = "evaluate.json"
+CONFUSION_FILE = "confusion.png"
+
+
+def md5_of(path: Path) -> str:
+    """The md5 DVC records for a file (DVC 3 hashes a file's bytes as they are)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the page says about the model: which file, trained how, and how well it did on the test set.
+
+    Params and metrics come from dvc.lock only when dvc.lock records this very file (same md5):
+    metrics of another model next to it would be a claim about the wrong network.
+    """
+
+    path: str
+    md5: str
+    dataset: str
+    class_names: tuple[str, ...]
+    locked_stage: str | None = None  # the dvc.lock stage that wrote this exact file
+    params: dict[str, Any] = field(default_factory=dict)
+    params_source: str | None = None
+    test_accuracy: float | None = None
+    metrics_source: str | None = None
+    confusion_png: Path | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model": {"path": self.path, "md5": self.md5, "dvc_lock_stage": self.locked_stage},
+            "dataset": self.dataset,
+            "class_names": list(self.class_names),
+            "params": self.params,
+            "params_source": self.params_source,
+            "test_accuracy": self.test_accuracy,
+            "metrics_source": self.metrics_source,
+            "confusion_matrix": "/card/confusion.png" if self.confusion_png else None,
+        }
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _read_lock(root: Path) -> dict[str, Any]:
+    """dvc.lock's stages, or none when the project has no (readable) lock file: the card then says less."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    return stages if isinstance(stages, dict) else {}
+
+
+def _entries(stage: Any, kind: str) -> list[dict[str, Any]]:
+    entries = stage.get(kind) if isinstance(stage, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | None) -> ModelCard:
+    """The model card, from the model file, dvc.lock, params and the evaluate stage's outputs in `root`."""
+    md5 = md5_of(model_path)
+    card: dict[str, Any] = {"path": str(model_path), "md5": md5, "dataset": dataset,
+                            "class_names": DATASETS[dataset].class_names}
+    stages = _read_lock(root)
+    rel = _relative(model_path, root)
+    for name, stage in stages.items():
+        if any(o.get("path") == rel and o.get("md5") == md5 for o in _entries(stage, "outs")):
+            card["locked_stage"] = name
+            recorded = _flat((stage.get("params") or {}).get(DEFAULT_PARAMS) or {})
+            card["params"] = train_params(recorded)
+            card["params_source"] = f"dvc.lock, stage {name}"
+        if any(d.get("path") == rel and d.get("md5") == md5 for d in _entries(stage, "deps")):
+            for out in _entries(stage, "outs"):
+                file = root / str(out.get("path", ""))
+                if not file.is_file() or md5_of(file) != out.get("md5"):
+                    continue  # changed since dvc.lock recorded it: not this model's numbers
+                if file.name == METRICS_FILE:
+                    accuracy = json.loads(file.read_text(encoding="utf-8")).get("accuracy")
+                    if isinstance(accuracy, int | float):
+                        card["test_accuracy"] = float(accuracy)
+                        card["metrics_source"] = f"{out['path']} (dvc.lock, stage {name})"
+                elif file.name == CONFUSION_FILE:
+                    card["confusion_png"] = file
+    if "params_source" not in card and params_file is not None:
+        cfg = load_config(params_file)
+        card["params"] = train_params(_flat({"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}))
+        card["params_source"] = f"{params_file} (dvc.lock does not record this model)"
+    return ModelCard(**card)
+
+
+def train_params(flat: dict[str, Any]) -> dict[str, Any]:
+    """The model and train keys, less those of the other model type, which training never reads."""
+    unread = ("model.cnn.",) if flat.get("model.type") == "mlp" else ("model.hidden", "model.dropout")
+    return {k: v for k, v in flat.items() if k.startswith(("model.", "train.")) and not k.startswith(unread)}
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class Predictor:
+    """The model, loaded once, behind a lock: one inference at a time, with no per-call `predict` setup."""
+
+    def __init__(self, model: keras.Model, scale: float, offset: float, class_names: tuple[str, ...], md5: str):
+        self.model = model
+        self.scale, self.offset = scale, offset
+        self.class_names = class_names
+        self.md5 = md5
+        self._lock = threading.Lock()
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities of one prepared (28, 28) uint8 image."""
+        x = scale_images(image[None], self.scale, self.offset)
+        with self._lock:
+            # A direct call: Keras' `predict` builds a data pipeline per call, milliseconds for one image.
+            return np.asarray(self.model(x, training=False))[0].astype(np.float64)
+
+    def __call__(self, data: bytes, name: str) -> dict[str, Any]:
+        image = prepare_bytes(data, name, MAX_PIXELS)
+        row = self.probabilities(image)
+        order = np.argsort(-row, kind="stable")
+        best = int(order[0])
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        return {
+            "class": best,
+            "name": self.class_names[best],
+            "probability": round(float(row[best]), 6),
+            "top": [{"class": int(c), "name": self.class_names[c], "probability": round(float(row[c]), 6)}
+                    for c in order[:TOP]],
+            "probabilities": [round(float(p), 6) for p in row],
+            "class_names": list(self.class_names),
+            "model_md5": self.md5,
+            "image": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii"),
+        }
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over the limit of {MAX_BODY_BYTES:,} bytes")
+
+
+class LimitBody:
+    """Refuse a body over MAX_BODY_BYTES: by its Content-Length before reading it, else as it streams in."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            response = error_response(413, f"{scope['method']} {scope['path']}: request body of {int(declared):,} "
+                                           f"bytes: over the limit of {MAX_BODY_BYTES:,} bytes")
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise BodyTooLarge()
+            return message
+
+        await self.app(scope, counted, send)
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": f"A PNG or JPEG picture of one digit, at most {MAX_BODY_BYTES:,} bytes and "
+                       f"{MAX_PIXELS:,} pixels: the raw bytes, or a form upload in the field '{UPLOAD_FIELD}'.",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            MULTIPART: {"schema": {"type": "object", "required": [UPLOAD_FIELD],
+                                   "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}}}},
+        },
+    },
+    "responses": {"200": {"description": "The class, its name, every probability and the 28x28 image the "
+                                         "model saw (base64 PNG)",
+                          "content": {"application/json": {"example": {
+                              "class": 7, "name": "7", "probability": 0.98,
+                              "top": [{"class": 7, "name": "7", "probability": 0.98}],
+                              "probabilities": [0.0] * 7 + [0.98] + [0.0] * 2,
+                              "class_names": [str(d) for d in range(10)],
+                              "model_md5": "18196e33d55b097f64d014fefc79d7e3",
+                              "image": "data:image/png;base64,..."}}}},
+                  "4XX": {"description": 'A bad request, as one JSON line: {"error": "..."}'}},
+}
+
+
+def static_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files by name, read once: only these names are served, so no path can leave the folder."""
+    folder = resources.files("mnist_pipeline") / "web" / "static"
+    files = {}
+    for entry in folder.iterdir():
+        suffix = Path(entry.name).suffix
+        if entry.is_file() and suffix in STATIC_TYPES:
+            files[entry.name] = (entry.read_bytes(), STATIC_TYPES[suffix])
+    return files
+
+
+async def _upload_bytes(request: Request, content_type: str) -> tuple[bytes, str]:
+    """The picture's bytes and the name errors call it by, from a raw body or a form upload."""
+    if content_type in RAW_TYPES:
+        return await request.body(), "request body"
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except HTTPException:
+        raise
+    except Exception as e:  # python-multipart's and Starlette's parse errors: all a malformed form
+        raise HTTPException(400, f"malformed {MULTIPART} body ({type(e).__name__}: {e})") from None
+    upload = form.get(UPLOAD_FIELD)
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(422, f"{MULTIPART} body without a file in the field '{UPLOAD_FIELD}'")
+    name = f"upload '{(upload.filename or '')[:80]}'"
+    return await upload.read(), name
+
+
+def create_app(predictor: Predictor, card: ModelCard) -> FastAPI:
+    """The web app: the page and its files, the model card, and the API."""
+    app = FastAPI(
+        title="mnist-serve",
+        version="1",
+        description=f"The trained {card.dataset} classifier (model md5 {card.md5}). The page at / draws digits; "
+                    "POST /api/predict classifies a picture.",
+    )
+    files = static_files()
+    slots = anyio.CapacityLimiter(PREPARE_SLOTS)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if exc.status_code != 404 or exc.detail != "Not Found" else "no such page or file"
+        if exc.status_code == 405:
+            detail = f"method {request.method} not allowed here"
+        return error_response(exc.status_code, f"{request.method} {request.url.path}: {detail}")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+        return error_response(422, f"{request.method} {request.url.path}: {first.get('msg')}")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        content, media_type = files["index.html"]
+        return Response(content, media_type=media_type)
+
+    @app.get("/static/{name:path}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if name not in files:
+            raise HTTPException(404, f"no file '{name[:80]}' in the page's static files "
+                                     f"(expected one of {', '.join(sorted(files))})")
+        content, media_type = files[name]
+        return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/card/confusion.png", include_in_schema=False)
+    async def confusion() -> Response:
+        if card.confusion_png is None:
+            raise HTTPException(404, "no confusion matrix recorded for this model in dvc.lock")
+        return Response(card.confusion_png.read_bytes(), media_type="image/png")
+
+    @app.get("/api/health", summary="Liveness, and which model answers")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model_md5": card.md5, "dataset": card.dataset}
+
+    @app.get("/api/model", summary="The model card: md5, train params, test accuracy")
+    async def model_card() -> dict[str, Any]:
+        return card.as_json()
+
+    @app.post("/api/predict", summary="Classify one picture", openapi_extra=PREDICT_BODY,
+              response_model=None)
+    async def predict(request: Request) -> JSONResponse:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in (*RAW_TYPES, MULTIPART):
+            shown = f"Content-Type '{content_type[:60]}'" if content_type else "no Content-Type"
+            raise HTTPException(415, f"{shown}: expected {', '.join(RAW_TYPES)} (the raw picture) or {MULTIPART} "
+                                     f"(a file in the field '{UPLOAD_FIELD}')")
+        data, name = await _upload_bytes(request, content_type)
+        if not data:
+            raise HTTPException(400, f"{name} is empty: expected the bytes of a PNG or JPEG picture")
+        try:
+            result = await anyio.to_thread.run_sync(predictor, data, name, limiter=slots)
+        except PipelineError as e:
+            raise HTTPException(400, str(e)) from None
+        return JSONResponse(result)
+
+    return app
+
+
+class QuietSignalServer(uvicorn.Server):
+    """Ctrl-C or SIGTERM stop the server gracefully and end in exit 0: stopping a server is no fault."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.force_exit = self.should_exit  # a second Ctrl-C: stop without waiting for open connections
+        self.should_exit = True
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a busy port is one `error:` line and `--port 0` can name the port it got."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        raise PipelineError(f"{host}:{port}: cannot listen ({e.strerror or e})") from None
+    return sock
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mnist-serve",
+        description="Serve the trained model: a page to draw digits on, and an HTTP API (POST /api/predict).",
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained Keras model (default {DEFAULT_MODEL})")
+    parser.add_argument("--params",
+                        help=f"params file for data.dataset, preprocess scaling and the model card (default: "
+                             f"{DEFAULT_PARAMS} when it exists, else MNIST's x/255 - 0.5)")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0 = any free port, printed at start)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: expected 0 to 65535")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` stands for is this machine's own (127.0.0.1, ::1, localhost)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def serve(args: argparse.Namespace) -> None:
+    dataset, scale, offset = settings(args.params, None)
+    params_file = Path(args.params or DEFAULT_PARAMS)
+    model_path = Path(args.model)
+    if not model_path.is_file():
+        raise PipelineError(f"{model_path}: model file not found (train it with `dvc repro`, or pass --model PATH)")
+    try:
+        card = build_card(model_path, params_file.parent, dataset, params_file if params_file.is_file() else None)
+    except OSError as e:
+        raise PipelineError(f"{model_path}: cannot read ({e.strerror or e})") from None
+    if not is_loopback(args.host):
+        print(f"mnist-serve: warning: --host {args.host} serves the model to every machine that can reach this "
+              "one (the default, 127.0.0.1, serves this machine only)", file=sys.stderr, flush=True)
+    # Bound before TensorFlow loads: a busy port fails at once, and early requests wait in the queue.
+    sock = listen(args.host, args.port)
+    with sock:
+        # Imported here: TensorFlow takes seconds to load, and a bad argument should not wait for it.
+        from mnist_pipeline.models import load_model
+
+        model = load_model(model_path, DATASETS[dataset])
+        predictor = Predictor(model, scale, offset, DATASETS[dataset].class_names, card.md5)
+        predictor.probabilities(np.zeros((28, 28), np.uint8))  # the first call builds the graph: no user waits
+        app = create_app(predictor, card)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"mnist-serve: http://{shown}:{port}/ (model {model_path}, md5 {card.md5}, {dataset}); "
+              "API docs at /docs; Ctrl-C stops", flush=True)
+        config = uvicorn.Config(LimitBody(app), log_level="warning", access_log=False, lifespan="off")
+        QuietSignalServer(config).run(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: serve until stopped; a fault at start is one `error:` line and exit 2."""
+    args = parse_args(argv)
+    run_command(lambda: serve(args))
+
+
+if __name__ == "__main__":
+    main()
+
