@@ -18,7 +18,12 @@ def scale_images(images: np.ndarray, scale: float, offset: float) -> np.ndarray:
     A 256-entry lookup table computed in float64 gives exactly the float32 values that the
     tutorial's float64 arithmetic gives after Keras casts it, without a float64 copy of the data.
     """
-    table = (np.arange(256, dtype=np.float64) / scale - offset).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        table = (np.arange(256, dtype=np.float64) / scale - offset).astype(np.float32)
+    if not np.isfinite(table).all():
+        raise PipelineError(f"params.yaml: preprocess.scale = {scale:g}, preprocess.offset = {offset:g}: "
+                            "x / scale - offset is not finite in float32 for some pixel value: expected a "
+                            "scale that keeps the images finite (the tutorial's is 255)")
     return table[images.reshape(len(images), int(np.prod(images.shape[1:])))]
 
 

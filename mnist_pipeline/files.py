@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import uuid
@@ -104,16 +106,49 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _naming_the_file(final: Path) -> contextlib.AbstractContextManager[None]:
+    """A write fault (a full disk, a read-only folder) becomes one line naming the output it was for:
+    numpy, for one, says only "Not enough free space to write 188160000 bytes"."""
+
+    @contextlib.contextmanager
+    def named() -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise PipelineError(f"{final}: cannot write ({e.strerror or e}); the previous file, if any, "
+                                "is unchanged") from None
+
+    return named()
+
+
 def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    with atomic_open(path) as f:
+    with _naming_the_file(Path(path)), atomic_open(path) as f:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def save_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Sorted keys and a trailing newline: equal data gives equal bytes, and git diffs stay small."""
-    with atomic_open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
+    """Standard JSON (no NaN or Infinity, which JSON has no words for), sorted keys, a trailing newline:
+    equal data gives equal bytes, and git diffs stay small."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError:
+        raise PipelineError(f"{path}: refusing to write a value that is not finite (NaN or infinity): "
+                            "JSON cannot hold it, and the result it stands for is meaningless") from None
+    with _naming_the_file(Path(path)), atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def _header(f: IO[bytes], path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header, read before any data: a bad file is refused without loading it."""
+    magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        found = "an empty file" if not magic else f"a file starting {magic!r}"
+        raise PipelineError(f"{path}: not a .npy array: expected the .npy header, found {found}")
+    f.seek(0)
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read(f, max_header_size=10_000)
+    return tuple(shape), dtype
 
 
 def load_npy(
@@ -122,30 +157,36 @@ def load_npy(
     ndim: int,
     trailing: tuple[int, ...] = (),
 ) -> np.ndarray:
-    """Load an array without pickle and check dtype and shape, naming the file on any mismatch."""
+    """Load an array without pickle and check dtype and shape, naming the file on any mismatch.
+
+    The header is checked first, against the file's real size too, so a header that claims a huge
+    shape is refused in microseconds instead of asking for terabytes.
+    """
+    want = "(N" + "".join(f", {d}" for d in trailing) + ")"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise PipelineError(f"{path}: not a regular file (a FIFO, device or socket): expected a .npy array")
         with open(path, "rb") as f:
-            magic = f.read(len(NPY_MAGIC))
-            if magic != NPY_MAGIC:
-                found = "an empty file" if not magic else f"a file starting {magic!r}"
-                raise PipelineError(f"{path}: not a .npy array: expected the .npy header, found {found}")
+            shape, found = _header(f, path)
+            if found.hasobject:
+                raise PipelineError(
+                    f"{path}: holds Python objects, which are never unpickled (allow_pickle=False): "
+                    "expected a plain numeric array"
+                )
+            if found != np.dtype(dtype):
+                raise PipelineError(f"{path}: expected dtype {np.dtype(dtype)}, found {found}")
+            if len(shape) != ndim or tuple(shape[1:]) != trailing:
+                raise PipelineError(f"{path}: expected shape {want}, found {shape}")
+            expected = math.prod(shape) * found.itemsize
+            available = os.fstat(f.fileno()).st_size - f.tell()
+            if available != expected:
+                raise PipelineError(f"{path}: truncated or corrupt .npy array: its header says shape {shape}, "
+                                    f"{expected} bytes, the file holds {available}")
             f.seek(0)
-            array = np.load(f, allow_pickle=False)
+            return np.lib.format.read_array(f, allow_pickle=False)
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro)") from None
     except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise PipelineError(
-                f"{path}: holds Python objects, which are never unpickled (allow_pickle=False): "
-                "expected a plain numeric array"
-            ) from None
         raise PipelineError(f"{path}: truncated or corrupt .npy array ({e})") from None
     except (OSError, EOFError) as e:
         raise PipelineError(f"{path}: not a readable .npy array ({getattr(e, 'strerror', None) or e})") from None
-    if array.dtype != np.dtype(dtype):
-        raise PipelineError(f"{path}: expected dtype {np.dtype(dtype)}, found {array.dtype}")
-    if array.ndim != ndim or tuple(array.shape[1:]) != trailing:
-        want = "(N" + "".join(f", {d}" for d in trailing) + ")"
-        raise PipelineError(f"{path}: expected shape {want}, found {array.shape}")
-    return array
-

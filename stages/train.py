@@ -13,7 +13,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
     cfg = load_config()
     spec = DATASETS[cfg.data.dataset]
     x_train, y_train = load_split(prepared_dir, "train", spec)
-    x_val, y_val = load_split(prepared_dir, "val", spec)
+    x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0)  # no validation is the default
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
     from mnist_pipeline.models import save_model_deterministic, save_weights
