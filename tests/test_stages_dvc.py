@@ -41,6 +41,21 @@ def read_json(project: Project, path: str) -> Any:
     return json.loads((project.path / path).read_text())
 
 
+@pytest.fixture(scope="module")
+def test_probabilities(project: Project) -> np.ndarray:
+    """The trained model's class probabilities for the test images, computed here with Keras itself."""
+    import keras
+
+    model = keras.saving.load_model(project.path / "models" / "model.keras")
+    return model.predict(np.load(project.path / "data" / "prepared" / "x_test.npy"), verbose=0)
+
+
+def confusion_rows(project: Project) -> list[tuple[int, int]]:
+    """(actual, predicted) per test image, from the evaluate stage's confusion.csv."""
+    with open(project.path / "metrics" / "confusion.csv", newline="") as f:
+        return [(int(row["actual"]), int(row["predicted"])) for row in csv.DictReader(f)]
+
+
 def test_all_five_stages_run_in_order(built: tuple[Project, list[str]]) -> None:
     _, ran = built
     assert sorted(ran) == sorted(STAGES)
@@ -85,39 +100,56 @@ def test_train_logs_one_point_per_epoch(project: Project) -> None:
         assert float(rows[-1][metric]) == pytest.approx(summary[metric], rel=1e-6)
 
 
-def test_evaluate_json_schema(project: Project) -> None:
+def test_evaluate_json_matches_metrics_recomputed_here(project: Project, test_probabilities: np.ndarray) -> None:
+    """evaluate.json's numbers, recomputed independently: the loss from Keras' own predictions, the
+    per-class scores by counting the rows of confusion.csv."""
     report = read_json(project, "metrics/evaluate.json")
     assert {"loss", "accuracy", "macro_f1", "test_images", "per_class"} <= set(report)
     assert report["test_images"] == TEST_N
-    assert 0 < report["loss"] < 10
+    labels = np.load(project.path / "data" / "prepared" / "y_test.npy")
+    picked = np.clip(test_probabilities[np.arange(len(labels)), labels].astype(np.float64), 1e-7, 1 - 1e-7)
+    assert report["loss"] == pytest.approx(-np.mean(np.log(picked)), abs=1e-5)
     assert 0.3 < report["accuracy"] <= 1  # it learned: chance is 0.1, one epoch on 1,000 images gives about 0.6
     assert sorted(report["per_class"]) == [str(d) for d in range(10)]
-    for scores in report["per_class"].values():
-        assert set(scores) == {"precision", "recall", "f1"}
-        assert all(0 <= v <= 1 for v in scores.values())
-    f1s = [s["f1"] for s in report["per_class"].values()]
+    rows = confusion_rows(project)
+    f1s = []
+    for digit in range(10):
+        hits = sum(actual == predicted == digit for actual, predicted in rows)
+        predicted_as = sum(predicted == digit for _, predicted in rows)
+        actually = sum(actual == digit for actual, _ in rows)
+        precision = hits / predicted_as if predicted_as else 0.0
+        recall = hits / actually if actually else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+        scores = report["per_class"][str(digit)]
+        assert scores == pytest.approx({"precision": precision, "recall": recall, "f1": f1}, abs=1e-6), digit
+        f1s.append(f1)
     assert report["macro_f1"] == pytest.approx(np.mean(f1s), abs=1e-5)
 
 
-def test_confusion_csv_has_a_row_per_test_image(project: Project) -> None:
+def test_confusion_csv_has_a_row_per_test_image(project: Project, test_probabilities: np.ndarray) -> None:
     with open(project.path / "metrics" / "confusion.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+        assert next(csv.reader(f)) == ["actual", "predicted"]
+    rows = confusion_rows(project)
     assert len(rows) == TEST_N
-    assert set(rows[0]) == {"actual", "predicted"}
     labels = np.load(project.path / "data" / "prepared" / "y_test.npy")
-    assert [int(r["actual"]) for r in rows] == labels.tolist()
-    accuracy = np.mean([r["actual"] == r["predicted"] for r in rows])
+    assert [actual for actual, _ in rows] == labels.tolist()
+    assert [predicted for _, predicted in rows] == test_probabilities.argmax(axis=1).tolist()
+    accuracy = np.mean([actual == predicted for actual, predicted in rows])
     assert accuracy == pytest.approx(read_json(project, "metrics/evaluate.json")["accuracy"], abs=1e-6)
 
 
-def test_predictions_json_schema(project: Project) -> None:
+def test_predictions_json_is_the_models_top_class_and_its_probability(
+    project: Project, test_probabilities: np.ndarray
+) -> None:
     rows = read_json(project, "metrics/predictions.json")["predictions"]
     assert len(rows) == 5
     for i, row in enumerate(rows):
         assert set(row) == {"index", "predicted", "label", "probability", "predicted_name", "label_name"}
         assert row["index"] == i
         assert row["predicted_name"] == str(row["predicted"]) and row["label_name"] == str(row["label"])
-        assert 0.1 <= row["probability"] <= 1  # the arg-max of 10 probabilities
+        assert row["predicted"] == int(test_probabilities[i].argmax())
+        # Stored rounded to 6 digits; Keras here predicts in other batches than the stage (float32 sums).
+        assert row["probability"] == pytest.approx(float(test_probabilities[i].max()), abs=2e-6)
     assert [r["label"] for r in rows] == [7, 2, 1, 0, 4]
 
 
