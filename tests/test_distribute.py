@@ -94,10 +94,13 @@ def test_unknown_strategy_names_the_choices() -> None:
         make_strategy("horovod")
 
 
-def test_default_and_mirrored_strategies_have_replicas() -> None:
+def test_default_is_one_replica_and_mirrored_is_one_per_local_gpu() -> None:
+    import tensorflow as tf
+
     assert make_strategy("default").num_replicas_in_sync == 1
-    # Every local GPU, or the CPU when there is none: at least one replica either way.
-    assert make_strategy("mirrored").num_replicas_in_sync >= 1
+    # Every local GPU, or the CPU alone when there is none.
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert make_strategy("mirrored").num_replicas_in_sync == max(gpus, 1)
 
 
 def test_batch_size_is_global_and_must_split_evenly() -> None:
