@@ -32,6 +32,8 @@ LR_SCHEDULES = ("constant", "one_cycle")
 MODEL_TYPES = ("mlp", "cnn")
 # Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1
+# Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
+MAX_TIMEOUT_S = 1e6
 # A bound on what YAML may expand to: aliases can make a small file describe an enormous tree.
 MAX_PARAMS_NODES = 10_000
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -88,7 +90,7 @@ class DownloadConfig(Section):
     mirrors: dict[str, list[str]] = Field(
         description="a mapping with exactly the keys " + ", ".join(DATASETS) + ", each a list of http(s) URLs"
     )
-    timeout_s: float = number(0.0, low_open=True)
+    timeout_s: float = number(0.0, MAX_TIMEOUT_S, low_open=True)
     retries: int = integer(0, 10)
 
     @field_validator("mirrors")
