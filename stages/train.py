@@ -1,16 +1,22 @@
 """Stage train: fit the model described by params on the prepared training set."""
 
+from pathlib import Path
+
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.distribute import is_chief
-from mnist_pipeline.files import atomic_dir
+from mnist_pipeline.files import atomic_dir, save_json
 from mnist_pipeline.plots import plot_training_curves
 from mnist_pipeline.prepared import load_split
+from mnist_pipeline.progress import say
+from mnist_pipeline.unused_params import ignored_changes
 
 
 def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
     cfg = load_config()
+    for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
+        say(f"train: warning: {line}")
     spec = DATASETS[cfg.data.dataset]
     x_train, y_train = load_split(prepared_dir, "train", spec)
     x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0)  # no validation is the default
@@ -28,6 +34,9 @@ def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
         plot_training_curves(history, live_tmp / "curves.png")
     save_model_deterministic(model, f"{model_dir}/model.keras")
     save_weights(model, f"{model_dir}/model.weights.h5")
+    # The tracked summary beside dvclive's folder (metrics/train -> metrics/train.json): the last epoch's numbers.
+    summary = {key: round(float(values[-1]), 6) for key, values in history.items()}
+    save_json(f"{Path(live_dir)}.json", {**summary, "epochs": len(history["loss"])})
 
 
 if __name__ == "__main__":
