@@ -58,7 +58,8 @@ def make_dataset() -> Served:
     payloads = {name: encode_idx(a) for name, a in arrays.items()}
     gzips = {name: gzip.compress(p, mtime=0) for name, p in payloads.items()}
     files = tuple(
-        FileSpec(name, hashlib.sha256(payloads[name]).hexdigest(), hashlib.md5(gzips[name]).hexdigest())
+        FileSpec(name, hashlib.sha256(payloads[name]).hexdigest(), hashlib.md5(gzips[name]).hexdigest(),
+                 len(payloads[name]))
         for name in arrays
     )
     spec = DatasetSpec("tiny", "tiny-mirror-dir", files, tuple("0123456789"))
@@ -347,7 +348,8 @@ def test_failing_env_mirror_falls_back_to_public(server: MirrorServer, data: Ser
                                env_root=server.url("/env/"))
     assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
     file = data.spec.files[0].name
-    assert server.hits[:2] == [f"/env/{data.spec.mirror_dir}/{file}", f"/pub/{file}"]
+    # Both spellings of the data set's folder, then the public mirror.
+    assert server.hits[:3] == [f"/env/{data.spec.mirror_dir}/{file}", f"/env/{data.spec.name}/{file}", f"/pub/{file}"]
 
 
 def test_upstream_gzip_md5_is_an_alternative_proof(server: MirrorServer, data: Served, tmp_path: Path) -> None:
