@@ -6,14 +6,18 @@ served for real; after every failure the destination holds no file, final or tem
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
+import io
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,11 +25,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from faultkit import error_line, stage_dir
 from idxkit import encode_idx
 
 from mnist_pipeline.config import DownloadConfig
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, FileSpec
-from mnist_pipeline.download import download_dataset, fetch_file, mirrors_for
+from mnist_pipeline.datasets import (
+    DATASETS,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    DatasetSpec,
+    FileSpec,
+    raw_name,
+)
+from mnist_pipeline.download import FetchError, Payload, download_dataset, fetch_file, file_deadline, mirrors_for
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
 
@@ -377,3 +391,224 @@ def test_stage_prints_one_error_line_and_exits_2(server: MirrorServer, tmp_path:
         f"error: {TRAIN_IMAGES}: every mirror failed: {server.url('/nothing/')}: HTTP 404 Not Found"
     ]
     assert leftovers(tmp_path / "data") == []
+
+
+# --- bounded downloads: a payload past its size, a mirror that never finishes ---
+
+
+def gzip_bomb(mebibytes: int) -> Iterator[bytes]:
+    """One gzip member of `mebibytes` MiB of zeros, streamed: one compressed MiB (fully flushed, so
+    independent of what came before) repeated, which costs far less than compressing it all."""
+    block = bytes(1 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    segment = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # gzip header: deflate, no name, mtime 0
+    crc = 0
+    for _ in range(mebibytes):
+        yield segment
+        crc = zlib.crc32(block, crc)
+    yield zlib.compressobj(9, zlib.DEFLATED, -15).flush() + struct.pack("<II", crc, (mebibytes << 20) & 0xFFFFFFFF)
+
+
+def stream(parts: Iterator[bytes]) -> Behaviour:
+    """A body without Content-Length, written as it is made, until the client hangs up."""
+
+    def behave(h: http.server.BaseHTTPRequestHandler) -> None:
+        h.send_response(200)
+        h.end_headers()
+        with contextlib.suppress(OSError):  # the client stopped reading: what the test wants
+            for part in parts:
+                h.wfile.write(part)
+
+    return behave
+
+
+def trickle(server: MirrorServer, data: bytes, interval_s: float, headers: bool) -> Behaviour:
+    """`data` one byte every `interval_s`, each byte well inside the read timeout; with `headers`,
+    the status line and headers trickle too."""
+
+    def behave(h: http.server.BaseHTTPRequestHandler) -> None:
+        head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        slow = head + data if headers else data
+        with contextlib.suppress(OSError):  # the client hung up at its deadline
+            if not headers:
+                h.wfile.write(head)
+            for i in range(len(slow)):
+                h.wfile.write(slow[i:i + 1])
+                if server.release.wait(interval_s):
+                    return
+
+    return behave
+
+
+def test_gzip_bomb_stops_at_the_payload_size(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[1]
+    url = server.url("/m1/")
+    server.routes[f"/m1/{file.name}"] = [stream(gzip_bomb(200))]
+    message = fetch_error(file, [url], tmp_path / "out" / "labels", retries=2)
+    assert message == (f"{file.name}: every mirror failed: {url}: decompressed past the expected {file.payload_size} "
+                       "bytes of payload: stopped (a different file or a gzip bomb)")
+    assert len(server.hits) == 1  # not retried: the same mirror would send the same bytes
+
+
+def test_payload_writes_nothing_past_its_size() -> None:
+    file = make_dataset().spec.files[0]
+    out = io.BytesIO()
+    payload = Payload(out, file)
+    with pytest.raises(FetchError, match=r"^decompressed past the expected "):
+        for part in gzip_bomb(200):
+            payload.feed(part)
+    assert len(out.getvalue()) <= file.payload_size
+    assert out.getvalue() == bytes(len(out.getvalue()))
+
+
+def test_payload_longer_than_expected_is_stopped(server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[3]
+    longer = gzip.compress(data.payloads[file.name] + b"\x00", mtime=0)
+    server.routes[f"/m1/{file.name}"] = [send(longer)]
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "labels")
+    assert message.endswith(f": decompressed past the expected {file.payload_size} bytes of payload: "
+                            "stopped (a different file or a gzip bomb)")
+
+
+@pytest.mark.parametrize("where", ["headers", "body"])
+def test_trickling_server_hits_the_deadline(server: MirrorServer, data: Served, tmp_path: Path, where: str) -> None:
+    file = data.spec.files[0]
+    url = server.url("/m1/")
+    server.routes[f"/m1/{file.name}"] = [trickle(server, data.gzips[file.name], 0.02, headers=where == "headers")]
+    # Each byte comes well within the 2 s read timeout; only the deadline can end this.
+    message = fetch_error(file, [url], tmp_path / "out" / "images", timeout=2.0, retries=2, deadline_s=0.3)
+    prefix = f"{file.name}: every mirror failed: {url}: not finished within this file's 0.3 s deadline ("
+    assert message.startswith(prefix), message
+    received = int(message.removeprefix(prefix).removesuffix(" bytes received)"))
+    assert received == 0 if where == "headers" else 0 < received < len(data.gzips[file.name])
+    assert len(server.hits) == 1  # a mirror too slow for the deadline is not retried
+
+
+def test_deadline_grows_with_timeout_and_payload() -> None:
+    images = DATASETS["mnist"].files[0]
+    assert images.payload_size == 47_040_016
+    assert file_deadline(images, 30) == pytest.approx(300 + 470.40016)  # the default timeout_s
+    assert file_deadline(images, 1) == pytest.approx(60 + 470.40016)  # never under a minute plus the payload's
+
+
+def test_payload_sizes_match_the_mirror_files(mirror_root: Path) -> None:
+    for spec in DATASETS.values():
+        for file in spec.files:
+            gz = (mirror_root / spec.mirror_dir / file.name).read_bytes()
+            # A one-member gzip ends with its payload's size (mod 2**32); the mirror's files are one member each.
+            assert struct.unpack("<I", gz[-4:])[0] == file.payload_size, (spec.name, file.name)
+
+
+# --- $DATASET_MIRROR: both folder spellings, and the paths it tried ---
+
+
+def test_env_mirror_folder_may_be_named_after_the_data_set(data: Served, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mirror" / data.spec.name  # "tiny/", not the mirror_dir "tiny-mirror-dir/"
+    folder.mkdir(parents=True)
+    for name, body in data.gzips.items():
+        (folder / name).write_bytes(body)
+    written = download_dataset(data.spec, tmp_path / "raw", settings([], 2), env_root=str(tmp_path / "mirror"))
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" from ")[0] for line in lines] == [f"download: tiny: {f.name}" for f in data.spec.files]
+
+
+def test_env_mirror_url_folder_may_be_named_after_the_data_set(server: MirrorServer, data: Served,
+                                                               tmp_path: Path) -> None:
+    server.publish(f"/env/{data.spec.name}/", data.gzips)
+    written = download_dataset(data.spec, tmp_path / "raw", settings([], 2), env_root=server.url("/env"))
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+    first = data.spec.files[0].name
+    assert server.hits[:2] == [f"/env/{data.spec.mirror_dir}/{first}", f"/env/{data.spec.name}/{first}"]
+
+
+def test_env_mirror_in_the_wrong_folder_names_the_paths_tried(server: MirrorServer, data: Served,
+                                                              tmp_path: Path) -> None:
+    root = tmp_path / "mirror"
+    (root / "tiny_mnist").mkdir(parents=True)
+    file = data.spec.files[0]
+    with pytest.raises(PipelineError) as info:
+        download_dataset(data.spec, tmp_path / "raw", settings([], 2), env_root=str(root))
+    assert str(info.value) == (f"{file.name}: every mirror failed: $DATASET_MIRROR={root}: file not found: "
+                               f"tried {root}/tiny-mirror-dir/{file.name}, {root}/tiny/{file.name}")
+    env = server.url("/env")
+    with pytest.raises(PipelineError) as info:
+        download_dataset(data.spec, tmp_path / "raw", settings([], 2), env_root=env)
+    assert str(info.value) == (f"{file.name}: every mirror failed: $DATASET_MIRROR={env}: HTTP 404 Not Found: "
+                               f"tried {env}/tiny-mirror-dir/{file.name}, {env}/tiny/{file.name}")
+
+
+def test_stage_reads_fashion_mnist_from_a_folder_named_fashion_mnist(mirror_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "mirror"
+    root.mkdir()
+    (root / "fashion_mnist").symlink_to(mirror_root / "fashion-mnist", target_is_directory=True)
+    project = stage_dir(tmp_path / "p", mirror=root, params={"data.dataset": "fashion_mnist"})
+    result = project.run("download", timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert [line.split(" from ")[0] for line in lines] == [
+        f"download: fashion_mnist: {f.name}" for f in DATASETS["fashion_mnist"].files]
+    assert all(f" from $DATASET_MIRROR={root}: " in line for line in lines)
+    raw = project.path / "data" / "raw" / "fashion_mnist"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(raw_name(f.name) for f in DATASETS["fashion_mnist"].files)
+    assert read_idx(raw / "t10k-labels-idx1-ubyte", "labels")[:5].tolist() == [9, 2, 1, 1, 6]
+
+
+def test_stage_in_the_wrong_folder_names_both_paths_tried(server: MirrorServer, tmp_path: Path) -> None:
+    root = (tmp_path / "mirror").resolve()
+    (root / "fashion").mkdir(parents=True)
+    project = stage_dir(tmp_path / "p", mirror=root, params={
+        "data.dataset": "fashion_mnist", "download.mirrors.fashion_mnist": [server.url("/nothing/")],
+        "download.retries": 0})
+    assert error_line(project.run("download", timeout=120)) == (
+        f"error: {TRAIN_IMAGES}: every mirror failed: $DATASET_MIRROR={root}: file not found: "
+        f"tried {root}/fashion-mnist/{TRAIN_IMAGES}, {root}/fashion_mnist/{TRAIN_IMAGES}; "
+        f"{server.url('/nothing/')}: HTTP 404 Not Found")
+
+
+# --- values urllib and sockets cannot take: one line each, never a traceback ---
+
+
+def test_stage_refuses_a_timeout_sockets_cannot_take(tmp_path: Path) -> None:
+    project = stage_dir(tmp_path / "p", params={"download.timeout_s": 1e300})
+    assert "1.0e+300" in project.params_file.read_text()
+    assert error_line(project.run("download", timeout=120)) == (
+        "error: params.yaml: download.timeout_s = 1e+300: expected a number in (0, 1e+06)")
+
+
+def test_stage_reports_a_malformed_mirror_url_and_goes_on(server: MirrorServer, tmp_path: Path) -> None:
+    project = stage_dir(tmp_path / "p", params={
+        "download.mirrors.mnist": ["http://[::1/", server.url("/nothing/")], "download.retries": 0})
+    assert error_line(project.run("download", timeout=120)) == (
+        f"error: {TRAIN_IMAGES}: every mirror failed: http://[::1/: not a valid URL (Invalid IPv6 URL); "
+        f"{server.url('/nothing/')}: HTTP 404 Not Found")
+    assert len(server.hits) == 1  # the next mirror was still asked
+
+
+def test_stage_reports_a_malformed_dataset_mirror_url(server: MirrorServer, tmp_path: Path) -> None:
+    project = stage_dir(tmp_path / "p", params={"download.mirrors.mnist": [server.url("/nothing/")],
+                                                "download.retries": 0})
+    result = project.run("download", env={"DATASET_MIRROR": "http://[::1"}, timeout=120)
+    assert error_line(result) == (
+        f"error: {TRAIN_IMAGES}: every mirror failed: $DATASET_MIRROR=http://[::1: not a valid URL "
+        f"(Invalid IPv6 URL); {server.url('/nothing/')}: HTTP 404 Not Found")
+
+
+@pytest.mark.parametrize(("env_root", "problem"), [
+    ("http://127.0.0.1:port/", "Port could not be cast to integer value as 'port'"),
+    ("http://127.0.0.1:99999/", "Port out of range 0-65535"),
+    ("htp://example.org/", "unknown scheme 'htp': expected http, https or file"),
+    ("http:///no/host/", "no host"),
+])
+def test_malformed_dataset_mirror_url_fails_that_mirror_only(server: MirrorServer, data: Served, tmp_path: Path,
+                                                             env_root: str, problem: str) -> None:
+    public = server.publish("/pub/", data.gzips)
+    with pytest.raises(PipelineError) as info:
+        download_dataset(data.spec, tmp_path / "raw", settings([server.url("/nothing/")], 2), env_root=env_root)
+    file = data.spec.files[0].name
+    assert str(info.value) == (f"{file}: every mirror failed: $DATASET_MIRROR={env_root}: not a valid URL "
+                               f"({problem}); {server.url('/nothing/')}: HTTP 404 Not Found")
+    written = download_dataset(data.spec, tmp_path / "raw", settings([public], 2), env_root=env_root)
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
