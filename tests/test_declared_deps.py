@@ -5,10 +5,14 @@ means stale results after a change; one declared but never read means needless r
 
 How: every stage runs in a sandbox holding only params.yaml, the package `__init__.py` files and
 the stage's declared deps (copied from the previous stages' sandbox outputs), so an undeclared
-import or data file makes it fail. Each process leaves two traces: the params loader's record of
-the keys and project modules it used (MNIST_PIPELINE_TRACE) and a Python audit hook's list of the
-files it opened (installed through a `sitecustomize` on PYTHONPATH). The tests compare both with
-dvc.yaml, in both directions, and check that the stage writes nothing outside its declared outs.
+import or data file makes it fail. The evidence comes from outside the product, through a
+`sitecustomize` on PYTHONPATH (TRACE_HOOK) that each stage process loads at start-up. It takes the
+editable install's finder off `sys.meta_path`, so a module missing from the sandbox cannot be
+borrowed from the project; it wraps `load_config` and the config section classes' attribute access
+as `mnist_pipeline.config` is imported, to record the dotted keys the stage reads; at exit it writes
+the modules imported from the sandbox (and any project module that came from elsewhere), and an
+audit hook's list of the files the process opened. The tests compare these with dvc.yaml, in both
+directions, and check that the stage writes nothing outside its declared outs.
 
 Configuration rule: a key read only under some configuration (the CNN keys when `model.type` is
 cnn) counts as read when any configuration reads it. The train stage is therefore run once per
@@ -37,11 +41,138 @@ VARIANT_KEYS = ("model.type",)
 SANDBOX_PARAMS = {**TINY_PARAMS, "preprocess.val_size": 100}
 STAGES = load_stages(PROJECT_ROOT)
 
-OPEN_HOOK = """\
-import atexit, json, os, sys
+TRACE_HOOK = '''\
+"""Stage-process tracer for tests/test_declared_deps.py, loaded as `sitecustomize` (never imported by the product)."""
+import atexit, functools, json, os, sys
 
-_out = os.environ.get("OPENS_TRACE")
-if _out:
+PACKAGES = ("mnist_pipeline", "stages")
+_opens_out, _trace_out = os.environ.get("OPENS_TRACE"), os.environ.get("STAGE_TRACE")
+_sandbox = os.path.realpath(os.getcwd())
+
+
+def _editable(obj):
+    return str(getattr(obj, "__module__", "") or "").startswith("__editable__")
+
+
+if _trace_out:
+    # (1) Only the sandbox's copies of the project can be imported: the editable install's finder
+    # (added by a .pth file before this runs) would load any module missing here from the project.
+    sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
+    sys.path[:] = [p for p in sys.path if not p.startswith("__editable__") and not any(
+        os.path.isdir(os.path.join(p or ".", pkg)) for pkg in PACKAGES)]
+    sys.path_importer_cache.clear()
+
+    # (3) Param keys read: reads of leaf fields on the objects load_config returned, by dotted key.
+    _params, _prefixes, _alive, _loads = set(), {}, [], []
+
+    def _is_section(annotation):
+        from pydantic import BaseModel
+        return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+    def _instrument(config):
+        leaves = {}  # section class -> its leaf field names
+
+        def walk(cls):
+            if cls not in leaves:
+                leaves[cls] = {n for n, f in cls.model_fields.items() if not _is_section(f.annotation)}
+                for f in cls.model_fields.values():
+                    if _is_section(f.annotation):
+                        walk(f.annotation)
+
+        walk(config.Config)
+
+        def register(obj, prefix):
+            _prefixes[id(obj)] = prefix
+            _alive.append(obj)  # kept alive, so its id is never reused by another object
+            for name, value in object.__getattribute__(obj, "__dict__").items():
+                if type(value) in leaves:
+                    register(value, f"{prefix}{name}.")
+
+        def read_all(obj, prefix):
+            for name, value in object.__getattribute__(obj, "__dict__").items():
+                if type(value) in leaves:
+                    read_all(value, f"{prefix}{name}.")
+                else:
+                    _params.add(prefix + name)
+
+        originals = {cls: cls.__getattribute__ for cls in leaves}
+        for cls, original in originals.items():
+            def traced(self, name, _original=original, _leaves=leaves[cls]):
+                value = _original(self, name)
+                prefix = _prefixes.get(id(self))
+                if prefix is not None:
+                    if name in _leaves:
+                        _params.add(prefix + name)
+                    elif name in ("model_dump", "model_dump_json"):  # a whole section handed on as data
+                        read_all(self, prefix)
+                return value
+            cls.__getattribute__ = traced
+
+        load = config.load_config
+
+        @functools.wraps(load)
+        def load_config(*args, **kwargs):
+            cfg = load(*args, **kwargs)
+            _loads.append(1)
+            register(cfg, "")
+            return cfg
+
+        config.load_config = load_config
+
+    class _InstrumentingLoader:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):  # get_source and friends, for tracebacks
+            return getattr(self._inner, name)
+
+        def create_module(self, spec):
+            return self._inner.create_module(spec)
+
+        def exec_module(self, module):
+            self._inner.exec_module(module)
+            _instrument(module)
+
+    class _ConfigWatcher:
+        """Finds mnist_pipeline.config with the other finders and instruments it once it has run."""
+
+        @classmethod
+        def find_spec(cls, fullname, path=None, target=None):
+            if fullname != "mnist_pipeline.config":
+                return None
+            for finder in sys.meta_path:
+                if finder is not cls and hasattr(finder, "find_spec"):
+                    spec = finder.find_spec(fullname, path, target)
+                    if spec is not None:
+                        spec.loader = _InstrumentingLoader(spec.loader)
+                        return spec
+            return None
+
+    sys.meta_path.insert(0, _ConfigWatcher)
+
+    # (2) Modules: every one whose file lies in the sandbox's packages; a project module from anywhere
+    # else means the sandbox leaked, which the test reports.
+    def _dump_trace():
+        inside, outside = set(), set()
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if not file:
+                continue
+            path = os.path.realpath(file)
+            rel = os.path.relpath(path, _sandbox)
+            if not rel.startswith("..") and rel.split(os.sep)[0] in PACKAGES:
+                inside.add(rel.replace(os.sep, "/"))
+            elif name.split(".")[0] in PACKAGES:
+                outside.add(f"{name} ({path})")
+        record = {"params": sorted(_params), "modules": sorted(inside), "outside": sorted(outside),
+                  "load_config_calls": len(_loads)}
+        with open(_trace_out, "a") as f:
+            f.write(json.dumps(record) + "\\n")
+
+    atexit.register(_dump_trace)
+
+if _opens_out:
     _opened = []
 
     def _hook(event, args):
@@ -50,14 +181,14 @@ if _out:
             write = bool(mode and any(c in mode for c in "wax+")) or bool((flags or 0) & (os.O_WRONLY | os.O_RDWR))
             _opened.append([os.path.abspath(os.fsdecode(path)), write])
 
-    def _dump():
+    def _dump_opens():
         text = json.dumps(_opened) + "\\n"
-        with open(_out, "a") as f:
+        with open(_opens_out, "a") as f:
             f.write(text)
 
     sys.addaudithook(_hook)
-    atexit.register(_dump)
-"""
+    atexit.register(_dump_opens)
+'''
 
 
 @dataclass
@@ -68,6 +199,15 @@ class Run:
     modules: set[str] = field(default_factory=set)
     reads: set[str] = field(default_factory=set)
     created: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Workspace:
+    """The runs' shared folders: `work` collects each stage's outputs for the next stage's sandbox."""
+
+    root: Path
+    work: Path
+    hook_dir: Path
 
 
 def files_under(root: Path) -> set[str]:
@@ -89,31 +229,44 @@ def copy_into(source: Path, target: Path, rel: str) -> None:
         shutil.copy2(src, dst)
 
 
-def run_sandboxed(stage: Stage, work: Path, sandbox: Path, hook_dir: Path, overrides: dict | None = None) -> Run:
-    """Run the stage's own `cmd` where only its declared inputs exist; return its traces."""
-    for rel in [PARAMS_FILE, *package_inits(work), *stage.deps]:
-        copy_into(work, sandbox, rel)
+def run_in_sandbox(stage: Stage, space: Workspace, sandbox: Path,
+                   overrides: dict | None = None) -> tuple[subprocess.CompletedProcess[str], dict, set[str]]:
+    """Run the stage's own `cmd` where only its declared inputs exist: the process, its trace record
+    (TRACE_HOOK) and the sandbox's files before the run."""
+    for rel in [PARAMS_FILE, *package_inits(space.work), *stage.deps]:
+        copy_into(space.work, sandbox, rel)
     if overrides:
         tree = yaml.safe_load((sandbox / PARAMS_FILE).read_text())
         for key, value in overrides.items():
             set_dotted(tree, key, value)
         (sandbox / PARAMS_FILE).write_text(yaml.safe_dump(tree, sort_keys=False))
     before = files_under(sandbox)
-    params_trace, opens_trace = sandbox.parent / f"{sandbox.name}.params", sandbox.parent / f"{sandbox.name}.opens"
+    stage_trace, opens_trace = sandbox.parent / f"{sandbox.name}.trace", sandbox.parent / f"{sandbox.name}.opens"
     env = subprocess_env(
         DATASET_MIRROR=os.environ["DATASET_MIRROR"],
-        MNIST_PIPELINE_TRACE=str(params_trace),
+        STAGE_TRACE=str(stage_trace),
         OPENS_TRACE=str(opens_trace),
-        PYTHONPATH=str(hook_dir),
+        PYTHONPATH=str(space.hook_dir),
         PYTHONDONTWRITEBYTECODE="1",
     )
     result = subprocess.run(stage.cmd, shell=True, cwd=sandbox, env=env, capture_output=True, text=True, timeout=900)
+    records = [json.loads(line) for line in stage_trace.read_text().splitlines()] if stage_trace.exists() else []
+    assert len(records) == 1, f"expected one trace from {stage.cmd}, found {len(records)}\n{result.stderr[-3000:]}"
+    assert not records[0]["outside"], (
+        f"stage {stage.name} loaded project modules from outside its sandbox: {records[0]['outside']}"
+    )
+    return result, records[0], before
+
+
+def run_sandboxed(stage: Stage, space: Workspace, sandbox: Path, overrides: dict | None = None) -> Run:
+    """A stage run that must succeed with only its declared deps present; what it read and wrote."""
+    result, record, before = run_in_sandbox(stage, space, sandbox, overrides)
     assert result.returncode == 0, (
         f"stage {stage.name} failed with only its declared deps present (an undeclared import or file?)\n"
         f"{result.stderr[-3000:]}"
     )
-    records = [json.loads(line) for line in params_trace.read_text().splitlines()]
-    assert len(records) == 1, f"expected one params trace from {stage.cmd}, found {len(records)}"
+    assert record["load_config_calls"] == 1, f"stage {stage.name}: load_config ran {record['load_config_calls']} times"
+    opens_trace = sandbox.parent / f"{sandbox.name}.opens"
     opened = [entry for line in opens_trace.read_text().splitlines() for entry in json.loads(line)]
     root = sandbox.resolve()
     reads = set()
@@ -122,39 +275,43 @@ def run_sandboxed(stage: Stage, work: Path, sandbox: Path, hook_dir: Path, overr
         if not write and rel.is_relative_to(root):
             reads.add(rel.relative_to(root).as_posix())
     created = files_under(sandbox) - before
-    return Run(set(records[0]["params"]), set(records[0]["modules"]), reads & before, created)
+    return Run(set(record["params"]), set(record["modules"]), reads & before, created)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> dict[str, list[Run]]:
-    """Every stage in dvc.yaml order, each in its own sandbox; train again for each VARIANT_KEYS value."""
+def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Workspace:
+    """The project (SANDBOX_PARAMS applied) in `work`, and the hook folder every stage process loads."""
     os.environ.setdefault("DATASET_MIRROR", str(mirror_root))
     root = tmp_path_factory.mktemp("declared")
-    hook_dir = root / "hook"
-    hook_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(OPEN_HOOK)
-    work = root / "work"
+    space = Workspace(root, root / "work", root / "hook")
+    space.hook_dir.mkdir()
+    (space.hook_dir / "sitecustomize.py").write_text(TRACE_HOOK)
     for name in PROJECT_FILES:
-        copy_into(PROJECT_ROOT, work, name)
-    tree = yaml.safe_load((work / PARAMS_FILE).read_text())
+        copy_into(PROJECT_ROOT, space.work, name)
+    tree = yaml.safe_load((space.work / PARAMS_FILE).read_text())
     for key, value in SANDBOX_PARAMS.items():
         set_dotted(tree, key, value)
-    (work / PARAMS_FILE).write_text(yaml.safe_dump(tree, sort_keys=False))
-    leaves = leaf_params(work)
+    (space.work / PARAMS_FILE).write_text(yaml.safe_dump(tree, sort_keys=False))
+    return space
 
+
+@pytest.fixture(scope="module")
+def runs(space: Workspace) -> dict[str, list[Run]]:
+    """Every stage in dvc.yaml order, each in its own sandbox; train again for each VARIANT_KEYS value."""
+    leaves = leaf_params(space.work)
     found: dict[str, list[Run]] = {}
-    for stage in load_stages(work).values():
-        found[stage.name] = [run_sandboxed(stage, work, root / stage.name, hook_dir)]
+    for stage in load_stages(space.work).values():
+        found[stage.name] = [run_sandboxed(stage, space, space.root / stage.name)]
         for out in stage.outs:  # downstream sandboxes copy their deps from here
-            shutil.rmtree(work / out, ignore_errors=True)
-            copy_into(root / stage.name, work, out)
+            shutil.rmtree(space.work / out, ignore_errors=True)
+            copy_into(space.root / stage.name, space.work, out)
         for key in VARIANT_KEYS:
             if key not in expand(stage.params, leaves):
                 continue
             for value in choices(key):
                 if value != leaves[key]:
-                    sandbox = root / f"{stage.name}-{key}-{value}"
-                    found[stage.name].append(run_sandboxed(stage, work, sandbox, hook_dir, {key: value}))
+                    sandbox = space.root / f"{stage.name}-{key}-{value}"
+                    found[stage.name].append(run_sandboxed(stage, space, sandbox, {key: value}))
     return found
 
 
@@ -232,3 +389,21 @@ def test_package_inits_hold_no_code() -> None:
         body = ast.parse((PROJECT_ROOT / rel).read_text()).body
         docstring_only = all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
         assert docstring_only and len(body) <= 1, f"{rel} holds code: declare it in dvc.yaml deps or move the code"
+
+
+def test_a_module_left_out_of_the_deps_cannot_be_borrowed_from_the_project(
+        space: Workspace, runs: dict[str, list[Run]], tmp_path: Path) -> None:
+    """The sandbox really holds: with one module dep cut from a copy of dvc.yaml, the stage finds no
+    copy of it anywhere (the editable install would otherwise load it from the project) and fails."""
+    dropped = "mnist_pipeline/errors.py"
+    spec = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    deps = spec["stages"]["train"]["deps"]
+    assert dropped in deps, f"train no longer declares {dropped}: pick another module it imports"
+    deps.remove(dropped)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    cut = load_stages(tmp_path)["train"]
+
+    result, record, _ = run_in_sandbox(cut, space, space.root / "train-without-errors")  # checks record["outside"]
+    assert result.returncode != 0, f"train ran without {dropped} in its sandbox: modules {record['modules']}"
+    assert "No module named 'mnist_pipeline.errors'" in result.stderr, result.stderr[-3000:]
+    assert dropped not in record["modules"]
