@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -14,22 +17,68 @@ from mnist_pipeline.errors import PipelineError
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+GZIP_MAGIC = b"\x1f\x8b"
+# The most bytes one IDX file may hold here: MNIST's largest is 47 MB; a header may claim terabytes.
+MAX_IDX_BYTES = 1 << 30
+NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular file"
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """The IDX payload, decompressing when the file starts with the gzip magic."""
-    name = Path(path).name
+def declared_size(header: bytes) -> tuple[int, str] | None:
+    """The whole file's size as its IDX header states it, and what its items are; None if the header
+    is short or its magic unknown (parse_idx then names the fault)."""
+    if len(header) >= 8 and header[:4] == struct.pack(">I", LABELS_MAGIC):
+        return 8 + struct.unpack(">I", header[4:8])[0], "label"
+    if len(header) >= 16 and header[:4] == struct.pack(">I", IMAGES_MAGIC):
+        count, rows, cols = struct.unpack(">III", header[4:16])
+        return 16 + count * rows * cols, "image"
+    return None
+
+
+def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """The file, opened only when it is a regular file: a FIFO would block, /dev/zero never end."""
     try:
-        data = Path(path).read_bytes()
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise PipelineError(f"{path}: a folder: expected a regular file")
+        if not stat.S_ISREG(mode):
+            raise PipelineError(f"{path}: {NOT_REGULAR}")
+        return open(path, "rb")
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except OSError as e:
         raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
-    if data[:2] == b"\x1f\x8b":
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The IDX payload, decompressing when the file starts with the gzip magic.
+
+    Reads no more than the header declares (plus one byte, to see a longer file), and never more
+    than MAX_IDX_BYTES: a long file or a gzip bomb costs no memory.
+    """
+    name = Path(path).name
+    with _open_regular(path) as raw:
+        packed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
+            with gzip.GzipFile(fileobj=raw) if packed else contextlib.nullcontext(raw) as source:
+                header = source.read(16)
+                declared = declared_size(header)
+                if declared is None:
+                    return header  # a short header or an unknown magic: these bytes show which
+                size, what = declared
+                if size > MAX_IDX_BYTES:
+                    raise PipelineError(f"{name}: its IDX header declares {size} bytes: "
+                                        f"expected at most {MAX_IDX_BYTES}")
+                data = header + source.read(max(0, size - len(header) + 1))
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise PipelineError(f"{name}: corrupt gzip data ({e})") from None
+        except OSError as e:
+            raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
+        if len(data) > size:
+            header_len = 16 if what == "image" else 8
+            # A plain file's length is known without reading it; a gzip stream's only by inflating it all.
+            found = "more (stopped reading there)" if packed else os.fstat(raw.fileno()).st_size - header_len
+            raise PipelineError(f"{name}: expected {size - header_len} {what} bytes, found {found}")
     return data
 
 

@@ -12,7 +12,7 @@ from idxkit import encode_idx
 
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from mnist_pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, MAX_IDX_BYTES, read_idx
 
 
 def sample(n: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,3 +118,31 @@ def test_corrupt_gzip(tmp_path: Path, damage: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "t10k-labels-idx1-ubyte"
     assert error_of(path, "labels") == f"{path}: file not found"
+
+
+def test_folder_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.mkdir()
+    assert error_of(path, "images") == f"{path}: a folder: expected a regular file"
+
+
+def test_gzip_bomb_is_read_no_further_than_its_header_declares(tmp_path: Path) -> None:
+    # A labels header declaring 3 labels, followed by 64 MiB of zeros: reading stops one byte past the 3.
+    packed = gzip.compress(struct.pack(">II", LABELS_MAGIC, 3) + bytes(64 << 20), compresslevel=1, mtime=0)
+    path = write(tmp_path / "t10k-labels-idx1-ubyte.gz", packed, False)
+    assert error_of(path, "labels") == (
+        "t10k-labels-idx1-ubyte.gz: expected 3 label bytes, found more (stopped reading there)")
+
+
+def test_header_declaring_more_than_any_idx_file_is_refused(tmp_path: Path) -> None:
+    header = struct.pack(">IIII", IMAGES_MAGIC, 2_000_000, 28, 28)
+    path = write(tmp_path / "train-images-idx3-ubyte", header, False)
+    assert error_of(path, "images") == (
+        "train-images-idx3-ubyte: its IDX header declares 1568000016 bytes: expected at most 1073741824")
+    assert MAX_IDX_BYTES > 47_040_016  # MNIST's training images fit, with room to spare
+
+
+def test_unknown_magic_in_a_long_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "train-images-idx3-ubyte", b"GIF89a" + bytes(10_000), False)
+    assert error_of(path, "images") == (
+        "train-images-idx3-ubyte: expected IDX magic 0x00000803 (images), found 0x47494638")
