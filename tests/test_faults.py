@@ -1,18 +1,22 @@
-"""Faults in data and files: each ends a real stage process with one line naming the file and what was expected."""
+"""Faults in params.yaml, data and files: each ends a real stage process with one line naming the file
+and what was expected. docs/faults.md quotes these lines (tests/test_faults_doc.py holds it to them)."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from faultkit import StageDir, error_line, labels_for, last_error_line, stage_dir, write_prepared, write_raw
 from idxkit import encode_idx
 
-from mnist_pipeline.datasets import TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 
 PREPARED = Path("data/prepared")
 RAW = Path("data/raw/mnist")
@@ -21,6 +25,100 @@ RAW = Path("data/raw/mnist")
 @pytest.fixture
 def project(tmp_path: Path) -> StageDir:
     return stage_dir(tmp_path / "p")
+
+
+# --- params.yaml, read first by every stage ---
+
+EPOCHS_LINE = "  epochs: 1"  # train.epochs in the test's params.yaml: the YAML faults are put on this line
+
+
+def without(section: str, key: str) -> Callable[[str], str]:
+    """An edit of the params.yaml text that deletes one key."""
+
+    def edit(text: str) -> str:
+        tree = yaml.safe_load(text)
+        del tree[section][key]
+        return yaml.safe_dump(tree, sort_keys=False)
+
+    return edit
+
+
+MIRRORS_NOT_HTTP = {"mnist": ["file:///etc/"], "fashion_mnist": ["https://example.org/fashion/"]}
+# (id, the fault: {key: value} to set or an edit of the file's text, the exact error line). In the line,
+# {line} is the number of the `epochs` line, {next} the line after it, {byte} the offset of the bad byte.
+PARAMS_FAULTS: list[tuple[str, dict[str, Any] | Callable[[str], str | bytes], str]] = [
+    ("unknown top-level key", lambda t: t + "verbose: 1\n",
+     "error: params.yaml: unknown key 'verbose': expected at the top level one of data, download, evaluate, model, "
+     "predict, preprocess, train"),
+    ("missing key", without("train", "seed"),
+     "error: params.yaml: missing key 'train.seed': expected an integer in [0, 4294967295]"),
+    ("train.epochs=0", {"train.epochs": 0}, "error: params.yaml: train.epochs = 0: expected an integer >= 1"),
+    ("train.epochs=five", {"train.epochs": "five"},
+     "error: params.yaml: train.epochs = 'five': expected an integer >= 1"),
+    ("train.epochs=2.5", {"train.epochs": 2.5}, "error: params.yaml: train.epochs = 2.5: expected an integer >= 1"),
+    ("train.learning_rate=0", {"train.learning_rate": 0},
+     "error: params.yaml: train.learning_rate = 0: expected a number > 0"),
+    ("train.learning_rate=-0.01", {"train.learning_rate": -0.01},
+     "error: params.yaml: train.learning_rate = -0.01: expected a number > 0"),
+    ("train.learning_rate=nan", {"train.learning_rate": float("nan")},
+     "error: params.yaml: train.learning_rate = nan: expected a number > 0"),
+    ("model.dropout=1.0", {"model.dropout": 1.0},
+     "error: params.yaml: model.dropout = 1.0: expected a number in [0, 1)"),
+    ("train.batch_size=0", {"train.batch_size": 0},
+     "error: params.yaml: train.batch_size = 0: expected an integer >= 1"),
+    ("train.batch_size=true", {"train.batch_size": True},
+     "error: params.yaml: train.batch_size = True: expected an integer >= 1"),
+    ("download.retries=50", {"download.retries": 50},
+     "error: params.yaml: download.retries = 50: expected an integer in [0, 10]"),
+    ("model.hidden=[64, 0]", {"model.hidden": [64, 0]},
+     "error: params.yaml: model.hidden = [64, 0]: expected a list of 0 to 16 integers >= 1"),
+    ("data.dataset=fashion-mnist", {"data.dataset": "fashion-mnist"},
+     "error: params.yaml: data.dataset = 'fashion-mnist': expected one of mnist, fashion_mnist "
+     "(did you mean 'fashion_mnist'?)"),
+    ("data.dataset=../../etc", {"data.dataset": "../../etc"},
+     "error: params.yaml: data.dataset = '../../etc': expected one of mnist, fashion_mnist"),
+    ("model.activation=rleu", {"model.activation": "rleu"},
+     "error: params.yaml: model.activation = 'rleu': expected one of relu, sigmoid, tanh, elu, selu, gelu, softplus, "
+     "swish, linear (did you mean 'relu'?)"),
+    ("train.optimizer=lbfgs", {"train.optimizer": "lbfgs"},
+     "error: params.yaml: train.optimizer = 'lbfgs': expected one of adam, sgd, rmsprop, adamw, nadam, adagrad"),
+    ("mirror not http", {"download.mirrors": MIRRORS_NOT_HTTP},
+     "error: params.yaml: download.mirrors = {'mnist': ['file:///etc/'], 'fashion_mnist': "
+     "['https://example.org/fashion/']}: expected a mapping with exactly the keys mnist, fashion_mnist, "
+     "each a list of http(s) URLs"),
+    ("invalid YAML", lambda t: t.replace(EPOCHS_LINE, "  epochs: [1"),
+     "error: params.yaml: line {next} is not valid YAML: expected ',' or ']', but got ':'"),
+    ("bad indentation", lambda t: t.replace(EPOCHS_LINE, "    epochs: 1"),
+     "error: params.yaml: line {next} is not valid YAML: expected <block end>, but found '<block mapping start>'"),
+    ("duplicate key", lambda t: t.replace(EPOCHS_LINE, EPOCHS_LINE + "\n  epochs: 10"),
+     "error: params.yaml: line {next}: duplicate key 'epochs' (YAML would silently keep only the last one)"),
+    ("python object tag", lambda t: t.replace(EPOCHS_LINE, "  epochs: !!python/object/apply:os.system ['touch pwned']"),
+     "error: params.yaml: line {line}: tag '!!python/object/apply:os.system' is not allowed: params hold plain YAML "
+     "values only (yaml.safe_load)"),
+    ("empty file", lambda t: "",
+     "error: params.yaml: the file is empty: expected a YAML mapping of sections (data, train, ...)"),
+    ("not UTF-8", lambda t: t.encode() + b"# caf\xe9\n",
+     "error: params.yaml: not UTF-8 text (byte {byte}: invalid continuation byte)"),
+]
+
+
+@pytest.mark.parametrize(("name", "fault", "expected"), PARAMS_FAULTS, ids=[f[0] for f in PARAMS_FAULTS])
+def test_params_fault_ends_a_stage_with_the_exact_line(
+    project: StageDir, name: str, fault: dict[str, Any] | Callable[[str], str | bytes], expected: str
+) -> None:
+    text = project.params_file.read_text()
+    line = text.splitlines().index(EPOCHS_LINE) + 1
+    where = {"{line}": line, "{next}": line + 1, "{byte}": len(text.encode()) + len("# caf")}
+    if isinstance(fault, dict):
+        project.set_params(fault)
+    else:
+        broken = fault(text)
+        project.params_file.write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+    for placeholder, number in where.items():
+        expected = expected.replace(placeholder, str(number))
+    assert error_line(project.run("download")) == expected
+    assert not (project.path / "data").exists()  # refused before any work
+    assert not (project.path / "pwned").exists()
 
 
 @pytest.fixture
@@ -115,8 +213,9 @@ def test_raw_file_corrupt_gzip(project: StageDir) -> None:
     write_raw(project.path / RAW)
     path = project.path / RAW / raw_name(TRAIN_LABELS)
     path.write_bytes(gzip.compress(path.read_bytes())[:30])
-    assert error_line(project.run("preprocess")).startswith(
-        "error: train-labels-idx1-ubyte: corrupt gzip data (Compressed file ended before the end-of-stream")
+    assert error_line(project.run("preprocess")) == (
+        "error: train-labels-idx1-ubyte: corrupt gzip data (Compressed file ended before the end-of-stream marker "
+        "was reached)")
 
 
 def test_output_folder_blocked_by_a_file(project: StageDir) -> None:
@@ -130,13 +229,16 @@ def test_output_folder_blocked_by_a_file(project: StageDir) -> None:
 def test_download_every_mirror_fails(project: StageDir, tmp_path: Path) -> None:
     corrupt = tmp_path / "mirror" / "mnist"
     corrupt.mkdir(parents=True)
-    (corrupt / TRAIN_IMAGES).write_bytes(gzip.compress(encode_idx(np.zeros((2, 28, 28), np.uint8))))
+    wrong = encode_idx(np.zeros((2, 28, 28), np.uint8))
+    (corrupt / TRAIN_IMAGES).write_bytes(gzip.compress(wrong))
     project.set_params({"download.mirrors.mnist": ["http://127.0.0.1:9/mnist/"], "download.retries": 0})
     result = project.run("download", env={"DATASET_MIRROR": str(tmp_path / "mirror")})
-    line = error_line(result)
-    assert line.startswith(f"error: {TRAIN_IMAGES}: every mirror failed: $DATASET_MIRROR={tmp_path / 'mirror'}: "
-                           "checksum mismatch (payload sha256 ")
-    assert "; http://127.0.0.1:9/mnist/: cannot connect (" in line
+    got = hashlib.sha256(wrong).hexdigest()[:12]
+    (expected,) = [f.payload_sha256[:12] for f in DATASETS["mnist"].files if f.name == TRAIN_IMAGES]
+    assert error_line(result) == (
+        f"error: {TRAIN_IMAGES}: every mirror failed: $DATASET_MIRROR={tmp_path / 'mirror'}: checksum mismatch "
+        f"(payload sha256 {got}..., expected {expected}...); http://127.0.0.1:9/mnist/: cannot connect "
+        "([Errno 111] Connection refused)")
     assert list((project.path / "data").rglob("*")) == [project.path / "data" / "raw",
                                                         project.path / "data" / "raw" / "mnist"]
 
