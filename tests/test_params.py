@@ -88,6 +88,9 @@ def test_bad_value_stops_a_real_stage_with_one_line(project: StageDir, key: str,
 BAD_FILES = [
     ("typo train.epoch", lambda t: t.replace("  epochs: 1", "  epoch: 1"),
      "error: params.yaml: unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("missing seed", lambda t: t.partition("\ntrain:\n")[0] + "\ntrain:\n"
+     + re.sub(r"  seed: \d+\n", "", t.partition("\ntrain:\n")[2], count=1),
+     "error: params.yaml: missing key 'train.seed': expected an integer in [0, 4294967295]"),
     ("missing key", lambda t: re.sub(r"\n  epochs: \d+.*", "", t),
      "error: params.yaml: missing key 'train.epochs': expected an integer >= 1"),
     ("unknown section", lambda t: t + "trainning:\n  epochs: 3\n",
@@ -105,6 +108,17 @@ BAD_FILES = [
     ("empty file", lambda t: "", "error: params.yaml: the file is empty: expected a YAML mapping of sections"),
     ("duplicate key", lambda t: t.replace("  epochs: 1", "  epochs: 1\n  epochs: 10"),
      "duplicate key 'epochs' (YAML would silently keep only the last one)"),
+    ("top-level dotted key", lambda t: t + "train.epochs: 1\n",
+     "error: params.yaml: top-level key 'train.epochs' is not read: set it inside the 'train' section (only the "
+     "nested layout counts, as DVC reads it)"),
+    ("yaml alias", lambda t: "x: &a [1, 2]\n" + t.replace("  epochs: 1", "  epochs: *a"),
+     "alias '*a' is not allowed: params hold plain values, written out"),
+    ("alias bomb", lambda t: "".join(f"b{i}: &b{i} [" + ", ".join([f"*b{i - 1}"] * 10 if i else ["1"] * 10) + "]\n"
+                                     for i in range(9)) + t,
+     "error: params.yaml: line 2: alias '*b0' is not allowed: params hold plain values, written out"),
+    ("look-alike letter", lambda t: t.replace("train:", "tr\u0430in:"),
+     "error: params.yaml: unknown key 'tr\u0430in.epochs' (did you mean 'train.epochs'?; it has '\u0430' (U+0430 "
+     "CYRILLIC SMALL LETTER A) where 'a' is meant)"),
     ("python object tag",
      lambda t: t.replace("  epochs: 1", "  epochs: !!python/object/apply:os.system ['touch pwned']"),
      "tag '!!python/object/apply:os.system' is not allowed: params hold plain YAML values only (yaml.safe_load)"),
