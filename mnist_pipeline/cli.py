@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.quiet import silence_native_stderr
 
 EXIT_FAULT = 2
 EXIT_INTERRUPTED = 130
@@ -54,6 +55,7 @@ def _exit_quietly_on_closed_stdout() -> NoReturn:
 
 def run_command(main: Callable[[], int | None]) -> NoReturn:
     """Run `main` and exit with its status (0 for None), turning every known fault into one line."""
+    silence_native_stderr()  # TensorFlow's native log off the terminal; MNIST_PIPELINE_TF_LOG=1 shows it
     signal.signal(signal.SIGTERM, _terminate)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _terminate)
