@@ -8,29 +8,21 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-import yaml
 
+from mnist_pipeline.config import Config, load_config, with_overrides
 from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.models import build_model, load_model, make_learning_rate, make_optimizer, save_model_deterministic
-from mnist_pipeline.params import Params, validate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MNIST = DATASETS["mnist"]
 N_TRAIN, N_TEST = 600, 300
 
 
-def cnn_params(**overrides: Any) -> Params:
-    """params.yaml with `model.type: cnn` and the given dotted overrides, validated like a stage does."""
-    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    raw["model"]["type"] = "cnn"
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return Params(validate(raw, "params.yaml"), "params.yaml")
+def cnn_params(**overrides: Any) -> Config:
+    """params.yaml with `model.type: cnn` and the given dotted overrides, validated like a stage's config."""
+    return with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"model.type": "cnn", **overrides})
 
 
 def layer_types(model: keras.Model) -> list[str]:
@@ -60,18 +52,18 @@ VARIANTS = {
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cnn_follows_its_params(name: str) -> None:
     params = cnn_params(**VARIANTS[name])
-    model = build_model(params)
+    cnn = params.model.cnn
+    model = build_model(params.model, MNIST)
     types = layer_types(model)
-    filters = params["model.cnn.filters"]
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert [c.filters for c in convs] == filters
-    assert all(c.kernel_size == (params["model.cnn.kernel_size"],) * 2 for c in convs)
-    assert types.count("MaxPooling2D") == len(filters)
-    assert types.count("BatchNormalization") == (len(filters) if params["model.cnn.batch_norm"] else 0)
+    assert [c.filters for c in convs] == cnn.filters
+    assert all(c.kernel_size == (cnn.kernel_size,) * 2 for c in convs)
+    assert types.count("MaxPooling2D") == len(cnn.filters)
+    assert types.count("BatchNormalization") == (len(cnn.filters) if cnn.batch_norm else 0)
     dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    assert dense == ([params["model.cnn.dense"]] if params["model.cnn.dense"] else []) + [10]
-    assert ("RandomTranslation" in types) == (params["model.cnn.augment_shift"] > 0)
-    assert ("RandomRotation" in types) == (params["model.cnn.augment_rotation"] > 0)
+    assert dense == ([cnn.dense] if cnn.dense else []) + [10]
+    assert ("RandomTranslation" in types) == (cnn.augment_shift > 0)
+    assert ("RandomRotation" in types) == (cnn.augment_rotation > 0)
     # It reads the pipeline's flat (N, 784) arrays and gives one probability row per image.
     out = model.predict(np.zeros((3, 784), np.float32), verbose=0)
     assert out.shape == (3, 10)
@@ -80,7 +72,7 @@ def test_cnn_follows_its_params(name: str) -> None:
 
 def test_mlp_params_do_not_build_a_cnn() -> None:
     params = cnn_params(**{"model.type": "mlp"})
-    assert "Conv2D" not in layer_types(build_model(params))
+    assert "Conv2D" not in layer_types(build_model(params.model, MNIST))
 
 
 class BatchLosses(keras.callbacks.Callback):
@@ -116,7 +108,7 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
     x_train, y_train, x_test, y_test = tiny
     keras.utils.set_random_seed(0)
     params = cnn_params(**LEARNERS[name])
-    model = build_model(params)
+    model = build_model(params.model, MNIST)
     batch, epochs = 32, 2
     steps = epochs * -(-N_TRAIN // batch)
     model.compile(optimizer=make_optimizer("adam", 0.003, "one_cycle", steps), loss="sparse_categorical_crossentropy",
@@ -125,7 +117,7 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
     model.fit(x_train, y_train, batch_size=batch, epochs=epochs, callbacks=[losses], verbose=0)
     # Chance is a loss of ln 10: the last epoch's final batches must be well below it.
     assert losses.per_batch()[-5:].mean() < 0.75 * np.log(10), losses.per_batch()
-    if params["model.cnn.batch_norm"]:
+    if params.model.cnn.batch_norm:
         # 38 steps leave batch norm's moving statistics (momentum 0.99) mostly at their initial values, so
         # inference on held-out images says little here; the full runs in docs/experiments.md measure that.
         return
@@ -136,10 +128,10 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
 def test_augmented_cnn_saves_and_loads_in_safe_mode(tiny: tuple[np.ndarray, ...], tmp_path: Path) -> None:
     _, _, x_test, _ = tiny
     keras.utils.set_random_seed(0)
-    model = build_model(cnn_params(**VARIANTS["augmented"]))
+    model = build_model(cnn_params(**VARIANTS["augmented"]).model, MNIST)
     path = tmp_path / "model.keras"
     save_model_deterministic(model, path)
-    loaded = load_model(path)
+    loaded = load_model(path, MNIST)
     assert layer_types(loaded) == layer_types(model)
     # Augmentation is training-only: inference gives the same probabilities before and after the round trip.
     np.testing.assert_allclose(loaded.predict(x_test[:20], verbose=0), model.predict(x_test[:20], verbose=0),

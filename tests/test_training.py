@@ -12,28 +12,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 import pytest
-import yaml
 
+from mnist_pipeline.config import Config, load_config, with_overrides
 from mnist_pipeline.data import prepare
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
-from mnist_pipeline.params import Params, load_params
-from tests.conftest import PROJECT_ROOT, set_dotted, subprocess_env
+from tests.conftest import PROJECT_ROOT, subprocess_env
 
+MNIST = DATASETS["mnist"]
 # 1,000 images at batch 32 leave a partial last batch of 8: the tail path runs every epoch.
 N_TRAIN, N_VAL = 1000, 200
 
 
-def params_with(tmp_path: Path, values: dict[str, Any]) -> Params:
-    """The project's params.yaml with some values changed, loaded and validated like a stage does."""
-    tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    for key, value in values.items():
-        set_dotted(tree, key, value)
-    path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return load_params(path)
+def config_with(values: dict[str, Any]) -> Config:
+    """The project's params.yaml with some values changed, validated like a stage's config."""
+    return with_overrides(load_config(PROJECT_ROOT / "params.yaml"), values)
 
 
 def mirror_splits(mirror: Path, n_train: int, n_val: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -45,7 +41,9 @@ def mirror_splits(mirror: Path, n_train: int, n_val: int) -> dict[str, tuple[np.
         "test_images": read_idx(folder / TEST_IMAGES, "images"),
         "test_labels": read_idx(folder / TEST_LABELS, "labels"),
     }
-    return prepare(raw, 255.0, 0.5, val_size=n_val, seed=0, train_limit=n_train + n_val, test_limit=10)
+    limits = {"preprocess.val_size": n_val, "preprocess.seed": 0, "preprocess.train_limit": n_train + n_val,
+              "preprocess.test_limit": 10}
+    return prepare(raw, config_with(limits).preprocess)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +54,10 @@ def splits(mirror_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def train(tmp_path: Path, splits: dict, name: str, with_val: bool = True, **values: Any) -> tuple[Any, dict, Path]:
     from mnist_pipeline.training import train_model
 
-    params = params_with(tmp_path, {"train.epochs": 2, **values})
+    cfg = config_with({"train.epochs": 2, **values})
     x_val, y_val = splits["val"] if with_val else (splits["val"][0][:0], splits["val"][1][:0])
     live = tmp_path / name
-    model, history = train_model(params, *splits["train"], x_val, y_val, live)
+    model, history = train_model(cfg.model, cfg.train, MNIST, *splits["train"], x_val, y_val, live)
     return model, history, live
 
 
@@ -134,12 +132,13 @@ def test_cnn_with_batch_norm_trains(tmp_path: Path, splits: dict) -> None:
 def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
     """Not a terminal: each epoch prints exactly one progress line (stderr), and no bar."""
     code = (
-        "import sys; from pathlib import Path\n"
-        "from tests.test_training import mirror_splits, params_with\n"
+        "from pathlib import Path\n"
+        "from mnist_pipeline.datasets import DATASETS\n"
         "from mnist_pipeline.training import train_model\n"
+        "from tests.test_training import config_with, mirror_splits\n"
         f"s = mirror_splits(Path({str(mirror_root)!r}), 500, 100)\n"
-        f"p = params_with(Path({str(tmp_path)!r}), {{'train.epochs': 3}})\n"
-        f"train_model(p, *s['train'], *s['val'], Path({str(tmp_path / 'live')!r}))\n"
+        "c = config_with({'train.epochs': 3})\n"
+        f"train_model(c.model, c.train, DATASETS['mnist'], *s['train'], *s['val'], Path({str(tmp_path / 'live')!r}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=subprocess_env(),
                             capture_output=True, text=True, timeout=300)
@@ -150,7 +149,7 @@ def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
 
 
 def test_terminal_chunks_give_identical_weights(tmp_path: Path, splits: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a terminal an epoch runs in BAR_UPDATES calls to move the bar; the weights must not notice."""
+    """On a terminal an epoch runs in loop.BAR_UPDATES calls to move the bar; the weights must not notice."""
     from mnist_pipeline import progress
 
     plain, history_plain, _ = train(tmp_path, splits, "a")
@@ -159,3 +158,37 @@ def test_terminal_chunks_give_identical_weights(tmp_path: Path, splits: dict, mo
     assert weights_digest(plain) == weights_digest(chunked)
     assert history_plain["val_accuracy"] == history_chunked["val_accuracy"]
     assert history_plain["loss"] == pytest.approx(history_chunked["loss"], rel=1e-6)
+
+
+def dvclive_files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("driver", ["fit", "loop"])
+def test_live_logger_writes_the_bytes_dvclives_keras_callback_writes(tmp_path: Path, splits: dict, driver: str) -> None:
+    """Our callback on dvclive's public API and dvclive's own Keras callback, fed the same epochs, write the
+    same files byte for byte: metric names (train/..., eval/...), steps, the summary. Both drivers: the compiled
+    loop (default strategy) and Keras' fit (any other strategy)."""
+    from dvclive.keras import DVCLiveCallback
+
+    from mnist_pipeline.loop import fit_compiled
+    from mnist_pipeline.training import LiveLogger, one_hot
+
+    (x, y), (x_val, y_val) = splits["train"], splits["val"]
+    y, y_val = one_hot(y[:256], 10), one_hot(y_val[:64], 10)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    callbacks = [
+        LiveLogger(tmp_path / "ours"),
+        DVCLiveCallback(dir=str(tmp_path / "dvclive"), dvcyaml=False, save_dvc_exp=False, report=None),
+    ]
+    if driver == "fit":
+        model.fit(x[:256], y, batch_size=32, epochs=3, validation_data=(x_val[:64], y_val), callbacks=callbacks,
+                  verbose=0)
+    else:
+        fit_compiled(model, x[:256], y, batch_size=32, epochs=3, seed=0, validation_data=(x_val[:64], y_val),
+                     callbacks=callbacks)
+    ours, theirs = dvclive_files(tmp_path / "ours"), dvclive_files(tmp_path / "dvclive")
+    assert {"metrics.json", "plots/metrics/train/loss.tsv", "plots/metrics/eval/accuracy.tsv"} <= set(theirs)
+    assert ours == theirs
