@@ -57,6 +57,8 @@ MAX_PIXELS = 12_000_000
 # Pictures prepared at once: each may briefly hold a few copies of a MAX_PIXELS float image.
 PREPARE_SLOTS = 2
 TOP = 3
+# On Ctrl-C or SIGTERM, requests in progress get this long to finish.
+GRACE_S = 10
 RAW_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
@@ -453,7 +455,8 @@ def serve(args: argparse.Namespace) -> None:
         shown = f"[{host}]" if ":" in host else host
         print(f"mnist-serve: http://{shown}:{port}/ (model {model_path}, md5 {card.md5}, {dataset}); "
               "API docs at /docs; Ctrl-C stops", flush=True)
-        config = uvicorn.Config(LimitBody(app), log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(LimitBody(app), log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=GRACE_S)
         QuietSignalServer(config).run(sockets=[sock])
 
 

@@ -90,6 +90,7 @@ def decoded_image(answer: dict[str, Any]) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["image"][len(prefix):]))))
 
 
+@pytest.mark.slow
 def test_predict_raw_png_gives_class_probabilities_md5_and_the_image_mnist_predict_prepares(
     server: Served, project: Path, mirror_root: Path, tmp_path: Path
 ) -> None:
@@ -110,6 +111,7 @@ def test_predict_raw_png_gives_class_probabilities_md5_and_the_image_mnist_predi
     np.testing.assert_array_equal(decoded_image(answer), prepare_file(picture))
 
 
+@pytest.mark.slow
 def test_predict_recognises_real_test_digits_from_raw_and_form_uploads(server: Served, mirror_root: Path) -> None:
     images, labels = mnist_test(mirror_root, 20)
     raw = [post_png(server, png_bytes(image)) for image in images]
@@ -123,6 +125,7 @@ def test_predict_recognises_real_test_digits_from_raw_and_form_uploads(server: S
     assert json.loads(reply)["probabilities"] == raw[3][1]["probabilities"]
 
 
+@pytest.mark.slow
 def test_health_and_model_card_name_the_model_dvc_lock_records(server: Served, project: Path) -> None:
     status, _, body = request(server, "GET", "/api/health")
     assert status == 200 and json.loads(body)["status"] == "ok"
@@ -144,6 +147,7 @@ def test_health_and_model_card_name_the_model_dvc_lock_records(server: Served, p
     assert png == (project / "metrics" / "confusion.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_page_and_its_files_are_served_from_the_package(server: Served) -> None:
     status, headers, page = request(server, "GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
@@ -206,6 +210,7 @@ BAD_REQUESTS: dict[str, tuple[str, str, dict[str, str], Any, int, str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_REQUESTS)
 def test_bad_request_gets_one_json_error_line_and_the_server_keeps_serving(server: Served, case: str) -> None:
     method, path, headers, body, expected_status, words = BAD_REQUESTS[case]
@@ -221,32 +226,35 @@ def test_bad_request_gets_one_json_error_line_and_the_server_keeps_serving(serve
     assert status == 200
 
 
-def test_missing_model_stops_at_start_with_one_error_line(project: Path) -> None:
-    result = run_serve(project, "--model", "models/missing.keras", "--port", "0")
+def test_missing_model_stops_at_start_with_one_error_line(tmp_path: Path) -> None:
+    result = run_serve(tmp_path, "--model", "models/missing.keras", "--port", "0")
     assert error_line(result) == ("error: models/missing.keras: model file not found (train it with `dvc repro`, "
                                   "or pass --model PATH)")
     assert result.stderr.count("\n") == 1  # refused before TensorFlow loads
 
 
-def test_unreadable_model_stops_at_start_with_one_error_line(project: Path, tmp_path: Path) -> None:
+def test_unreadable_model_stops_at_start_with_one_error_line(tmp_path: Path) -> None:
     broken = tmp_path / "model.keras"
-    broken.write_bytes((project / "models" / "model.keras").read_bytes()[:5000])
-    result = run_serve(project, "--model", str(broken), "--port", "0")
+    broken.write_bytes(b"PK\x03\x04 the first bytes of a zip, and no more")
+    result = run_serve(tmp_path, "--model", str(broken), "--port", "0")
     assert error_line(result).startswith(f"error: {broken}: not a Keras model")
 
 
-def test_params_path_that_does_not_exist_is_an_error(project: Path) -> None:
-    result = run_serve(project, "--params", "nowhere/params.yaml", "--port", "0")
+def test_params_path_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "model.keras").write_bytes(b"never read: the params come first")
+    result = run_serve(tmp_path, "--params", "nowhere/params.yaml", "--model", "model.keras", "--port", "0")
     line = error_line(result)
     assert line.startswith("error: nowhere/params.yaml: file not found"), line
 
 
-def test_other_host_warns_and_a_busy_port_is_one_error_line(project: Path) -> None:
+def test_other_host_warns_and_a_busy_port_is_one_error_line(tmp_path: Path) -> None:
+    # The port is taken before the model loads: a file that is only there is enough to get that far.
+    (tmp_path / "model.keras").write_bytes(b"not loaded before the port is bound")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_serve(project, "--host", "0.0.0.0", "--port", str(port))
+        result = run_serve(tmp_path, "--host", "0.0.0.0", "--port", str(port), "--model", "model.keras")
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("mnist-serve: warning: --host 0.0.0.0 serves the model"), lines
     assert error_line(result) == f"error: 0.0.0.0:{port}: cannot listen (Address already in use)"
