@@ -45,7 +45,6 @@ def child_env(mirror: Path) -> dict[str, str]:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(DATASET_MIRROR=str(mirror), MNIST_IDX_DIR=str(mirror / "mnist"), DVC_NO_ANALYTICS="1",
                TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT_ROOT))
-    env.pop("MNIST_PIPELINE_TRACE", None)
     return env
 
 

@@ -44,7 +44,7 @@ def _signals_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

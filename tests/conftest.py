@@ -51,7 +51,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["DVC_NO_ANALYTICS"] = "1"
-    env.pop("MNIST_PIPELINE_TRACE", None)
     env.update(extra)
     return env
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
 from dvc_spec import choices, covers, expand, leaf_params, load_stages
+from test_declared_deps import TRACE_HOOK
 
 from mnist_pipeline.config import load_config, validate, with_overrides
 from mnist_pipeline.errors import PipelineError
@@ -96,14 +97,18 @@ def expected_stages(key: str, read: dict[str, set[str]]) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
     project = make_project(tmp_path_factory.mktemp("rerun") / "repo", mirror_root, BASE_PARAMS)
-    trace = project.path.parent / "trace.jsonl"
-    result = project.dvc("repro", env={**project.env, "MNIST_PIPELINE_TRACE": str(trace)})
+    # Which params each stage really reads, recorded from outside by the declared-deps test's tracer.
+    trace, hook_dir = project.path.parent / "trace.jsonl", project.path.parent / "hook"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(TRACE_HOOK)
+    result = project.dvc("repro", env={**project.env, "STAGE_TRACE": str(trace), "PYTHONPATH": str(hook_dir)})
     assert ran_stages(result.stdout + result.stderr) == list(STAGES)
     read: dict[str, set[str]] = {name: set() for name in STAGES}
     by_file = {stage.module.replace(".", "/") + ".py": name for name, stage in STAGES.items()}
     for line in trace.read_text().splitlines():
         record = json.loads(line)
-        read[by_file[Path(record["argv"][0]).relative_to(project.path).as_posix()]] |= set(record["params"])
+        (entry,) = [by_file[m] for m in record["modules"] if m in by_file]
+        read[entry] |= set(record["params"])
     project.read = read  # type: ignore[attr-defined]
     project.commit("baseline: reproduced, metrics and dvc.lock committed")
     return project

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="put the computed code deps into dvc.yaml")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="project root")
     args = parser.parse_args(argv)
+    if not (args.root / "dvc.yaml").is_file():
+        print(f"error: {args.root}: no dvc.yaml here: expected the project root", file=sys.stderr)
+        return 2
     if args.write:
         write(args.root)
         return 0
