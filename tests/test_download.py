@@ -305,8 +305,10 @@ def test_stalled_server_hits_the_timeout(server: MirrorServer, data: Served, tmp
     file = data.spec.files[0]
     prefix = data.gzips[file.name][:50] if when == "mid-body" else b""
     server.routes[f"/m1/{file.name}"] = [server.stall(prefix)]
-    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "images", timeout=0.5)
-    assert message == f"{file.name}: every mirror failed: {server.url('/m1/')}: timed out after 0.5 s without data"
+    timeout_s = 0.5
+    message = fetch_error(file, [server.url("/m1/")], tmp_path / "out" / "images", timeout=timeout_s)
+    assert message == (f"{file.name}: every mirror failed: {server.url('/m1/')}: timed out after {timeout_s:g} s "
+                       "without data")
 
 
 def test_all_mirrors_failing_give_one_message_listing_each(server: MirrorServer, data: Served,
