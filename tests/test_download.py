@@ -7,13 +7,16 @@ served for real; after every failure the destination holds no file, final or tem
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gzip
 import hashlib
 import http.server
 import io
+import ipaddress
 import os
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -105,9 +108,10 @@ class MirrorServer:
     hits: list[str] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     port: int = 0
+    scheme: str = "http"
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def publish(self, root: str, files: dict[str, bytes]) -> str:
         for name, body in files.items():
@@ -129,9 +133,10 @@ class MirrorServer:
         return behave
 
 
-@pytest.fixture
-def server() -> Iterator[MirrorServer]:
-    state = MirrorServer()
+@contextlib.contextmanager
+def running_server(tls: ssl.SSLContext | None = None) -> Iterator[MirrorServer]:
+    """A MirrorServer on 127.0.0.1, speaking HTTPS when given a TLS context."""
+    state = MirrorServer(scheme="https" if tls else "http")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -153,15 +158,55 @@ def server() -> Iterator[MirrorServer]:
             pass  # a client that gave up on a stalled handler is expected here
 
     httpd = Server(("127.0.0.1", 0), Handler)
+    if tls:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     state.port = httpd.server_address[1]
     # A short poll keeps shutdown() quick; the default 0.5 s would be paid in every teardown.
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
-    yield state
-    state.release.set()
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=10)
+    try:
+        yield state
+    finally:
+        state.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[MirrorServer]:
+    with running_server() as state:
+        yield state
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MirrorServer]:
+    """An HTTPS mirror with a self-signed certificate for 127.0.0.1, trusted the way OpenSSL is told to:
+    `SSL_CERT_FILE`. The default mirrors are https://, so the download code's TLS path is tested too."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    with running_server(context) as state:
+        yield state
 
 
 @pytest.fixture
@@ -619,3 +664,23 @@ def test_malformed_dataset_mirror_url_fails_that_mirror_only(server: MirrorServe
                                f"({problem}); {server.url('/nothing/')}: HTTP 404 Not Found")
     written = download_dataset(data.spec, tmp_path / "raw", settings([public], 2), env_root=env_root)
     assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+
+
+# --- the default mirrors are https://: the same bounds over TLS ---
+
+
+def test_https_mirror_downloads_and_verifies(tls_server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    root = tls_server.publish("/m1/", data.gzips)
+    assert root.startswith("https://127.0.0.1:")
+    written = download_dataset(data.spec, tmp_path / "raw", settings([root], 2))
+    assert [p.read_bytes() for p in written] == [data.payloads[f.name] for f in data.spec.files]
+
+
+def test_trickling_https_mirror_hits_the_deadline(tls_server: MirrorServer, data: Served, tmp_path: Path) -> None:
+    file = data.spec.files[0]
+    url = tls_server.url("/m1/")
+    tls_server.routes[f"/m1/{file.name}"] = [trickle(tls_server, data.gzips[file.name], 0.02, headers=False)]
+    deadline_s = 0.3
+    message = fetch_error(file, [url], tmp_path / "out" / "images", timeout=2.0, deadline_s=deadline_s)
+    assert re.fullmatch(re.escape(f"{file.name}: every mirror failed: {url}: not finished within this file's "
+                                  f"{deadline_s:g} s deadline (") + r"[1-9]\d* bytes received\)", message), message
