@@ -1,5 +1,7 @@
 """Stage evaluate: test-set metrics, the confusion matrix and the most confidently wrong images."""
 
+import csv
+
 import numpy as np
 
 from mnist_pipeline.cli import run_stage
@@ -24,10 +26,14 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
 
     model = load_model(model_path, spec)
     probabilities = model.predict(x_test, batch_size=cfg.evaluate.batch_size, verbose=0)
-    report, confusion = classification_report(probabilities, y_test, class_names)
+    report, per_class, confusion = classification_report(probabilities, y_test, class_names)
     predicted = probabilities.argmax(axis=1)
 
     save_json(f"{out_dir}/evaluate.json", report)
+    with atomic_open(f"{out_dir}/per_class.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(per_class[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(per_class)
     with atomic_open(f"{out_dir}/confusion.csv", "w") as f:
         f.write("actual,predicted\n")
         f.writelines(f"{class_names[a]},{class_names[p]}\n" for a, p in zip(y_test, predicted, strict=True))
