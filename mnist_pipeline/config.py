@@ -34,8 +34,6 @@ MODEL_TYPES = ("mlp", "cnn")
 MAX_SEED = 2**32 - 1
 # Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
 MAX_TIMEOUT_S = 1e6
-# A bound on what YAML may expand to: aliases can make a small file describe an enormous tree.
-MAX_PARAMS_NODES = 10_000
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
