@@ -4,13 +4,22 @@ MNIST's recipe (LeCun et al.): light ink on a dark background, the ink cropped a
 anti-aliasing so its longer side is 20 pixels, then centred in a 28x28 frame by centre of mass.
 A model trained on MNIST only knows digits that look like that, so a photo or scan must go
 through the same steps before it is scaled as preprocess scales the data set.
+
+A photo adds what MNIST's scans never had: sensor noise and uneven lighting, which the plain
+recipe would take for ink. When the background is not flat, it is fitted and subtracted, the ink
+is separated from it by Otsu's threshold, and only the digit's connected strokes are kept
+(prepare_with_warnings), with a warning when that separation is unsure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import os
+import stat
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +38,27 @@ MIN_CONTRAST = 24.0
 # Pixels fainter than this fraction of the brightest ink do not widen the crop: JPEG ringing
 # and paper texture would otherwise make the bounding box the whole picture.
 CROP_FRACTION = 0.1
+# A background flatter than this (robust standard deviation, and range of the fitted shading, of 255)
+# is prepared by MNIST's recipe alone, exactly as before; digital drawings and scans measure at most
+# 0.8 and 1.2 (tests/test_photos.py). Noisier or shaded pictures (photos) get the background removed.
+FLAT_NOISE = 1.5
+FLAT_SHADING = 6.0
+# Photos are analysed at most this many pixels on their longer side (the digit ends up 20 pixels).
+PHOTO_SIDE = 1024
+# Ink pixels stand out from the fitted background by at least this many noise standard deviations.
+INK_SIGMAS = 4.0
+# The ink must stand out by this many noise standard deviations, or the photo counts as blank;
+# below UNSURE_SIGMAS a warning says that paper texture may have been taken for ink.
+BLANK_SIGMAS = 6.0
+UNSURE_SIGMAS = 8.0
+# A digit has fewer ink pixels than this fraction of the photo; more means a shadow or a dark edge.
+MAX_INK_FRACTION = 0.3
+# A separate blob at least this fraction of the digit's size may be a second digit.
+RIVAL_FRACTION = 0.25
+# Pieces of a stroke broken by the threshold: kept when at least this fraction of the largest piece
+# and within NEAR_FRACTION of the digit's size from it.
+PIECE_FRACTION = 0.02
+NEAR_FRACTION = 0.3
 
 
 def _greyscale(image: Image.Image) -> np.ndarray:
@@ -50,20 +80,66 @@ def _greyscale(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1.0 - alpha)
 
 
+def _open_regular(path: str | os.PathLike[str], name: str) -> io.BufferedReader:
+    """Open for reading, refusing anything but a regular file before a byte is read.
+
+    A FIFO would block until a writer comes and /dev/zero never ends; O_NONBLOCK makes the open of a
+    FIFO return at once, and fstat of the opened file leaves no gap for a swap in between.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise PipelineError(f"{name}: file not found") from None
+    except OSError as e:
+        raise PipelineError(f"{name}: cannot open: {(e.strerror or str(e)).lower()}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file")
+        raise PipelineError(f"{name}: not a regular file ({file_kind(mode)}): expected a PNG or JPEG file")
+    if hasattr(os, "O_NONBLOCK"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, for messages: 'a FIFO', 'a character device', ..."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def _jpeg_scale(image: Image.Image, max_pixels: int) -> int:
+    """The smallest of JPEG's reduced decoding scales (1, 2, 4, 8) that fits max_pixels; 0 if none does."""
+    for scale in (1, 2, 4, 8):
+        if math.ceil(image.width / scale) * math.ceil(image.height / scale) <= max_pixels:
+            return scale
+    return 0
+
+
 def read_image(
-    path: str | os.PathLike[str] | io.BytesIO, name: str | None = None, max_pixels: int | None = None
+    path: str | os.PathLike[str] | io.BytesIO, name: str | None = None, max_pixels: int | None = None,
+    shrink_jpeg: bool = False,
 ) -> np.ndarray:
     """A PNG or JPEG file as float64 greyscale (H, W), EXIF rotation applied; errors name the file.
 
     `max_pixels` is checked from the header, before any pixel is decoded: a small file can declare
-    an image too large to hold in memory.
+    an image too large to hold in memory. With `shrink_jpeg`, a JPEG over the limit is decoded at
+    1/2, 1/4 or 1/8 of its size instead (JPEG can do that without decoding the full image), which
+    is plenty for a digit that ends up 20 pixels tall. A path must be a regular file.
     """
     name = str(path) if name is None else name
+    # A caller's BytesIO stays open, as Pillow leaves it; a file opened here is closed here.
+    source = contextlib.nullcontext(path) if isinstance(path, io.BytesIO) else _open_regular(path, name)
     try:
-        with Image.open(path, formats=FORMATS) as image:
+        with source as stream, Image.open(stream, formats=FORMATS) as image:
             if max_pixels is not None and image.width * image.height > max_pixels:
-                raise PipelineError(f"{name}: {image.width}x{image.height} pixels: expected at most "
-                                    f"{max_pixels:,} pixels")
+                scale = _jpeg_scale(image, max_pixels) if shrink_jpeg and image.format == "JPEG" else 0
+                if not scale:
+                    raise PipelineError(f"{name}: {image.width}x{image.height} pixels: expected at most "
+                                        f"{max_pixels:,} pixels")
+                image.draft(image.mode, (image.width // scale, image.height // scale))
             image = ImageOps.exif_transpose(image)
             image.load()
             return _greyscale(image)
@@ -113,9 +189,8 @@ def centre_in_frame(digit: np.ndarray) -> np.ndarray:
     return frame
 
 
-def prepare_array(grey: np.ndarray, name: str = "image") -> np.ndarray:
-    """Any greyscale picture (H, W) of one digit -> the (28, 28) uint8 image MNIST would have made."""
-    digit = crop_to_ink(to_ink(np.asarray(grey, dtype=np.float64), name))
+def _fit_to_box(digit: np.ndarray, name: str) -> np.ndarray:
+    """Scale the cropped ink so its longer side is BOX and centre it in the FRAME x FRAME image."""
     # Resample in 32-bit float: anti-aliased (Lanczos) without rounding to 8 bits twice.
     resized = ImageOps.contain(Image.fromarray(digit.astype(np.float32)), (BOX, BOX),
                                Image.Resampling.LANCZOS)
@@ -123,6 +198,217 @@ def prepare_array(grey: np.ndarray, name: str = "image") -> np.ndarray:
     if small.sum() == 0:
         raise PipelineError(f"{name}: blank image: no ink left after scaling to {BOX} pixels")
     return np.rint(centre_in_frame(small)).astype(np.uint8)
+
+
+def prepare_array(grey: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any greyscale picture (H, W) of one digit -> the (28, 28) uint8 image MNIST would have made."""
+    return prepare_with_warnings(grey, name)[0]
+
+
+def prepare_with_warnings(grey: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[str]]:
+    """prepare_array, plus one line per doubt about a photo (`<name>: <why the result may be wrong>`).
+
+    A picture on a flat background (a drawing, a scan, MNIST itself) takes MNIST's recipe alone and
+    comes out exactly as it always did; a noisy or shaded one (a photo) has its background removed first.
+    """
+    grey = np.asarray(grey, dtype=np.float64)
+    background = fit_background(grey)
+    if background.noise < FLAT_NOISE and background.shading < FLAT_SHADING:
+        return _fit_to_box(crop_to_ink(to_ink(grey, name)), name), []
+    ink, warnings = photo_ink(grey, name)
+    return _fit_to_box(crop_to_ink(ink), name), warnings
+
+
+class Background(NamedTuple):
+    """A smooth surface fitted to the paper, ignoring the ink, and the noise around it."""
+
+    coefficients: np.ndarray  # of the terms u**a * v**b in POWERS, u and v from -1 to 1 across the picture
+    noise: float  # robust standard deviation of the paper around the surface, of 255
+    shading: float  # highest minus lowest value of the surface over the picture, of 255
+
+    def surface(self, height: int, width: int) -> np.ndarray:
+        v = np.linspace(-1.0, 1.0, height)[:, None]
+        u = np.linspace(-1.0, 1.0, width)[None, :]
+        return sum(c * u**a * v**b for c, (a, b) in zip(self.coefficients, POWERS, strict=True))
+
+
+# A quadratic surface: a lamp's gradient and a vignette, not the strokes of a digit.
+POWERS = ((0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2))
+
+
+def fit_background(grey: np.ndarray, samples: int = 10_000, rounds: int = 6) -> Background:
+    """Least squares on a grid of about `samples` pixels, refitted without the outliers (the ink).
+
+    The first guess is the median level: where most pixels are paper (MNIST's digits are 19% ink),
+    the outliers are the ink from the start, so a clean digit's background comes out exactly flat.
+    """
+    height, width = grey.shape
+    stride = max(1, math.ceil(math.sqrt(height * width / samples)))
+    v, u = np.meshgrid(np.linspace(-1.0, 1.0, height)[::stride], np.linspace(-1.0, 1.0, width)[::stride],
+                       indexing="ij")
+    terms = np.stack([(u**a * v**b).ravel() for a, b in POWERS], axis=1)
+    values = grey[::stride, ::stride].ravel()
+    coefficients = np.zeros(len(POWERS))
+    coefficients[0] = np.median(values)
+    residual = values - coefficients[0]
+    noise = max(1.4826 * float(np.median(np.abs(residual))), 0.5)
+    for _ in range(rounds):
+        paper = np.abs(residual) < 3.0 * noise
+        if paper.sum() < len(POWERS) * 4:
+            break
+        a = terms[paper]
+        try:
+            coefficients = np.linalg.solve(a.T @ a, a.T @ values[paper])
+        except np.linalg.LinAlgError:  # too few distinct pixels (a thin strip of an image)
+            break
+        residual = values - terms @ coefficients
+        noise = max(1.4826 * float(np.median(np.abs(residual[paper]))), 0.5)
+    fitted = terms @ coefficients
+    return Background(coefficients, noise, float(fitted.max() - fitted.min()))
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold: the level that best splits `values` into two classes (most between-class variance)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(counts)
+    above = below[-1] - below
+    mass = np.cumsum(counts * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mass[-1] * below / below[-1] - mass) ** 2 / (below * above)
+    return float(edges[int(np.argmax(np.nan_to_num(between, nan=0.0, posinf=0.0))) + 1])
+
+
+def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components of a boolean image: labels (0 = background, 1.. by size) and pixel counts.
+
+    Union-find over the runs of each row, so the Python loop is over runs, not pixels.
+    """
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    step = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)  # exclusive; row-major order pairs each end with its start
+    parent = list(range(len(rows)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first = np.searchsorted(rows, np.arange(height + 1))
+    for row in range(height - 1):
+        i, i_end, j, j_end = first[row], first[row + 1], first[row + 1], first[row + 2]
+        while i < i_end and j < j_end:
+            if starts[i] <= ends[j] and starts[j] <= ends[i]:  # touching, diagonals included
+                a, b = root(i), root(j)
+                parent[max(a, b)] = min(a, b)
+            if ends[i] < ends[j]:
+                i += 1
+            else:
+                j += 1
+    _, component = np.unique([root(i) for i in range(len(rows))], return_inverse=True)
+    lengths = ends - starts
+    sizes = np.bincount(component, weights=lengths).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+    order = np.argsort(-sizes, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    labels = np.zeros((height, width), dtype=np.int32)
+    if len(rows):
+        run_of_pixel = np.repeat(np.arange(len(rows)), lengths)
+        columns = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths - starts, lengths)
+        labels[rows[run_of_pixel], columns] = rank[component][run_of_pixel] + 1
+    return labels, sizes[order]
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a boolean image by `radius` pixels (a square), one shift at a time."""
+    grown = mask.copy()
+    for _ in range(radius):
+        step = grown.copy()
+        step[1:] |= grown[:-1]
+        step[:-1] |= grown[1:]
+        step[:, 1:] |= step[:, :-1].copy()
+        step[:, :-1] |= step[:, 1:].copy()
+        grown = step
+    return grown
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _gather_strokes(labels: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest blob with the pieces near it (a 5's detached bar, a stroke the threshold broke),
+    and how many blobs of at least RIVAL_FRACTION of its size lie apart from it (a second digit?).
+
+    A piece is near when the gap to the digit's bounding box is at most NEAR_FRACTION of its longer side.
+    """
+    digit = labels == 1
+    box = _box(digit)
+    pieces = {label: _box(labels == label) for label in range(2, len(sizes) + 1)
+              if sizes[label - 1] >= PIECE_FRACTION * sizes[0]}
+    merged = True
+    while merged:
+        merged = False
+        for label, (t, b, le, r) in list(pieces.items()):
+            top, bottom, left, right = box
+            if max(t - bottom, top - b, le - right, left - r) <= NEAR_FRACTION * max(bottom - top, right - left):
+                digit |= labels == label
+                box = (min(top, t), max(bottom, b), min(left, le), max(right, r))
+                del pieces[label]
+                merged = True
+    return digit, sum(1 for label in pieces if sizes[label - 1] >= RIVAL_FRACTION * sizes[0])
+
+
+def photo_ink(grey: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
+    """The digit of a photo as light ink on zero, brightest ink at 255, and the doubts about it.
+
+    Subtract the fitted background; the ink is on the side (darker or lighter) with the heavier tail;
+    Otsu's threshold, at least INK_SIGMAS noise deviations, splits ink from paper; the largest
+    8-connected blob and the nearby pieces of its strokes are the digit, grown by half an output pixel
+    to keep the strokes' soft edges; everything else is paper.
+    """
+    height, width = grey.shape
+    factor = math.ceil(max(height, width) / PHOTO_SIDE)
+    if factor > 1:  # box-averaged: the noise drops, the digit keeps far more pixels than it will need
+        grey = np.asarray(Image.fromarray(grey.astype(np.float32), "F").reduce(factor), dtype=np.float64)
+        height, width = grey.shape
+    background = fit_background(grey)
+    sigma = background.noise
+    residual = grey - background.surface(height, width)
+    darker = np.clip(-residual - 3 * sigma, 0.0, None).sum() >= np.clip(residual - 3 * sigma, 0.0, None).sum()
+    ink = np.clip(-residual if darker else residual, 0.0, None)
+    candidates = ink[ink > 2 * sigma]
+    threshold = max(otsu_threshold(candidates) if candidates.size > 1 else 0.0, INK_SIGMAS * sigma)
+    labels, sizes = connected_components(ink > threshold)
+    blank = f"{name}: blank image: no ink stands out from the background (expected a digit)"
+    if not len(sizes):
+        raise PipelineError(blank)
+    digit, rivals = _gather_strokes(labels, sizes)
+    level = float(np.percentile(ink[digit], 90))
+    contrast = level / sigma
+    if level < MIN_CONTRAST or contrast < BLANK_SIGMAS:
+        raise PipelineError(blank)
+    warnings = []
+    if contrast < UNSURE_SIGMAS:
+        warnings.append(f"{name}: low contrast: the ink stands out only {contrast:.1f} times the background's "
+                        f"noise, paper texture may have been taken for ink")
+    covered = float(digit.mean())
+    if covered > MAX_INK_FRACTION:
+        warnings.append(f"{name}: ink covers {covered:.0%} of the picture (a shadow or a dark edge?); "
+                        "crop the photo around the digit")
+    if rivals:
+        warnings.append(f"{name}: {rivals + 1} separate marks of similar size (more than one digit?); "
+                        "kept the largest")
+    t, b, le, r = _box(digit)
+    radius = round(0.5 * max(b - t, r - le) / BOX)
+    region = _dilate(digit, radius) if radius else digit
+    return np.where(region, np.clip(ink * (255.0 / level), 0.0, 255.0), 0.0), warnings
 
 
 def prepare_file(path: str | os.PathLike[str]) -> np.ndarray:
