@@ -47,9 +47,11 @@ FLAT_SHADING = 6.0
 PHOTO_SIDE = 1024
 # Ink pixels stand out from the fitted background by at least this many noise standard deviations.
 INK_SIGMAS = 4.0
-# The ink must stand out by this many noise standard deviations, or the photo counts as blank;
-# below UNSURE_SIGMAS a warning says that paper texture may have been taken for ink.
-BLANK_SIGMAS = 6.0
+# The ink must stand out by this many noise standard deviations, and its largest blob hold MIN_BLOB
+# pixels, or the photo counts as blank (noise alone makes specks of a few pixels, 4.5 deviations
+# bright); below UNSURE_SIGMAS a warning says that paper texture may have been taken for ink.
+BLANK_SIGMAS = 5.0
+MIN_BLOB = 20
 UNSURE_SIGMAS = 8.0
 # A digit has fewer ink pixels than this fraction of the photo; more means a shadow or a dark edge.
 MAX_INK_FRACTION = 0.3
@@ -387,7 +389,7 @@ def photo_ink(grey: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     threshold = max(otsu_threshold(candidates) if candidates.size > 1 else 0.0, INK_SIGMAS * sigma)
     labels, sizes = connected_components(ink > threshold)
     blank = f"{name}: blank image: no ink stands out from the background (expected a digit)"
-    if not len(sizes):
+    if not len(sizes) or sizes[0] < MIN_BLOB:
         raise PipelineError(blank)
     digit, rivals = _gather_strokes(labels, sizes)
     level = float(np.percentile(ink[digit], 90))
