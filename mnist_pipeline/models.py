@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,8 +171,16 @@ def load_model(path: str | os.PathLike[str], spec: DatasetSpec) -> keras.Model:
 
     The model must map the data set's flattened images to its class probabilities.
     """
-    if not Path(path).is_file():
-        raise PipelineError(f"{path}: file not found (run the train stage: dvc repro train)")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found (run the train stage: dvc repro train)") from None
+    except OSError as e:  # a symbolic link loop, a path through a file, no permission: not "not found"
+        raise PipelineError(f"{path}: cannot open: {(e.strerror or str(e)).lower()}") from None
+    if not stat.S_ISREG(mode):  # /dev/zero would be read forever, a FIFO block
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a special file")
+        raise PipelineError(f"{path}: not a regular file ({kind}): expected a .keras model file")
     if not zipfile.is_zipfile(path):
         # Keras would say "File not found" for a truncated file; the real fault is its content.
         size = Path(path).stat().st_size
