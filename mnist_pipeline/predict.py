@@ -1,29 +1,40 @@
 """Classify your own digit pictures with the trained model: `mnist-predict my_digit.png`.
 
 Every picture is prepared as MNIST was (imageprep.py) and scaled as preprocess scales the data
-set, so the model sees what it was trained on. Bad input is reported before TensorFlow loads.
+set, so the model sees what it was trained on. Bad input is reported before TensorFlow loads: one
+`error:` line per bad picture, the others still classified, and exit status 2 at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
+import stat
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from mnist_pipeline.cli import run_command
+from mnist_pipeline.cli import EXIT_FAULT, fail, one_line, run_command
 from mnist_pipeline.config import PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.imageprep import expand_paths, prepare_file
+from mnist_pipeline.imageprep import expand_paths, file_kind, prepare_with_warnings, read_image
 
 DEFAULT_MODEL = "models/model.keras"
 DEFAULT_PARAMS = "params.yaml"
 # What preprocess uses by default (the tutorial's x/255 - 0.5), for use outside a project.
 DEFAULT_SCALE, DEFAULT_OFFSET = 255.0, 0.5
+# Larger pictures are refused from their header (a PNG) or decoded at 1/2, 1/4 or 1/8 of their size
+# (a JPEG): a 141 KB PNG can declare 10000x10000 pixels, gigabytes once decoded. The same as mnist-serve's.
+MAX_PIXELS = 12_000_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,30 +92,107 @@ def format_text(record: dict[str, Any]) -> str:
             f"top-{len(record['top'])}: {ranked}")
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def check_model_file(path: str) -> None:
+    """The model must be a regular file: say what it is otherwise, before TensorFlow takes seconds to load."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: model file not found (train it with `dvc repro`, or pass --model PATH)") from None
+    except OSError as e:  # a symbolic link loop, a path through a file, no permission
+        raise PipelineError(f"{path}: cannot open: {(e.strerror or str(e)).lower()}") from None
+    if not stat.S_ISREG(mode):
+        raise PipelineError(f"{path}: not a regular file ({file_kind(mode)}): expected a .keras model file")
+
+
+def prepare_images(given: list[str]) -> tuple[list[Path], list[np.ndarray], list[dict[str, str]]]:
+    """Every picture the arguments name, prepared; a bad one is reported on stderr and skipped.
+
+    Returns the files that prepared, their images, and one {"file", "error"} per argument or file that
+    did not. An unsure photo is prepared and gets a `warning:` line.
+    """
+    files: list[Path] = []
+    images: list[np.ndarray] = []
+    errors: list[dict[str, str]] = []
+    for argument in given:
+        try:
+            found = expand_paths([argument])
+        except PipelineError as e:
+            fail(e)
+            errors.append({"file": argument, "error": one_line(e)})
+            continue
+        for file in found:
+            try:
+                image, doubts = prepare_with_warnings(
+                    read_image(file, max_pixels=MAX_PIXELS, shrink_jpeg=True), str(file))
+            except PipelineError as e:
+                fail(e)
+                errors.append({"file": str(file), "error": one_line(e)})
+                continue
+            for doubt in doubts:
+                print(f"warning: {one_line(doubt)}", file=sys.stderr, flush=True)
+            files.append(file)
+            images.append(image)
+    return files, images, errors
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
+    """Predictions for the pictures that could be prepared, and the errors of those that could not."""
     dataset, scale, offset = settings(args.params, args.dataset)
-    if not Path(args.model).is_file():
-        raise PipelineError(f"{args.model}: model file not found (train it with `dvc repro`, or pass --model PATH)")
-    files = expand_paths(args.images)
-    images = np.stack([prepare_file(file) for file in files])
+    check_model_file(args.model)
+    files, images, errors = prepare_images(args.images)
+    if not files:
+        return [], errors
     # Imported here: TensorFlow takes seconds to load, and bad input should not wait for it.
     from mnist_pipeline.models import load_model
 
     model = load_model(args.model, DATASETS[dataset])
-    probabilities = model.predict(scale_images(images, scale, offset), verbose=0)
-    return classify(probabilities, files, DATASETS[dataset].class_names, args.top)
+    probabilities = model.predict(scale_images(np.stack(images), scale, offset), verbose=0)
+    return classify(probabilities, files, DATASETS[dataset].class_names, args.top), errors
+
+
+def write_stdout(text: str) -> None:
+    """All of the output in one write, so a full disk is one error line rather than a half-written file.
+
+    When stdout is a regular file, whatever part did get written is cut off again.
+    """
+    data = text.encode(sys.stdout.encoding or "utf-8", errors="surrogateescape")
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a file descriptor
+        sys.stdout.write(text)
+        return
+    start = os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        if start is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+        reason = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e)).lower()
+        raise PipelineError(f"<stdout>: {reason}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: exit 0 when every picture was classified, 2 with one `error:` line otherwise."""
-    args = parse_args(argv)
+    """Console entry point: exit 0 when every picture was classified; 2 after one `error:` line per fault.
 
-    def classify_and_print() -> None:
-        records = run(args)
+    Bad pictures do not stop the good ones: those are classified and printed, and the exit status is 2.
+    """
+    args = parse_args(argv)
+    # Pillow warns (two lines on stderr) about pictures over 89 million pixels; MAX_PIXELS is far stricter.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+    def classify_and_print() -> int:
+        records, errors = run(args)
         if args.json:
-            print(json.dumps({"predictions": records}, indent=2))
-        else:
-            print("\n".join(format_text(record) for record in records))
+            write_stdout(json.dumps({"predictions": records, "errors": errors}, indent=2) + "\n")
+        elif records:
+            write_stdout("".join(format_text(record) + "\n" for record in records))
+        return EXIT_FAULT if errors else 0
 
     run_command(classify_and_print)
 
