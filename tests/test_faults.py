@@ -153,8 +153,8 @@ NPY_FAULTS: list[tuple[str, Callable[[Path], None], str, str]] = [
      "error: data/prepared/y_train.npy: truncated or corrupt .npy array (EOF: reading array header, "
      "expected 118 bytes got 30)"),
     ("truncated data", truncate, "x_train.npy",
-     "error: data/prepared/x_train.npy: truncated or corrupt .npy array (Failed to read all data for array. "
-     "Expected (40, 784) = 31360 elements, could only read 15664 elements. (file seems not fully written?))"),
+     "error: data/prepared/x_train.npy: truncated or corrupt .npy array: its header says shape (40, 784), "
+     "125440 bytes, the file holds 62656"),
     ("object dtype", lambda p: np.save(p, np.array([{"a": 1}, print], dtype=object), allow_pickle=True),
      "y_train.npy",
      "error: data/prepared/y_train.npy: holds Python objects, which are never unpickled (allow_pickle=False): "
@@ -227,7 +227,8 @@ def test_raw_file_corrupt_gzip(project: StageDir) -> None:
 def test_output_folder_blocked_by_a_file(project: StageDir) -> None:
     write_raw(project.path / RAW)
     (project.path / "data" / "prepared").write_text("not a folder")
-    assert error_line(project.run("preprocess")) == "error: data/prepared: File exists"
+    assert error_line(project.run("preprocess")) == (
+        "error: data/prepared/x_train.npy: cannot write (File exists); the previous file, if any, is unchanged")
 
 
 # --- download faults through the stage (tests/test_download.py covers each mirror fault on a real server) ---
