@@ -163,4 +163,4 @@ def test_uploading_a_real_test_digit_shows_its_class_and_the_model_card(
     confusion = browser.find_element(By.ID, "confusion")
     assert confusion.is_displayed()
     assert browser.execute_script("return arguments[0].naturalWidth", confusion) > 0
-    assert "train.epochs" in browser.find_element(By.ID, "card-params").text
+    assert "train.epochs" in browser.find_element(By.ID, "card-params").get_attribute("textContent")

@@ -222,7 +222,6 @@ async function loadCard() {
   const box = document.getElementById("card-params-box");
   if (keys.length) {
     box.querySelector("summary").textContent = `Training params (${card.params_source})`;
-    box.open = true;
   } else {
     box.hidden = true;
   }
