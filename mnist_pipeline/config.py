@@ -147,6 +147,7 @@ class TrainConfig(Section):
     seed: int = integer(0, MAX_SEED)
     cpu_threads: int = integer(0, 64)
     strategy: StrategyName = choice(STRATEGIES)
+    checkpoint: bool = Field(description="true or false")
 
 
 class EvaluateConfig(Section):

@@ -1,7 +1,9 @@
 """Atomic writes and checked reads of the files stages exchange.
 
 Every output is written to a temporary file in its own directory and renamed into place, so a
-stage killed mid-write leaves the previous file or none, never a truncated one.
+stage killed mid-write leaves the previous file or none, never a truncated one. A kill that no code
+can see (SIGKILL, power loss) leaves the temporary file itself behind: the next write of the same
+output removes it first (`sweep_leftovers`), so it never becomes part of an output or of a report.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import stat
@@ -25,6 +28,9 @@ import numpy as np
 from mnist_pipeline.errors import PipelineError
 
 NPY_MAGIC = b"\x93NUMPY"
+# The temporary names beside an output `<name>`: `.tmp-<12 hex>-<name>` (atomic_path), `.tmp-<8 of
+# [a-z0-9_]>-<name>` (atomic_dir's new folder) and `.tmp-old-<12 hex>-<name>` (its old one set aside).
+_LEFTOVER = r"\.tmp-(?:old-)?[a-z0-9_]{8,12}-"
 
 
 def _umask() -> int:
@@ -54,11 +60,41 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def sweep_leftovers(*outputs: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files and folders that writes of these outputs left beside them when the
+    process was killed without a chance to clean up (SIGKILL); returns what was removed.
+
+    Only names this module gives an output's temporaries are touched (see _LEFTOVER): never another
+    output, nor `.tmp-<x>-x_train.npy` when sweeping for `train.npy`.
+    """
+    removed = []
+    for output in outputs:
+        final = Path(output)
+        pattern = re.compile(_LEFTOVER + re.escape(final.name))
+        try:
+            entries = list(os.scandir(final.parent))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path next to `final`; renamed onto it only if the block succeeds."""
+    """A temporary path next to `final`; renamed onto it only if the block succeeds.
+
+    Leftovers of an earlier write of `final` that was killed outright are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final)
     # The temporary name keeps the final suffix: Keras insists on `.keras` and `.weights.h5`.
     tmp_path = final.parent / f".tmp-{uuid.uuid4().hex[:12]}-{final.name}"
     try:
@@ -86,10 +122,12 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
 
     The old directory is renamed aside and the new one renamed in, with signals held off between
     the two renames; only then is the old one deleted. Deleting first would leave a half-deleted
-    directory if the stage were killed during the deletion.
+    directory if the stage were killed during the deletion. Leftovers of an earlier write of `final`
+    that was killed outright are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", suffix=f"-{final.name}", dir=final.parent))
     old = final.parent / f".tmp-old-{uuid.uuid4().hex[:12]}-{final.name}"
     try:

@@ -117,15 +117,19 @@ def fit_compiled(
     *,
     batch_size: int,
     epochs: int,
-    seed: int | None,
+    seed: int | np.random.Generator | None,
     validation_data: tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
 ) -> dict[str, list[float]]:
     """`model.fit(x, y, batch_size, epochs, validation_data, callbacks)` as compiled epochs; fit's History dict.
 
     The model must be compiled with a loss on one-hot targets `y` (accuracy counts argmax matches).
     Each epoch's batch order is a permutation drawn from `numpy.random.default_rng(seed)`; `seed`
-    None keeps the data's order (fit's `shuffle=False`). Validation runs in order with the same
+    None keeps the data's order (fit's `shuffle=False`). A Generator as `seed` is drawn from itself, so
+    the caller can save its state between epochs. `initial_epoch` is fit's: the epochs before it were
+    trained earlier (a resumed run, whose caller restored the model, optimizer and Generator); the
+    History holds only the epochs run here. Validation runs in order with the same
     batch size, as fit's does. Callbacks get `on_train_begin`, `on_epoch_begin/end` with fit's log
     keys, and `on_train_end`; `model.stop_training` is honoured.
     """
@@ -152,7 +156,7 @@ def fit_compiled(
     rng = np.random.default_rng(seed) if seed is not None else None
     model.stop_training = False
     callback_list.on_train_begin()
-    for epoch in range(epochs):
+    for epoch in range(initial_epoch, epochs):
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
         batches, tail = batch_plan(len(y), batch_size, rng)

@@ -8,6 +8,7 @@ callback writes dvclive's files.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import tensorflow as tf
 from dvclive import Live
 
 from mnist_pipeline import progress
+from mnist_pipeline.checkpoint import Checkpoints, capture
 from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.loop import fit_compiled
 from mnist_pipeline.models import build_model, make_optimizer
@@ -55,13 +57,25 @@ class LiveLogger(keras.callbacks.Callback):
     repo (imports and git reads, about 0.5 s of CPU), pure Python that needs no training result, and
     the epoch loop runs in TensorFlow without the GIL, so the two overlap on a second core. The end
     of the first epoch waits for it if needed.
+
+    `replay` holds the logs of epochs trained before a resumed run started: they are logged again,
+    the same calls in the same order, so the files come out as if the run had never stopped.
     """
 
-    def __init__(self, live_dir: Path) -> None:
+    def __init__(self, live_dir: Path, replay: Mapping[str, Sequence[float]] | None = None) -> None:
         super().__init__()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvclive-init")
-        self._live: Future[Live] = pool.submit(Live, dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        self._live: Future[Live] = pool.submit(self._open, live_dir, dict(replay or {}))
         pool.shutdown(wait=False)
+
+    @staticmethod
+    def _open(live_dir: Path, replay: dict[str, Sequence[float]]) -> Live:
+        live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        for epoch in range(len(next(iter(replay.values()), []))):
+            for key, values in replay.items():
+                live.log_metric(dvclive_metric_name(key), values[epoch])
+            live.next_step()
+        return live
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         live = self._live.result()
@@ -71,6 +85,24 @@ class LiveLogger(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._live.result().end()
+
+
+class SaveCheckpoint(keras.callbacks.Callback):
+    """After each epoch, the state the next one depends on (mnist_pipeline.checkpoint): a killed run resumes there.
+
+    Added after the logger, so an epoch is checkpointed once its logs are written. `rng` is the
+    Generator the loop draws batch orders from; `history` the logs of epochs trained before this run.
+    """
+
+    def __init__(self, checkpoints: Checkpoints, rng: np.random.Generator, history: Mapping[str, Sequence[float]]):
+        super().__init__()
+        self._checkpoints, self._rng = checkpoints, rng
+        self._history = {key: list(values) for key, values in history.items()}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            self._history.setdefault(key, []).append(value)
+        self._checkpoints.save(capture(self.model, self._rng, epoch + 1, self._history))
 
 
 def make_deterministic(seed: int) -> None:
@@ -97,12 +129,15 @@ def train_model(
     x_val: np.ndarray,
     y_val: np.ndarray,
     live_dir: Path | None,
+    checkpoints: Checkpoints | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build, compile and train the model; returns it with the per-epoch history (as fit's History).
 
     `live_dir` None logs nothing: a worker of a multi-worker cluster that is not the chief.
     With `train.strategy` `default` the compiled loop trains (mnist_pipeline.loop, single-device);
     with any other, Keras' own `fit` runs under the strategy and `train.batch_size` is the global batch.
+    `checkpoints` (compiled loop only): continue from the epoch it holds, if any, and save one after
+    every epoch; the history returned covers every epoch, those of the interrupted run included.
     """
     set_cpu_threads(train_cfg.cpu_threads)
     epochs, batch_size = train_cfg.epochs, train_cfg.batch_size
@@ -117,21 +152,29 @@ def train_model(
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
-    loggers: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir)]
     targets = one_hot(y_train, spec.n_classes)
     validation = (x_val, one_hot(y_val, spec.n_classes)) if len(y_val) else None
     if train_cfg.strategy == "default":
+        rng = np.random.default_rng(train_cfg.seed)  # the batch orders: part of a checkpoint
+        resumed = checkpoints.resume(model, rng, epochs) if checkpoints is not None else None
+        start, earlier = (resumed.epoch, resumed.history) if resumed is not None else (0, {})
+        callbacks: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir, replay=earlier)]
+        if checkpoints is not None:
+            callbacks.append(SaveCheckpoint(checkpoints, rng, earlier))
         history = fit_compiled(
             model,
             x_train,
             targets,
             batch_size=batch_size,
             epochs=epochs,
-            seed=train_cfg.seed,
+            seed=rng,
             validation_data=validation,
-            callbacks=loggers,
+            callbacks=callbacks,
+            initial_epoch=start,
         )
-        return model, history
+        keys = dict.fromkeys([*earlier, *history])
+        return model, {key: [*earlier.get(key, []), *history.get(key, [])] for key in keys}
+    loggers: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir)]
     check_batch_size(batch_size, strategy)
     # Says how many replicas train in step: each worker of a cluster prints it, so a log shows the cluster formed.
     progress.say(f"train: strategy {train_cfg.strategy}, {strategy.num_replicas_in_sync} replicas in sync")

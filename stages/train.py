@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+from mnist_pipeline.checkpoint import Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.distribute import is_chief
-from mnist_pipeline.files import atomic_dir, save_json
+from mnist_pipeline.files import atomic_dir, save_json, sweep_leftovers
 from mnist_pipeline.plots import plot_training_curves
 from mnist_pipeline.prepared import load_split
 from mnist_pipeline.progress import say
@@ -15,11 +16,17 @@ from mnist_pipeline.unused_params import ignored_changes
 
 def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
     cfg = load_config()
+    summary_path = f"{Path(live_dir)}.json"
+    # Temporary files of a run killed outright (SIGKILL) go now, not hours later at the first write.
+    sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", live_dir, summary_path)
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
         say(f"train: warning: {line}")
     spec = DATASETS[cfg.data.dataset]
     x_train, y_train = load_split(prepared_dir, "train", spec)
     x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0)  # no validation is the default
+    # Checkpoints are keyed by code, data and params: the data's part is hashed while TensorFlow loads.
+    arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
+    data_digest = digest_arrays_in_background(arrays) if cfg.train.checkpoint and is_chief() else None
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
     from mnist_pipeline.models import save_model_deterministic, save_weights
@@ -29,14 +36,20 @@ def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
         # A worker of a multi-worker cluster trains its share and writes nothing: the chief owns the outputs.
         train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_dir=None)
         return
+    checkpoints = None
+    if data_digest is not None:
+        sections = {"data": cfg.data, "model": cfg.model, "train": cfg.train}  # the params train declares
+        checkpoints = Checkpoints.for_run(run_key(data_digest.result(), sections))
     with atomic_dir(live_dir) as live_tmp:
-        model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_tmp)
+        model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_tmp, checkpoints)
         plot_training_curves(history, live_tmp / "curves.png")
     save_model_deterministic(model, f"{model_dir}/model.keras")
     save_weights(model, f"{model_dir}/model.weights.h5")
     # The tracked summary beside dvclive's folder (metrics/train -> metrics/train.json): the last epoch's numbers.
     summary = {key: round(float(values[-1]), 6) for key, values in history.items()}
-    save_json(f"{Path(live_dir)}.json", {**summary, "epochs": len(history["loss"])})
+    save_json(summary_path, {**summary, "epochs": len(history["loss"])})
+    if checkpoints is not None:
+        checkpoints.remove()  # every output is in place: nothing is left to resume
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ OUTPUT_INVARIANT = {
     "download.retries": "checksummed files, whatever the retries",
     # Measured: 1 and 2 threads give the same model bytes under TF's op determinism (speed only).
     "train.cpu_threads": "thread count changes speed, not the trained weights",
+    # Checkpoints are a side file in .cache/ (removed after the run); the training itself is the same.
+    "train.checkpoint": "saving the state after each epoch changes no weight",
 }
 # Stages downstream of a changed stage that still skip, because the files they read did not change.
 SKIPPED = {
