@@ -142,8 +142,9 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
     for name, stage in stages.items():
         if any(o.get("path") == rel and o.get("md5") == md5 for o in _entries(stage, "outs")):
             card["locked_stage"] = name
-            recorded = _flat((stage.get("params") or {}).get(DEFAULT_PARAMS) or {})
-            card["params"] = train_params(recorded)
+            params = stage.get("params")
+            recorded = params.get(DEFAULT_PARAMS) if isinstance(params, dict) else None
+            card["params"] = train_params(_flat(recorded if isinstance(recorded, dict) else {}))
             card["params_source"] = f"dvc.lock, stage {name}"
         if any(d.get("path") == rel and d.get("md5") == md5 for d in _entries(stage, "deps")):
             for out in _entries(stage, "outs"):
@@ -151,9 +152,9 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
                 if not file.is_file() or md5_of(file) != out.get("md5"):
                     continue  # changed since dvc.lock recorded it: not this model's numbers
                 if file.name == METRICS_FILE:
-                    accuracy = json.loads(file.read_text(encoding="utf-8")).get("accuracy")
-                    if isinstance(accuracy, int | float):
-                        card["test_accuracy"] = float(accuracy)
+                    accuracy = _accuracy(file)
+                    if accuracy is not None:
+                        card["test_accuracy"] = accuracy
                         card["metrics_source"] = f"{out['path']} (dvc.lock, stage {name})"
                 elif file.name == CONFUSION_FILE:
                     card["confusion_png"] = file
@@ -162,6 +163,16 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
         card["params"] = train_params(_flat({"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}))
         card["params_source"] = f"{params_file} (dvc.lock does not record this model)"
     return ModelCard(**card)
+
+
+def _accuracy(metrics_file: Path) -> float | None:
+    """The test accuracy in the evaluate stage's metrics, if the file holds one."""
+    try:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    accuracy = metrics.get("accuracy") if isinstance(metrics, dict) else None
+    return float(accuracy) if isinstance(accuracy, int | float) and not isinstance(accuracy, bool) else None
 
 
 def train_params(flat: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +199,7 @@ class Predictor:
 
         # The model called directly, as one compiled graph: an eager call of the tutorial's MLP costs
         # about 8 ms of CPU, the graph under 1 ms; Keras' `predict` builds a data pipeline per call.
-        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+        self._call = tf.function(lambda x: model(x, training=False),
                                  input_signature=[tf.TensorSpec((None, model.input_shape[1]), tf.float32)])
         self.scale, self.offset = scale, offset
         self.class_names = class_names
@@ -278,7 +289,7 @@ PREDICT_BODY = {
                               "top": [{"class": 7, "name": "7", "probability": 0.98}],
                               "probabilities": [0.0] * 7 + [0.98] + [0.0] * 2,
                               "class_names": [str(d) for d in range(10)],
-                              "model_md5": "18196e33d55b097f64d014fefc79d7e3",
+                              "model_md5": "<md5 of the model file>",
                               "image": "data:image/png;base64,..."}}}},
                   "4XX": {"description": 'A bad request, as one JSON line: {"error": "..."}'}},
 }

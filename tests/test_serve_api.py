@@ -27,6 +27,7 @@ from PIL import Image
 from servekit import Served, error_line, run_serve, serving, trained_project
 from test_imageprep import mnist_test
 
+from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.imageprep import prepare_file
 from mnist_pipeline.serve import MAX_BODY_BYTES, MAX_PIXELS
 
@@ -258,3 +259,25 @@ def test_other_host_warns_and_a_busy_port_is_one_error_line(tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("mnist-serve: warning: --host 0.0.0.0 serves the model"), lines
     assert error_line(result) == f"error: 0.0.0.0:{port}: cannot listen (Address already in use)"
+
+
+@pytest.mark.slow
+def test_class_names_and_card_follow_the_params_data_set(project: Path, tmp_path: Path, mirror_root: Path) -> None:
+    """A Fashion-MNIST params file: the answers name clothes ('Sneaker', not 7); no dvc.lock there, so the
+    card takes its params from that file and claims no test accuracy."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["dataset"] = "fashion_mnist"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    model = project / "models" / "model.keras"
+    with serving(tmp_path, "--params", str(tmp_path / "params.yaml"), "--model", str(model),
+                 log_dir=tmp_path) as fashion:
+        status, answer = post_png(fashion, png_bytes(mnist_test(mirror_root, 1)[0][0]))
+        _, _, body = request(fashion, "GET", "/api/model")
+    names = DATASETS["fashion_mnist"].class_names
+    assert status == 200 and answer["class_names"] == list(names) and names[7] == "Sneaker"
+    assert answer["name"] == names[answer["class"]]
+    card = json.loads(body)
+    assert card["dataset"] == "fashion_mnist" and card["model"]["dvc_lock_stage"] is None
+    assert card["test_accuracy"] is None and card["confusion_matrix"] is None
+    assert card["params_source"].startswith(str(tmp_path / "params.yaml"))
+    assert card["params"]["train.epochs"] == 5
