@@ -44,8 +44,10 @@ def test_report_on_two_commits(tiny_project: Project) -> None:
     cells = table_row(report, "metrics/evaluate.json", "accuracy")
     assert float(cells[2]) == pytest.approx(before, abs=1e-4) and float(cells[3]) == pytest.approx(after, abs=1e-4)
 
-    # Headline metrics first; the per-class rows fold away below them.
-    assert report.index(" accuracy ") < report.index("<details>") < report.index(" per_class.")
+    # The tracked metrics are the headline numbers: a short table, epochs counted as params.yaml counts them.
+    assert table_row(report, "metrics/train.json", "epochs")[2:4] == ["1", "2"]
+    metric_rows = [line for line in report.split("## Params")[0].splitlines() if line.startswith("| metrics/")]
+    assert 3 <= len(metric_rows) <= 9 and "per_class" not in report and "step" not in report, metric_rows
     assert table_row(report, "params.yaml", "train.epochs")[2:4] == ["1", "2"]
 
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
