@@ -118,6 +118,7 @@ class CnnConfig(Section):
     batch_norm: bool = Field(description="true or false")
     augment_shift: float = number(0.0, 0.5)
     augment_rotation: float = number(0.0, 0.5)
+    pool_first: bool = Field(description="true or false")
 
     @field_validator("filters")
     @classmethod

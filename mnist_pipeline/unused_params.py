@@ -27,6 +27,7 @@ TYPE_ONLY_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.cnn.batch_norm": True,
         "model.cnn.augment_shift": 0.08,
         "model.cnn.augment_rotation": 0.0,
+        "model.cnn.pool_first": False,
     },
 }
 

@@ -46,6 +46,7 @@ VARIANTS = {
     "no-dense": {"model.cnn.dense": 0, "model.cnn.dropout": 0.0},
     "augmented": {"model.cnn.augment_shift": 0.1, "model.cnn.augment_rotation": 0.05},
     "three-blocks": {"model.cnn.filters": [8, 16, 16], "model.cnn.kernel_size": 5},
+    "pool-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True},
 }
 
 
@@ -64,6 +65,10 @@ def test_cnn_follows_its_params(name: str) -> None:
     assert dense == ([cnn.dense] if cnn.dense else []) + [10]
     assert ("RandomTranslation" in types) == (cnn.augment_shift > 0)
     assert ("RandomRotation" in types) == (cnn.augment_rotation > 0)
+    # Each block pools right after its convolution with pool_first, else after the activation.
+    after_conv = [types[i + 1] for i, t in enumerate(types) if t == "Conv2D"]
+    first = "MaxPooling2D" if cnn.pool_first else "BatchNormalization" if cnn.batch_norm else "Activation"
+    assert after_conv == [first] * len(convs)
     # It reads the pipeline's flat (N, 784) arrays and gives one probability row per image.
     out = model.predict(np.zeros((3, 784), np.float32), verbose=0)
     assert out.shape == (3, 10)
@@ -96,6 +101,7 @@ class BatchLosses(keras.callbacks.Callback):
 
 LEARNERS = {
     "defaults": VARIANTS["defaults"],
+    "pool-first": VARIANTS["pool-first"],
     "no-batch-norm": VARIANTS["no-batch-norm"],
     "no-dense": {**VARIANTS["no-dense"], "model.cnn.batch_norm": False},
     # Light augmentation, as a tuned model uses it: strong shifts need more than 38 steps to learn through.
@@ -123,6 +129,19 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
         return
     accuracy = float(np.mean(model.predict(x_test, verbose=0).argmax(axis=1) == y_test))
     assert accuracy > 0.5, f"{name}: held-out accuracy {accuracy:.3f} after {epochs} epochs on {N_TRAIN} images"
+
+
+def test_pool_first_keeps_the_shapes_and_weights_of_each_block() -> None:
+    """Pooling before batch norm moves work, not capacity: same weights, same block outputs, fewer values normalised."""
+    shapes = {}
+    for pool_first in (False, True):
+        model = build_model(cnn_params(**{"model.cnn.pool_first": pool_first}).model, MNIST)
+        shapes[pool_first] = [tuple(w.shape) for w in model.weights]
+        norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        # The first block's batch norm sees the pooled 14x14 map with pool_first, the full 28x28 one without.
+        assert norms[0].input.shape[1:3] == ((14, 14) if pool_first else (28, 28))
+        assert model.layers[-1].output.shape[1:] == (10,)
+    assert shapes[True] == shapes[False]
 
 
 def test_augmented_cnn_saves_and_loads_in_safe_mode(tiny: tuple[np.ndarray, ...], tmp_path: Path) -> None:
