@@ -42,8 +42,8 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.imageprep import prepare_bytes
-from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, settings
+from mnist_pipeline.imageprep import prepare_with_warnings, read_image
+from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, settings
 
 if TYPE_CHECKING:
     import keras
@@ -52,8 +52,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 # A drawing is a few kB and a phone photo a few MB; anything larger is refused unread.
 MAX_BODY_BYTES = 8 * 1024 * 1024
-# A 12-megapixel photo; checked from the image header, before decoding (a 50 kB PNG can declare 10^10 pixels).
-MAX_PIXELS = 12_000_000
 # Pictures prepared at once: each may briefly hold a few copies of a MAX_PIXELS float image.
 PREPARE_SLOTS = 2
 TOP = 3
@@ -213,7 +211,11 @@ class Predictor:
             return self._call(x).numpy()[0].astype(np.float64)
 
     def __call__(self, data: bytes, name: str) -> dict[str, Any]:
-        image = prepare_bytes(data, name, MAX_PIXELS)
+        # Read and prepared exactly as mnist-predict reads and prepares a file: the pixel limit checked
+        # from the header before decoding (an over-limit JPEG decoded reduced), MNIST's recipe, and a
+        # warning per doubt about a photo.
+        grey = read_image(io.BytesIO(data), name, max_pixels=MAX_PIXELS, shrink_jpeg=True)
+        image, warnings = prepare_with_warnings(grey, name)
         row = self.probabilities(image)
         order = np.argsort(-row, kind="stable")
         best = int(order[0])
@@ -229,6 +231,7 @@ class Predictor:
             "class_names": list(self.class_names),
             "model_md5": self.md5,
             "image": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii"),
+            "warnings": warnings,
         }
 
 
@@ -290,7 +293,7 @@ PREDICT_BODY = {
                               "probabilities": [0.0] * 7 + [0.98] + [0.0] * 2,
                               "class_names": [str(d) for d in range(10)],
                               "model_md5": "<md5 of the model file>",
-                              "image": "data:image/png;base64,..."}}}},
+                              "image": "data:image/png;base64,...", "warnings": []}}}},
                   "4XX": {"description": 'A bad request, as one JSON line: {"error": "..."}'}},
 }
 

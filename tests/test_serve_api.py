@@ -29,7 +29,8 @@ from test_imageprep import mnist_test
 
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.imageprep import prepare_file
-from mnist_pipeline.serve import MAX_BODY_BYTES, MAX_PIXELS
+from mnist_pipeline.predict import MAX_PIXELS
+from mnist_pipeline.serve import MAX_BODY_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,7 @@ def test_predict_raw_png_gives_class_probabilities_md5_and_the_image_mnist_predi
     assert len(answer["probabilities"]) == 10 and abs(sum(answer["probabilities"]) - 1) < 1e-3
     assert answer["probability"] == max(answer["probabilities"])
     assert answer["class_names"] == [str(d) for d in range(10)]
+    assert answer["warnings"] == []  # a clean drawing: no doubt about the background
     model_md5 = hashlib.md5((project / "models" / "model.keras").read_bytes()).hexdigest()
     assert answer["model_md5"] == model_md5
     # The 28x28 image the page shows is exactly what mnist-predict's preparation makes of the file.
@@ -124,6 +126,18 @@ def test_predict_recognises_real_test_digits_from_raw_and_form_uploads(server: S
     status, _, reply = request(server, "POST", "/api/predict", body, {"Content-Type": content_type})
     assert status == 200, reply
     assert json.loads(reply)["probabilities"] == raw[3][1]["probabilities"]
+
+
+@pytest.mark.slow
+def test_jpeg_over_the_pixel_limit_is_decoded_reduced_as_mnist_predict_does(server: Served, mirror_root: Path) -> None:
+    images, labels = mnist_test(mirror_root, 1)
+    page = Image.new("L", (4200, 3000), 255)  # 12.6 megapixels: over MAX_PIXELS
+    page.paste(Image.fromarray(255 - images[0]).resize((1400, 1400), Image.Resampling.BICUBIC), (1400, 800))
+    buffer = io.BytesIO()
+    page.save(buffer, format="JPEG", quality=90)
+    status, _, reply = request(server, "POST", "/api/predict", buffer.getvalue(), {"Content-Type": "image/jpeg"})
+    assert status == 200, reply
+    assert json.loads(reply)["class"] == labels[0] == 7
 
 
 @pytest.mark.slow
@@ -152,12 +166,14 @@ def test_health_and_model_card_name_the_model_dvc_lock_records(server: Served, p
 def test_page_and_its_files_are_served_from_the_package(server: Served) -> None:
     status, headers, page = request(server, "GET", "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
+    texts = [page]
     for asset in ("/static/app.js", "/static/style.css"):
         assert asset.encode() in page
-        status, _, _ = request(server, "GET", asset)
+        status, _, text = request(server, "GET", asset)
         assert status == 200, asset
-    # Offline: nothing the page loads comes from another host.
-    assert b"http://" not in page and b"https://" not in page
+        texts.append(text)
+    # Offline: no script, style or font from another host (and no @import or url() to one).
+    assert not [t for t in texts if b"http://" in t or b"https://" in t or b"//cdn" in t]
     status, _, docs = request(server, "GET", "/docs")
     assert status == 200 and b"swagger" in docs.lower()
     status, _, spec = request(server, "GET", "/openapi.json")

@@ -133,8 +133,9 @@ function show(data) {
     return item;
   }));
   seen.src = data.image;
-  statusLine.className = "status";
-  statusLine.textContent = `${data.name}, ${(100 * data.probability).toFixed(1)}% sure`;
+  statusLine.className = data.warnings.length ? "status warning" : "status";
+  statusLine.textContent = [`${data.name}, ${(100 * data.probability).toFixed(1)}% sure`, ...data.warnings]
+    .join(". Warning: ");
 }
 
 function showError(message) {
