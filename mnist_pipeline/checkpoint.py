@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mnist_pipeline import progress
-from mnist_pipeline.files import atomic_path
+from mnist_pipeline.files import atomic_path, sweep_leftovers
 
 CHECKPOINT_DIR = Path(".cache") / "train-checkpoints"
 FORMAT = 1
@@ -45,6 +46,8 @@ FORMAT = 1
 PROJECT_PACKAGES = ("mnist_pipeline", "stages")
 # Keras' global SeedGenerator (random ops without a seed) is no layer's variable: it gets its own name.
 GLOBAL_SEED = "keras.random global SeedGenerator"
+# A checkpoint's temporary file, left by a run killed while writing it (any run's: any key).
+_LEFTOVER = re.compile(r"\.tmp-[0-9a-f]{12}-(train-[0-9a-f]+\.npz)")
 
 History = dict[str, list[float]]
 
@@ -255,6 +258,7 @@ class Checkpoints:
     def resume(self, model: Any, rng: np.random.Generator | None, epochs: int) -> TrainingState | None:
         """Restore the last finished epoch into `model` and `rng`, saying so in one line; None when there is
         no checkpoint, or a damaged one (also one line: the run starts from epoch 1)."""
+        self._sweep_folder()
         if not os.path.lexists(self.path):
             return None
         try:
@@ -267,6 +271,14 @@ class Checkpoints:
         where = f"at epoch {state.epoch + 1}/{epochs}" if state.epoch < epochs else f"after the last epoch ({epochs})"
         progress.say(f"train: resuming {where} from {self.path}")
         return state
+
+    def _sweep_folder(self) -> None:
+        """Temporary files of checkpoints whose writer was killed outright, whatever their run's key."""
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return
+        sweep_leftovers(*{self.path.parent / m.group(1) for name in names if (m := _LEFTOVER.fullmatch(name))})
 
     def save(self, state: TrainingState) -> None:
         """Replace the checkpoint atomically (a kill mid-write leaves the previous one). A checkpoint that
