@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import os
 import stat
@@ -104,6 +105,12 @@ def check_model_file(path: str) -> None:
         raise PipelineError(f"{path}: not a regular file ({file_kind(mode)}): expected a .keras model file")
 
 
+def prepare_picture(source: str | os.PathLike[str] | io.BytesIO, name: str) -> tuple[np.ndarray, list[str]]:
+    """One picture (a file, or an upload in memory for mnist-serve) as the 28x28 image the model sees,
+    and a line per doubt about a photo: read with the pixel limit, prepared as MNIST was."""
+    return prepare_with_warnings(read_image(source, name, max_pixels=MAX_PIXELS, shrink_jpeg=True), name)
+
+
 def prepare_images(given: list[str]) -> tuple[list[Path], list[np.ndarray], list[dict[str, str]]]:
     """Every picture the arguments name, prepared; a bad one is reported on stderr and skipped.
 
@@ -122,8 +129,7 @@ def prepare_images(given: list[str]) -> tuple[list[Path], list[np.ndarray], list
             continue
         for file in found:
             try:
-                image, doubts = prepare_with_warnings(
-                    read_image(file, max_pixels=MAX_PIXELS, shrink_jpeg=True), str(file))
+                image, doubts = prepare_picture(file, str(file))
             except PipelineError as e:
                 fail(e)
                 errors.append({"file": str(file), "error": one_line(e)})

@@ -42,8 +42,7 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.imageprep import prepare_with_warnings, read_image
-from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, settings
+from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, prepare_picture, settings
 
 if TYPE_CHECKING:
     import keras
@@ -211,11 +210,9 @@ class Predictor:
             return self._call(x).numpy()[0].astype(np.float64)
 
     def __call__(self, data: bytes, name: str) -> dict[str, Any]:
-        # Read and prepared exactly as mnist-predict reads and prepares a file: the pixel limit checked
-        # from the header before decoding (an over-limit JPEG decoded reduced), MNIST's recipe, and a
-        # warning per doubt about a photo.
-        grey = read_image(io.BytesIO(data), name, max_pixels=MAX_PIXELS, shrink_jpeg=True)
-        image, warnings = prepare_with_warnings(grey, name)
+        # mnist-predict's own preparation: the pixel limit checked from the header before decoding (an
+        # over-limit JPEG decoded reduced), MNIST's recipe, and a warning per doubt about a photo.
+        image, warnings = prepare_picture(io.BytesIO(data), name)
         row = self.probabilities(image)
         order = np.argsort(-row, kind="stable")
         best = int(order[0])
