@@ -76,7 +76,7 @@ def test_exp_run_with_set_param_is_listed_with_params_and_metrics(project: Proje
     confusion = project.git("show", f"{exp['rev']}:metrics/confusion.csv").stdout
     assert confusion == (project.path / "metrics" / "confusion.csv").read_text()  # and the workspace holds it
     assert exp["metrics"]["metrics/evaluate.json"]["accuracy"] == pytest.approx(confusion_accuracy(confusion), abs=1e-6)
-    assert exp["metrics"]["metrics/train/metrics.json"]["step"] == 1  # two epochs: steps 0 and 1
+    assert exp["metrics"]["metrics/train.json"]["epochs"] == 2
 
 
 def test_queued_experiments_run_through_the_queue(project: Project) -> None:
