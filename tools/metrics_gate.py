@@ -1,0 +1,169 @@
+"""Fail when a metric got worse than a base commit by more than its tolerance.
+
+`python tools/metrics_gate.py --base main`, run after `dvc repro`. The numbers come from
+`dvc metrics diff BASE --all --json` (DVC's own comparison of the workspace's metrics with the
+commit's); which metrics are gated, in which direction a change is worse, and by how much it may be,
+comes from a committed file, `metrics_tolerances.yaml`:
+
+    metrics/evaluate.json:
+      accuracy: {worse: lower, tolerance: 0.002}
+
+Each gated metric gets one line on stdout. A metric worse by more than its tolerance gets one line on
+stderr naming the file, the metric, both values and the tolerance, and the exit status is 1; a fault
+in the tolerance file, the base or DVC is one `error:` line and exit 2. Tolerances name metrics files
+that dvc.yaml declares as `metrics` (read when the gate runs), so a file that was renamed or
+restructured is reported, never silently skipped. A metric the base commit lacks is new: not compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnist_pipeline.cli import run_command
+from mnist_pipeline.config import load_yaml
+from mnist_pipeline.errors import PipelineError
+
+TOLERANCES_FILE = "metrics_tolerances.yaml"
+DVC_YAML = "dvc.yaml"
+DIRECTIONS = ("lower", "higher")  # which way a change makes the metric worse
+EXIT_REGRESSION = 1
+
+
+@dataclass(frozen=True)
+class Gate:
+    file: str
+    metric: str
+    worse: str  # "lower" or "higher"
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: Gate
+    old: float | None  # None: the base commit has no such metric
+    new: float
+
+    @property
+    def worse_by(self) -> float:
+        """How much worse the workspace is than the base (negative: better); 0 for a new metric."""
+        if self.old is None:
+            return 0.0
+        return self.old - self.new if self.gate.worse == "lower" else self.new - self.old
+
+    @property
+    def failed(self) -> bool:
+        # A hair of float slack: a change of exactly the tolerance passes whatever the rounding of the subtraction.
+        return self.worse_by > self.gate.tolerance + 1e-12
+
+    def line(self) -> str:
+        g = self.gate
+        if self.old is None:
+            return f"{g.file}: {g.metric} {self.new:.6g} is new (the base has no value): not compared"
+        if self.failed:
+            return (f"{g.file}: {g.metric} got worse: {self.old:.6g} -> {self.new:.6g} ({g.worse} is worse), "
+                    f"by {self.worse_by:.6g}, more than its tolerance {g.tolerance:g}")
+        return (f"{g.file}: {g.metric} {self.old:.6g} -> {self.new:.6g}: ok "
+                f"(tolerance {g.tolerance:g}, {g.worse} is worse)")
+
+
+def dvc(*args: str) -> str:
+    """stdout of a DVC command (this interpreter's DVC, whatever PATH says); its last error line on failure."""
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise PipelineError(f"dvc {' '.join(args)}: exited {result.returncode}: {reason}")
+    return result.stdout
+
+
+def check_base(base: str) -> None:
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}"], capture_output=True)
+    if found.returncode != 0:
+        raise PipelineError(f"--base {base}: not a commit in this git repository "
+                            "(in CI, check out with full history: fetch-depth: 0)")
+
+
+def declared_metrics_files(dvc_yaml: str | Path = DVC_YAML) -> list[str]:
+    """The files dvc.yaml declares as metrics (each stage's `metrics:` entries and the top-level list)."""
+    spec = load_yaml(dvc_yaml)
+    entries: list[Any] = list((spec or {}).get("metrics") or [])
+    for stage in ((spec or {}).get("stages") or {}).values():
+        entries += (stage or {}).get("metrics") or []
+    return [next(iter(entry)) if isinstance(entry, dict) else str(entry) for entry in entries]
+
+
+def load_gates(path: str | Path, declared: list[str]) -> list[Gate]:
+    """The tolerance file as gates, each entry checked; a fault is one line naming the file and the entry."""
+    tree = load_yaml(path)
+    if not isinstance(tree, dict) or not tree:
+        raise PipelineError(f"{path}: expected a mapping of metrics files to their gated metrics, "
+                            "e.g. 'metrics/evaluate.json: {accuracy: {worse: lower, tolerance: 0.002}}'")
+    gates = []
+    for file, metrics in tree.items():
+        if file not in declared:
+            raise PipelineError(f"{path}: {file!r} is not a metrics file of {DVC_YAML} "
+                                f"(its metrics: {', '.join(declared) or 'none'})")
+        if not isinstance(metrics, dict) or not metrics:
+            raise PipelineError(f"{path}: {file}: expected a mapping of metric names to "
+                                "{worse: lower|higher, tolerance: <number >= 0>}")
+        for metric, rule in metrics.items():
+            where = f"{path}: {file}: {metric}"
+            if not isinstance(rule, dict) or set(rule) != {"worse", "tolerance"}:
+                raise PipelineError(f"{where}: expected {{worse: lower|higher, tolerance: <number >= 0>}}, "
+                                    f"found {rule!r}")
+            worse, tolerance = rule["worse"], rule["tolerance"]
+            if worse not in DIRECTIONS:
+                raise PipelineError(f"{where}: worse = {worse!r}: expected one of {', '.join(DIRECTIONS)}")
+            if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not (
+                    math.isfinite(tolerance) and tolerance >= 0):
+                raise PipelineError(f"{where}: tolerance = {tolerance!r}: expected a number >= 0")
+            gates.append(Gate(str(file), str(metric), worse, float(tolerance)))
+    return gates
+
+
+def judge(gates: list[Gate], diff: dict[str, Any], source: str | Path = TOLERANCES_FILE) -> list[Verdict]:
+    """Each gate's verdict from `dvc metrics diff --all --json` output."""
+    verdicts = []
+    for gate in gates:
+        entry = (diff.get(gate.file) or {}).get(gate.metric)
+        new = entry.get("new") if isinstance(entry, dict) else None
+        if not isinstance(new, int | float) or isinstance(new, bool):
+            raise PipelineError(f"{source}: {gate.file}: {gate.metric}: no such number in the workspace's "
+                                f"metrics (run dvc repro first, or update {source})")
+        old = entry.get("old")
+        old = float(old) if isinstance(old, int | float) and not isinstance(old, bool) else None
+        verdicts.append(Verdict(gate, old, float(new)))
+    return verdicts
+
+
+def gate(base: str, tolerances: str) -> int:
+    """Print a line per gated metric; 1 when any got worse by more than its tolerance."""
+    gates = load_gates(tolerances, declared_metrics_files())
+    check_base(base)
+    verdicts = judge(gates, json.loads(dvc("metrics", "diff", base, "--all", "--json") or "{}"), tolerances)
+    for verdict in verdicts:
+        if not verdict.failed:
+            print(verdict.line())
+    failed = [verdict for verdict in verdicts if verdict.failed]
+    for verdict in failed:
+        print(verdict.line(), file=sys.stderr)
+    sys.stdout.flush()
+    return EXIT_REGRESSION if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--base", default="main", help="git revision to compare with (default main)")
+    parser.add_argument("--tolerances", default=TOLERANCES_FILE, help=f"tolerance file (default {TOLERANCES_FILE})")
+    args = parser.parse_args(argv)
+    run_command(lambda: gate(args.base, args.tolerances))
+
+
+if __name__ == "__main__":
+    main()
