@@ -3,11 +3,15 @@
 Metrics and plot data are `cache: false` outputs committed to git, so a clone has everything
 `dvc metrics diff`, `dvc params diff` and `dvc plots diff` need. Two commits differ in
 `train.epochs` (1 -> 2); every metrics file, the one param and every plot must show it.
+
+params.yaml is committed in the layout `dvc exp run -S` writes, so an experiment's `git diff`
+shows the keys it set and nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -15,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Project, make_project
+from conftest import PROJECT_ROOT, Project, make_project
 from dvc_spec import covers
 
 pytestmark = pytest.mark.slow
@@ -65,8 +69,9 @@ def test_metrics_diff_shows_every_metrics_file_changed(clone: Project) -> None:
     for file in metrics:
         assert file in diff, f"{file} missing from `dvc metrics diff`: {sorted(diff)}"
         assert any(v["old"] != v["new"] for v in diff[file].values()), f"{file}: no value changed"
-    train_metrics = next(f for f in metrics if f.startswith("metrics/train"))
-    assert diff[train_metrics]["step"] == {"old": 0, "new": 1, "diff": 1}
+    # The train summary counts epochs, as params.yaml does (dvclive's 0-based `step` read as an off-by-one).
+    assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    assert not any("step" in key for values in diff.values() for key in values), diff
 
 
 def test_params_diff_shows_exactly_the_changed_param(clone: Project) -> None:
@@ -113,3 +118,19 @@ def test_per_epoch_plots_have_one_point_per_epoch(clone: Project, tmp_path: Path
                 }
                 assert steps == {"HEAD~1": [0], "workspace": [0, 1]}, f"{filename}: steps {steps}"
     assert curves >= 2, "expected per-epoch curves for training and validation"
+
+
+def test_exp_run_set_param_diff_touches_only_that_key(tmp_path: Path, mirror_root: Path) -> None:
+    """The committed params.yaml, verbatim but for the tiny-data limits; `-S` rewrites it in DVC's layout."""
+    project = make_project(tmp_path / "repo", mirror_root)
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    for key, value in (("train_limit", 1000), ("test_limit", 200)):
+        text, count = re.subn(rf"^(  {key}:) 0( |$)", rf"\g<1> {value}\g<2>", text, flags=re.MULTILINE)
+        assert count == 1, key
+    (project.path / "params.yaml").write_text(text)
+    project.commit("the committed params layout, tiny data")
+    project.dvc("exp", "run", "-S", "train.epochs=2")
+    changed = [line for line in project.git("diff", "--unified=0", "params.yaml").stdout.splitlines()
+               if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))]
+    assert len(changed) == 2 and re.fullmatch(r"-  epochs: \d+ *(#.*)?", changed[0]), changed
+    assert re.fullmatch(r"\+  epochs: 2 *(#.*)?", changed[1]), changed
