@@ -202,8 +202,10 @@ def load_npy(
     """
     want = "(N" + "".join(f", {d}" for d in trailing) + ")"
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise PipelineError(f"{path}: not a regular file (a FIFO, device or socket): expected a .npy array")
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
+            raise PipelineError(f"{path}: {kind}: expected a .npy array")
         with open(path, "rb") as f:
             shape, found = _header(f, path)
             if found.hasobject:

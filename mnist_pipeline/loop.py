@@ -31,6 +31,15 @@ BAR_UPDATES = 20
 EpochFn = Callable[[np.ndarray, np.ndarray], tuple[float, float]]
 
 
+class Diverged(ArithmeticError):
+    """The loss stopped being a finite number: training stops at that step rather than save a NaN model."""
+
+    def __init__(self, loss: float, step: int) -> None:
+        super().__init__(f"loss {loss} at step {step}")
+        self.loss, self.step = loss, step
+        self.epoch, self.steps = 0, 0  # filled in by fit_compiled
+
+
 def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's order (shuffled by `rng`, or in order without one): full batches as rows of an
     int32 (steps, batch) array, plus the partial last batch."""
@@ -71,21 +80,31 @@ def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: in
         return loss * tf.cast(tf.shape(idx)[0], tf.float32), correct
 
     @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int32)])
-    def run_full(batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Full batches in a graph loop: a static batch shape, no Python between steps."""
-        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
+    def run_full(batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Full batches in a graph loop: a static batch shape, no Python between steps.
+
+        Stops after the first step whose loss is not finite, and says how many steps ran.
+        """
+        loss_sum, correct, steps = tf.constant(0.0), tf.constant(0.0), tf.constant(0)
         for i in tf.range(tf.shape(batches)[0]):
             idx = batches[i]
             loss, batch_correct = step(tf.gather(x, idx), tf.gather(y, idx))
             loss_sum += loss * batch_size
             correct += batch_correct
-        return loss_sum, correct
+            steps += 1
+            if not tf.math.is_finite(loss):
+                break
+        return loss_sum, correct, steps
 
     def run(batches: np.ndarray, tail: np.ndarray) -> tuple[float, float]:
-        loss_sum, correct = run_full(batches) if len(batches) else (0.0, 0.0)
+        loss_sum, correct, steps = run_full(batches) if len(batches) else (0.0, 0.0, 0)
+        if not math.isfinite(float(loss_sum)):
+            raise Diverged(float(loss_sum), int(steps))
         if len(tail):
             tail_loss, tail_correct = run_batch(tail)
             loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
+            if not math.isfinite(float(tail_loss)):
+                raise Diverged(float(tail_loss), len(batches) + 1)
         return float(loss_sum), float(correct)
 
     return run
@@ -104,7 +123,10 @@ def run_epoch(run: EpochFn, batches: np.ndarray, tail: np.ndarray, n: int, label
         for start in range(0, max(len(batches), 1), chunk):
             part = batches[start : start + chunk]
             last = start + chunk >= len(batches)
-            part_loss, part_correct = run(part, tail if last else no_tail)
+            try:
+                part_loss, part_correct = run(part, tail if last else no_tail)
+            except Diverged as e:
+                raise Diverged(e.loss, start + e.step) from None
             loss_sum, correct = loss_sum + part_loss, correct + part_correct
             bar.update(len(part) + (last and len(tail) > 0))
     return {"loss": loss_sum / n, "accuracy": correct / n}
@@ -160,7 +182,11 @@ def fit_compiled(
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
         batches, tail = batch_plan(len(y), batch_size, rng)
-        logs = run_epoch(train_epoch, batches, tail, len(y), f"epoch {epoch + 1}/{epochs}")
+        try:
+            logs = run_epoch(train_epoch, batches, tail, len(y), f"epoch {epoch + 1}/{epochs}")
+        except Diverged as e:
+            e.epoch, e.steps = epoch + 1, len(batches) + (len(tail) > 0)
+            raise
         if validate is not None:
             logs.update({f"val_{k}": v for k, v in validate().items()})
         callback_list.on_epoch_end(epoch, logs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,8 @@ from dvclive import Live
 from mnist_pipeline import progress
 from mnist_pipeline.checkpoint import Checkpoints, capture
 from mnist_pipeline.distribute import check_batch_size, make_strategy
-from mnist_pipeline.loop import fit_compiled
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.loop import Diverged, fit_compiled
 from mnist_pipeline.models import build_model, make_optimizer
 
 if TYPE_CHECKING:
@@ -86,6 +87,11 @@ class LiveLogger(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._live.result().end()
 
+    def settle(self) -> None:
+        """Wait for the helper thread, whatever it ends in: after a failed run the caller deletes the
+        folder, and a `Live` still being built would create it again."""
+        wait([self._live])
+
 
 class SaveCheckpoint(keras.callbacks.Callback):
     """After each epoch, the state the next one depends on (mnist_pipeline.checkpoint): a killed run resumes there.
@@ -103,6 +109,9 @@ class SaveCheckpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self._history.setdefault(key, []).append(value)
         self._checkpoints.save(capture(self.model, self._rng, epoch + 1, self._history))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._checkpoints.wait()  # the last epoch's checkpoint is in place before any output is written
 
 
 def make_deterministic(seed: int) -> None:
@@ -161,17 +170,29 @@ def train_model(
         callbacks: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir, replay=earlier)]
         if checkpoints is not None:
             callbacks.append(SaveCheckpoint(checkpoints, rng, earlier))
-        history = fit_compiled(
-            model,
-            x_train,
-            targets,
-            batch_size=batch_size,
-            epochs=epochs,
-            seed=rng,
-            validation_data=validation,
-            callbacks=callbacks,
-            initial_epoch=start,
-        )
+        try:
+            history = fit_compiled(
+                model,
+                x_train,
+                targets,
+                batch_size=batch_size,
+                epochs=epochs,
+                seed=rng,
+                validation_data=validation,
+                callbacks=callbacks,
+                initial_epoch=start,
+            )
+        except Diverged as e:
+            rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            raise PipelineError(
+                f"train: the loss became {e.loss} at epoch {e.epoch}/{epochs}, step {e.step}/{e.steps} "
+                f"(learning rate {rate:g}): training diverged, so no model was saved and the previous outputs "
+                "are kept; try a smaller train.learning_rate"
+            ) from None
+        finally:
+            for callback in callbacks:
+                if isinstance(callback, LiveLogger):
+                    callback.settle()
         keys = dict.fromkeys([*earlier, *history])
         return model, {key: [*earlier.get(key, []), *history.get(key, [])] for key in keys}
     loggers: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir)]

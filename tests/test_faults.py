@@ -170,7 +170,7 @@ NPY_FAULTS: list[tuple[str, Callable[[Path], None], str, str]] = [
     ("label out of range", lambda p: np.save(p, np.full(40, 12, np.uint8)), "y_train.npy",
      "error: data/prepared/y_train.npy: labels must be 0-9, found 12"),
     ("a directory", lambda p: (p.unlink(), p.mkdir()), "x_train.npy",
-     "error: data/prepared/x_train.npy: not a readable .npy array (Is a directory)"),
+     "error: data/prepared/x_train.npy: a folder: expected a .npy array"),
 ]
 
 

@@ -119,3 +119,19 @@ def test_evaluate_never_writes_nan_as_json(tmp_path: Path) -> None:
     assert line == ("error: metrics/evaluate.json: refusing to write a value that is not finite (NaN or infinity): "
                     "JSON cannot hold it, and the result it stands for is meaningless")
     assert not (project.path / "metrics" / "evaluate.json").exists()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_the_previous_outputs(tmp_path: Path) -> None:
+    project = stage_dir(tmp_path / "p", params={"train.learning_rate": 1.0e10, "train.checkpoint": False})
+    write_prepared(project.path / "data" / "prepared", {"train": 320, "val": 0, "test": 5})
+    previous = {name: f"the previous {name}".encode() for name in ("models/model.keras", "metrics/train.json")}
+    for name, content in previous.items():
+        (project.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (project.path / name).write_bytes(content)
+    line = error_line(project.run("train"))
+    assert line.startswith("error: train: the loss became nan at epoch 1/1, step ")
+    assert line.endswith("/10 (learning rate 1e+10): training diverged, so no model was saved and the previous "
+                         "outputs are kept; try a smaller train.learning_rate")
+    for name, content in previous.items():
+        assert (project.path / name).read_bytes() == content
+    assert [p.name for p in (project.path / "metrics").iterdir()] == ["train.json"]  # no dvclive leftovers
