@@ -1,6 +1,5 @@
 """Stage train: fit the model described by params on the prepared training set."""
 
-from pathlib import Path
 
 from mnist_pipeline.checkpoint import Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.cli import run_stage
@@ -14,9 +13,8 @@ from mnist_pipeline.progress import say
 from mnist_pipeline.unused_params import ignored_changes
 
 
-def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
+def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) -> None:
     cfg = load_config()
-    summary_path = f"{Path(live_dir)}.json"
     # Temporary files of a run killed outright (SIGKILL) go now, not hours later at the first write.
     sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", live_dir, summary_path)
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
@@ -45,7 +43,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
         plot_training_curves(history, live_tmp / "curves.png")
     save_model_deterministic(model, f"{model_dir}/model.keras")
     save_weights(model, f"{model_dir}/model.weights.h5")
-    # The tracked summary beside dvclive's folder (metrics/train -> metrics/train.json): the last epoch's numbers.
+    # The tracked summary: the last epoch's numbers, and how many epochs (dvclive's folder counts steps from 0).
     summary = {key: round(float(values[-1]), 6) for key, values in history.items()}
     save_json(summary_path, {**summary, "epochs": len(history["loss"])})
     if checkpoints is not None:
@@ -53,4 +51,4 @@ def main(prepared_dir: str, model_dir: str, live_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, "prepared_dir", "model_dir", "live_dir")
+    run_stage(main, __doc__, "prepared_dir", "model_dir", "live_dir", "summary_path")

@@ -24,7 +24,7 @@ from mnist_pipeline.prepared import split_paths
 STAGE_ARGS = {
     "download": ("data/raw",),
     "preprocess": ("data/raw", "data/prepared"),
-    "train": ("data/prepared", "models", "metrics/train"),
+    "train": ("data/prepared", "models", "metrics/train", "metrics/train.json"),
     "evaluate": ("models/model.keras", "data/prepared", "metrics"),
     "predict_sample": ("models/model.keras", "data/prepared", "metrics"),
 }

@@ -258,7 +258,7 @@ def test_train_stage_as_two_workers_trains_two_replicas_in_step_and_only_the_chi
     other = tmp_path / "worker1"
     shutil.copytree(project.path, other, ignore=shutil.ignore_patterns(".dvc", ".git"))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    command = [sys.executable, "-m", "stages.train", "data/prepared", "models", "metrics/train"]
+    command = [sys.executable, "-m", "stages.train", "data/prepared", "models", "metrics/train", "metrics/train.json"]
     env = {k: v for k, v in project.env.items() if k != TF_CONFIG_ENV}
     workers = [
         subprocess.Popen(command, cwd=cwd, env={**env, **tf_config(cluster, "worker", i)},
