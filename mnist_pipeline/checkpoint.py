@@ -239,11 +239,18 @@ def _decode(path: Path, epochs: int) -> TrainingState:
 
 
 class Checkpoints:
-    """The checkpoint file of one run: read when the run starts, replaced after every epoch, removed at the end."""
+    """The checkpoint file of one run: read when the run starts, replaced after every epoch, removed at the end.
+
+    The state is taken at the end of an epoch (`capture`, on the training thread); building the file,
+    writing, fsyncing and renaming it happen on a helper thread while the next epoch trains, one write
+    at a time, in order. `wait()` returns once the last one is in place.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._broken = False  # a write failed once: the run goes on without checkpoints
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     @classmethod
     def for_run(cls, key: str, folder: Path = CHECKPOINT_DIR) -> Checkpoints:
@@ -281,10 +288,23 @@ class Checkpoints:
         sweep_leftovers(*{self.path.parent / m.group(1) for name in names if (m := _LEFTOVER.fullmatch(name))})
 
     def save(self, state: TrainingState) -> None:
-        """Replace the checkpoint atomically (a kill mid-write leaves the previous one). A checkpoint that
-        cannot be written (a full disk, a read-only folder) costs the resume, not the run: one warning."""
+        """Replace the checkpoint with `state`, atomically (a kill mid-write leaves the previous one), in the
+        background. A checkpoint that cannot be written (a full disk, a read-only folder) costs the resume,
+        not the run: one warning, and no more checkpoints."""
+        self.wait()  # the previous epoch's write, long done unless an epoch is shorter than a write
         if self._broken:
             return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = self._writer.submit(self._write, state)
+
+    def wait(self) -> None:
+        """Until the last checkpoint saved is in place (or its write failed and was reported)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def _write(self, state: TrainingState) -> None:
         data = _encode(state)
         try:
             with atomic_path(self.path) as tmp:
@@ -296,6 +316,9 @@ class Checkpoints:
 
     def remove(self) -> None:
         """The run finished and its outputs are written: nothing is left to resume."""
+        self.wait()
+        if self._writer is not None:
+            self._writer.shutdown()
         self._discard()
         for folder in (self.path.parent, self.path.parent.parent):  # .cache/train-checkpoints, .cache, if empty
             try:

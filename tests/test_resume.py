@@ -119,6 +119,7 @@ def trained_checkpoint(folder: Path) -> tuple[Checkpoints, dict[str, np.ndarray]
     rng.permutation(10)
     checkpoints = Checkpoints(folder / "train-0123.npz")
     checkpoints.save(capture(model, rng, 1, {"loss": [0.5], "accuracy": [0.25]}))
+    checkpoints.wait()  # written on a helper thread
     saved = {v.path: v.numpy() for v in [*model.variables, *model.optimizer.variables]}
     return checkpoints, saved, rng.bit_generator.state
 
