@@ -91,27 +91,42 @@ def test_model_files(project: Project) -> None:
 
 
 def test_train_logs_one_point_per_epoch(project: Project) -> None:
+    """dvclive's per-epoch rows, and the tracked summary (metrics/train.json): the last row and the epoch count."""
     summary = read_json(project, "metrics/train/metrics.json")["train"]  # dvclive's layout
-    assert {"loss", "accuracy"} <= set(summary)
+    tracked = read_json(project, "metrics/train.json")
+    assert tracked["epochs"] == TINY_PARAMS["train.epochs"]
+    assert set(tracked) == {"epochs", "loss", "accuracy"}  # no validation split: no val_* numbers
     for metric in ("loss", "accuracy"):
         with open(project.path / f"metrics/train/plots/metrics/train/{metric}.tsv", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         assert len(rows) == TINY_PARAMS["train.epochs"]
         assert float(rows[-1][metric]) == pytest.approx(summary[metric], rel=1e-6)
+        assert tracked[metric] == pytest.approx(float(rows[-1][metric]), abs=1e-6)
+
+
+def per_class_rows(project: Project) -> dict[str, dict[str, float]]:
+    """metrics/per_class.csv as {class name: {"precision", "recall", "f1"}}, in the file's order."""
+    with open(project.path / "metrics" / "per_class.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["class", "precision", "recall", "f1"]
+        return {row.pop("class"): {k: float(v) for k, v in row.items()} for row in reader}
 
 
 def test_evaluate_json_matches_metrics_recomputed_here(project: Project, test_probabilities: np.ndarray) -> None:
-    """evaluate.json's numbers, recomputed independently: the loss from Keras' own predictions, the
-    per-class scores by counting the rows of confusion.csv."""
+    """evaluate.json's headline numbers and per_class.csv's scores, recomputed independently: the loss
+    from Keras' own predictions, the errors and per-class scores by counting the rows of confusion.csv."""
     report = read_json(project, "metrics/evaluate.json")
-    assert {"loss", "accuracy", "macro_f1", "test_images", "per_class"} <= set(report)
+    # Only the headline numbers: `dvc metrics show/diff` stay a few columns wide; the table is plot data.
+    assert set(report) == {"loss", "accuracy", "macro_f1", "errors", "test_images"}
     assert report["test_images"] == TEST_N
     labels = np.load(project.path / "data" / "prepared" / "y_test.npy")
     picked = np.clip(test_probabilities[np.arange(len(labels)), labels].astype(np.float64), 1e-7, 1 - 1e-7)
     assert report["loss"] == pytest.approx(-np.mean(np.log(picked)), abs=1e-5)
     assert 0.3 < report["accuracy"] <= 1  # it learned: chance is 0.1, one epoch on 1,000 images gives about 0.6
-    assert sorted(report["per_class"]) == [str(d) for d in range(10)]
+    per_class = per_class_rows(project)
+    assert list(per_class) == [str(d) for d in range(10)]
     rows = confusion_rows(project)
+    assert report["errors"] == sum(actual != predicted for actual, predicted in rows)
     f1s = []
     for digit in range(10):
         hits = sum(actual == predicted == digit for actual, predicted in rows)
@@ -120,7 +135,7 @@ def test_evaluate_json_matches_metrics_recomputed_here(project: Project, test_pr
         precision = hits / predicted_as if predicted_as else 0.0
         recall = hits / actually if actually else 0.0
         f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-        scores = report["per_class"][str(digit)]
+        scores = per_class[str(digit)]
         assert scores == pytest.approx({"precision": precision, "recall": recall, "f1": f1}, abs=1e-6), digit
         f1s.append(f1)
     assert report["macro_f1"] == pytest.approx(np.mean(f1s), abs=1e-5)
@@ -171,7 +186,8 @@ def test_dvc_metrics_show(project: Project) -> None:
     (workspace,) = shown.values()  # one revision: the workspace (its key is "" in dvc 3.67)
     files = workspace["data"]
     assert files["metrics/evaluate.json"]["data"] == read_json(project, "metrics/evaluate.json")
-    assert files["metrics/train/metrics.json"]["data"] == read_json(project, "metrics/train/metrics.json")
+    assert files["metrics/train.json"]["data"] == read_json(project, "metrics/train.json")
+    assert sorted(files) == ["metrics/evaluate.json", "metrics/train.json"]  # dvclive's step counter is not tracked
 
 
 def test_dvc_plots_show(project: Project) -> None:
@@ -179,7 +195,7 @@ def test_dvc_plots_show(project: Project) -> None:
     # The per-epoch plots are dvclive's folder: val_size 0 (the default) simply has no eval files.
     assert not shown.get("errors"), shown.get("errors")
     plots = shown["data"]
-    for name in ("metrics/confusion.csv", "metrics/train/plots/metrics/train/loss.tsv",
+    for name in ("metrics/confusion.csv", "metrics/per_class.csv", "metrics/train/plots/metrics/train/loss.tsv",
                  "metrics/train/plots/metrics/train/accuracy.tsv"):
         assert any(name in key for key in plots), sorted(plots)
     for path in PNGS:
@@ -200,5 +216,5 @@ def test_fashion_mnist_runs_from_its_mirror(tmp_path: Path, mirror_root: Path) -
     assert [r["label"] for r in rows] == [9, 2, 1, 1, 6]
     assert [r["label_name"] for r in rows] == ["Ankle boot", "Pullover", "Trouser", "Trouser", "Shirt"]
     assert all(r["predicted_name"] == spec.class_names[r["predicted"]] for r in rows)
-    assert sorted(read_json(project, "metrics/evaluate.json")["per_class"]) == sorted(spec.class_names)
+    assert list(per_class_rows(project)) == list(spec.class_names)
     assert project.repro() == []
