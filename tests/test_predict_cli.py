@@ -8,9 +8,12 @@ each variant within ACCURACY_SLACK of the same model's accuracy on the original 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from test_imageprep import VARIANTS, mnist_test, write_variants
 
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
 
 N_IMAGES = 1000
@@ -158,3 +162,182 @@ def test_unloadable_model_is_one_line(tmp_path: Path, mirror_root: Path) -> None
     shutil.copy(tmp_path / "digit.png", tmp_path / "model.keras")
     line = error_line(run_predict("--model", "model.keras", "digit.png", cwd=tmp_path), tensorflow_loaded=True)
     assert line.startswith("error: model.keras: not a"), line
+
+
+def stand_in_model(folder: Path) -> Path:
+    """A regular file named like a model: only its existence is checked before the pictures are."""
+    path = folder / "model.keras"
+    path.write_bytes(b"only its existence is checked before the images")
+    return path
+
+
+def zero_png(path: Path, width: int, height: int) -> None:
+    """A valid all-black 8-bit greyscale PNG, compressed row by row: 10000x10000 takes about 100 KB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte + pixels
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def test_huge_pictures_are_refused_from_their_header(tmp_path: Path) -> None:
+    """A small PNG declaring 10000x10000 pixels (gigabytes once decoded) is refused before decoding;
+    20000x20000 trips Pillow's own decompression-bomb limit first. One line each, exit 2."""
+    stand_in_model(tmp_path)
+    zero_png(tmp_path / "huge.png", 10_000, 10_000)
+    zero_png(tmp_path / "huger.png", 20_000, 20_000)
+    assert (tmp_path / "huge.png").stat().st_size < 200_000
+    cases = {
+        "huge.png": "error: huge.png: 10000x10000 pixels: expected at most 12,000,000 pixels",
+        "huger.png": "error: huger.png: refused: Image size (400000000 pixels) exceeds limit of 178956970 pixels, "
+                     "could be decompression bomb DOS attack.",
+    }
+    for name, expected in cases.items():
+        assert error_line(run_predict("--model", "model.keras", name, cwd=tmp_path)) == expected
+
+
+def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A FIFO would block until a writer comes, /dev/zero never ends: refused before a byte is read."""
+    stand_in_model(tmp_path)
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    cases = {
+        "fifo.png": "error: fifo.png: not a regular file (a FIFO): expected a PNG or JPEG file",
+        "zero.png": "error: zero.png: not a regular file (a character device): expected a PNG or JPEG file",
+        "loop.png": "error: loop.png: cannot open: too many levels of symbolic links",
+    }
+    for name, expected in cases.items():
+        assert error_line(run_predict("--model", "model.keras", name, cwd=tmp_path)) == expected
+
+
+def test_model_path_that_is_not_a_regular_file_says_what_it_is(tmp_path: Path, mirror_root: Path) -> None:
+    """A model linked to /dev/zero or to itself used to be "file not found"."""
+    images, _ = mnist_test(mirror_root, 1)
+    Image.fromarray(images[0]).save(tmp_path / "digit.png")
+    (tmp_path / "zero.keras").symlink_to("/dev/zero")
+    (tmp_path / "self.keras").symlink_to("self.keras")
+    os.mkfifo(tmp_path / "fifo.keras")
+    cases = {
+        "zero.keras": "error: zero.keras: not a regular file (a character device): expected a .keras model file",
+        "self.keras": "error: self.keras: cannot open: too many levels of symbolic links",
+        "fifo.keras": "error: fifo.keras: not a regular file (a FIFO): expected a .keras model file",
+    }
+    for model, expected in cases.items():
+        assert error_line(run_predict("--model", model, "digit.png", cwd=tmp_path)) == expected
+
+
+def test_load_model_says_what_the_path_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages' loader (evaluate, predict-sample, mnist-serve) says the same as mnist-predict."""
+    from mnist_pipeline.models import load_model
+
+    monkeypatch.chdir(tmp_path)
+    Path("zero.keras").symlink_to("/dev/zero")
+    Path("self.keras").symlink_to("self.keras")
+    cases = {
+        "zero.keras": "zero.keras: not a regular file (a character device): expected a .keras model file",
+        "self.keras": "self.keras: cannot open: too many levels of symbolic links",
+        "absent.keras": "absent.keras: file not found (run the train stage: dvc repro train)",
+    }
+    for path, expected in cases.items():
+        with pytest.raises(PipelineError) as raised:
+            load_model(path, DATASETS["mnist"])
+        assert str(raised.value) == expected
+
+
+def test_mistyped_params_path_fails_even_without_a_params_file(tmp_path: Path, mirror_root: Path) -> None:
+    """Only the default params.yaml may be absent; a path the user typed must exist."""
+    images, _ = mnist_test(mirror_root, 1)
+    Image.fromarray(images[0]).save(tmp_path / "digit.png")
+    stand_in_model(tmp_path)
+    assert not (tmp_path / "params.yaml").exists()
+    line = error_line(run_predict("--params", "nope.yaml", "--model", "model.keras", "digit.png", cwd=tmp_path))
+    assert line == "error: nope.yaml: file not found (run from the project root)"
+
+
+def dim_photo(digit: np.ndarray, seed: int) -> np.ndarray:
+    """A 3 photographed in poor light: ink 35 levels below grey paper, noise of sd 6, 400x300."""
+    rng = np.random.default_rng(seed)
+    ink = np.asarray(Image.fromarray(digit).resize((200, 200), Image.Resampling.BICUBIC), np.float64) / 255
+    picture = np.full((300, 400), 160.0)
+    picture[50:250, 100:300] -= 35 * np.clip(ink, 0, 1)
+    return np.clip(np.rint(picture + rng.normal(0, 6, picture.shape)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_bad_pictures_are_reported_and_the_good_ones_still_classified(
+    trained: tuple[Path, float], mirror_root: Path, tmp_path: Path
+) -> None:
+    """One line per bad file, a warning for an unsure photo, results for the rest, then exit 2."""
+    model, _ = trained
+    images, labels = mnist_test(mirror_root, 20)
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(images[i]).save(folder / f"{i}.png")
+    Image.fromarray(dim_photo(images[int(np.flatnonzero(labels == 3)[0])], 0)).save(folder / "dim.png")
+    Image.new("L", (50, 50), 200).save(folder / "blank.png")
+    (folder / "notes.png").write_text("not a picture")
+    (tmp_path / "empty").mkdir()
+    for output in ("text", "json"):
+        result = run_predict(*(["--json"] if output == "json" else []), "--model", str(model),
+                             "digits", "missing.png", "empty", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        messages = [line for line in result.stderr.splitlines() if line.startswith(("error: ", "warning: "))]
+        assert messages == [
+            "error: digits/blank.png: blank image: no ink stands out from the background (expected a digit)",
+            "warning: digits/dim.png: low contrast: the ink stands out only 6.7 times the background's noise, "
+            "paper texture may have been taken for ink",
+            "error: digits/notes.png: not a PNG or JPEG image",
+            "error: missing.png: file not found",
+            "error: empty: no PNG or JPEG files in this directory (expected *.png, *.jpg)",
+        ], result.stderr
+        if output == "json":
+            report = json.loads(result.stdout)
+            classified = [(r["file"], r["predicted"]) for r in report["predictions"]]
+            assert [e["file"] for e in report["errors"]] == ["digits/blank.png", "digits/notes.png", "missing.png",
+                                                             "empty"]
+        else:
+            classified = [(line.split(": ")[0], int(line.split(": ")[1][0])) for line in result.stdout.splitlines()]
+        assert [file for file, _ in classified] == ["digits/0.png", "digits/1.png", "digits/2.png", "digits/dim.png"]
+        assert [digit for _, digit in classified][:3] == labels[:3].tolist()  # 7, 2, 1: the model knows these
+
+
+@pytest.mark.slow
+def test_closed_stdout_ends_quietly(trained: tuple[Path, float], mirror_root: Path, tmp_path: Path) -> None:
+    """`mnist-predict ... | head -1` once head has left: the reader's end of the pipe is closed before
+    anything is written, so the write fails for certain; no traceback, no "Exception ignored"."""
+    model, _ = trained
+    images, _ = mnist_test(mirror_root, 3)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_pipeline.predict", "--model", str(model), "0.png", "1.png", "2.png"],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    for sign in ("Traceback", "BrokenPipeError", "Exception ignored", "error:"):
+        assert sign not in stderr, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_full_disk_on_stdout_is_one_line(trained: tuple[Path, float], mirror_root: Path, tmp_path: Path) -> None:
+    """`mnist-predict x.png --json > /dev/full`: every write fails with ENOSPC, as on a full disk."""
+    model, _ = trained
+    images, _ = mnist_test(mirror_root, 1)
+    Image.fromarray(images[0]).save(tmp_path / "x.png")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "mnist_pipeline.predict", "x.png", "--json", "--model", str(model)],
+            cwd=tmp_path, env=subprocess_env(), stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )
+    line = error_line(result, tensorflow_loaded=True)
+    assert line == "error: <stdout>: no space left on device"
+    assert "Exception ignored" not in result.stderr
