@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -326,18 +329,36 @@ def test_closed_stdout_ends_quietly(trained: tuple[Path, float], mirror_root: Pa
         assert sign not in stderr, stderr
 
 
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """For preexec_fn: files the process writes stop at `limit` bytes (EFBIG: a short write, as on a full
+    disk) instead of the process being killed by SIGXFSZ."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_full_disk_on_stdout_is_one_line(trained: tuple[Path, float], mirror_root: Path, tmp_path: Path) -> None:
-    """`mnist-predict x.png --json > /dev/full`: every write fails with ENOSPC, as on a full disk."""
+    """`mnist-predict x.png --json > /dev/full`: every write fails with ENOSPC, as on a full disk. Into a
+    regular file that can take only 512 bytes, the part written is cut off again: no partial JSON is left."""
     model, _ = trained
-    images, _ = mnist_test(mirror_root, 1)
-    Image.fromarray(images[0]).save(tmp_path / "x.png")
+    images, _ = mnist_test(mirror_root, 3)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    shutil.copy(tmp_path / "0.png", tmp_path / "x.png")
+    command = [sys.executable, "-m", "mnist_pipeline.predict", "--json", "--model", str(model)]
     with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            [sys.executable, "-m", "mnist_pipeline.predict", "x.png", "--json", "--model", str(model)],
-            cwd=tmp_path, env=subprocess_env(), stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
-        )
+        result = subprocess.run([*command, "x.png"], cwd=tmp_path, env=subprocess_env(), stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
     line = error_line(result, tensorflow_loaded=True)
     assert line == "error: <stdout>: no space left on device"
     assert "Exception ignored" not in result.stderr
+    with open(tmp_path / "out.json", "w") as out:
+        result = subprocess.run([*command, "0.png", "1.png", "2.png"], cwd=tmp_path, env=subprocess_env(),
+                                stdout=out, stderr=subprocess.PIPE, text=True, timeout=300,
+                                preexec_fn=limit_file_size(512))
+    assert error_line(result, tensorflow_loaded=True) == "error: <stdout>: file too large"
+    assert (tmp_path / "out.json").read_bytes() == b""
