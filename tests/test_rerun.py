@@ -29,6 +29,7 @@ from test_declared_deps import TRACE_HOOK
 
 from mnist_pipeline.config import load_config, validate, with_overrides
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.unused_params import TYPE_ONLY_DEFAULTS
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +40,13 @@ OUTPUT_INVARIANT = {
     "download.mirrors": "the local mirror is tried first and serves the same checksummed files",
     "download.timeout_s": "checksummed files, whatever the timeout",
     "download.retries": "checksummed files, whatever the retries",
-    # Measured: 1 and 2 threads give the same model bytes under TF's op determinism (speed only).
-    "train.cpu_threads": "thread count changes speed, not the trained weights",
     # Checkpoints are a side file in .cache/ (removed after the run); the training itself is the same.
     "train.checkpoint": "saving the state after each epoch changes no weight",
 }
+# Keys whose effect on the output bytes depends on the CPU: TensorFlow splits its sums differently with
+# another thread count on some CPUs (an AMD EPYC of this project) and not on others (an Intel Xeon), so
+# downstream stages rerun on the first kind only. Either outcome is accepted; nothing else is.
+CPU_DEPENDENT = {"train.cpu_threads"}
 # Stages downstream of a changed stage that still skip, because the files they read did not change.
 SKIPPED = {
     "preprocess.test_limit": {"train": "only x_test/y_test change; train reads the train and val arrays"},
@@ -81,10 +84,18 @@ def other_value(key: str, value: Any) -> Any:
     raise AssertionError(f"no other valid value for {key} = {value!r}: teach other_value() one")
 
 
-def expected_stages(key: str, read: dict[str, set[str]]) -> set[str]:
+def ignored_by_model_type(key: str) -> bool:
+    """A key that only the model type not chosen reads (the product's own table): no effect on the bytes,
+    though the stage hashes it into its checkpoint key and warns when it differs from its default."""
+    chosen = LEAVES["model.type"]
+    return any(key in keys for kind, keys in TYPE_ONLY_DEFAULTS.items() if kind != chosen)
+
+
+def expected_stages(key: str, read: dict[str, set[str]], bytes_change: bool = True) -> set[str]:
     """The rule in the module docstring, applied to dvc.yaml as it is now."""
     declaring = {name for name, stage in STAGES.items() if key in expand(stage.params, LEAVES)}
-    changed = {name for name in declaring if key in read[name] and key not in OUTPUT_INVARIANT}
+    changed = {name for name in declaring if key in read[name] and key not in OUTPUT_INVARIANT
+               and not ignored_by_model_type(key) and bytes_change}
     expected = set(declaring)
     for name, stage in STAGES.items():  # dvc.yaml order is topological
         if name in expected or name in SKIPPED.get(key, {}):
@@ -109,8 +120,10 @@ def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Proj
     by_file = {stage.module.replace(".", "/") + ".py": name for name, stage in STAGES.items()}
     for line in trace.read_text().splitlines():
         record = json.loads(line)
-        (entry,) = [by_file[m] for m in record["modules"] if m in by_file]
-        read[entry] |= set(record["params"])
+        entries = [by_file[m] for m in record["modules"] if m in by_file]
+        if entries:  # dvc's own processes load the tracer too, and record no stage
+            (entry,) = entries
+            read[entry] |= set(record["params"])
     project.read = read  # type: ignore[attr-defined]
     project.commit("baseline: reproduced, metrics and dvc.lock committed")
     return project
@@ -154,6 +167,8 @@ def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: 
     ran = case.repro()
     expected = expected_stages(key, project.read)  # type: ignore[attr-defined]
     assert len(ran) == len(set(ran)), f"a stage ran twice: {ran}"
+    if key in CPU_DEPENDENT and set(ran) != expected:
+        expected = expected_stages(key, project.read, bytes_change=False)  # type: ignore[attr-defined]
     assert set(ran) == expected, f"{key}: {value!r} -> {new!r} ran {ran}, expected {sorted(expected)}"
 
 
