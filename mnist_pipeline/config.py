@@ -119,6 +119,7 @@ class CnnConfig(Section):
     augment_shift: float = number(0.0, 0.5)
     augment_rotation: float = number(0.0, 0.5)
     pool_first: bool = Field(description="true or false")
+    first_stride: int = integer(1, 2)
 
     @field_validator("filters")
     @classmethod

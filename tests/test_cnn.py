@@ -47,6 +47,7 @@ VARIANTS = {
     "augmented": {"model.cnn.augment_shift": 0.1, "model.cnn.augment_rotation": 0.05},
     "three-blocks": {"model.cnn.filters": [8, 16, 16], "model.cnn.kernel_size": 5},
     "pool-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True},
+    "strided-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.first_stride": 2},
 }
 
 
@@ -59,16 +60,19 @@ def test_cnn_follows_its_params(name: str) -> None:
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == cnn.filters
     assert all(c.kernel_size == (cnn.kernel_size,) * 2 for c in convs)
-    assert types.count("MaxPooling2D") == len(cnn.filters)
+    # A strided first convolution halves the image in place of its block's max-pool.
+    assert types.count("MaxPooling2D") == len(cnn.filters) - (cnn.first_stride > 1)
+    assert [c.strides for c in convs] == [(cnn.first_stride,) * 2] + [(1, 1)] * (len(convs) - 1)
     assert types.count("BatchNormalization") == (len(cnn.filters) if cnn.batch_norm else 0)
     dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert dense == ([cnn.dense] if cnn.dense else []) + [10]
     assert ("RandomTranslation" in types) == (cnn.augment_shift > 0)
     assert ("RandomRotation" in types) == (cnn.augment_rotation > 0)
-    # Each block pools right after its convolution with pool_first, else after the activation.
+    # Each pooled block pools right after its convolution with pool_first, else after the activation.
     after_conv = [types[i + 1] for i, t in enumerate(types) if t == "Conv2D"]
-    first = "MaxPooling2D" if cnn.pool_first else "BatchNormalization" if cnn.batch_norm else "Activation"
-    assert after_conv == [first] * len(convs)
+    normed = "BatchNormalization" if cnn.batch_norm else "Activation"
+    pooled = [i > 0 or cnn.first_stride == 1 for i in range(len(convs))]
+    assert after_conv == ["MaxPooling2D" if cnn.pool_first and p else normed for p in pooled]
     # It reads the pipeline's flat (N, 784) arrays and gives one probability row per image.
     out = model.predict(np.zeros((3, 784), np.float32), verbose=0)
     assert out.shape == (3, 10)
@@ -102,6 +106,7 @@ class BatchLosses(keras.callbacks.Callback):
 LEARNERS = {
     "defaults": VARIANTS["defaults"],
     "pool-first": VARIANTS["pool-first"],
+    "strided-first": VARIANTS["strided-first"],
     "no-batch-norm": VARIANTS["no-batch-norm"],
     "no-dense": {**VARIANTS["no-dense"], "model.cnn.batch_norm": False},
     # Light augmentation, as a tuned model uses it: strong shifts need more than 38 steps to learn through.
@@ -131,17 +136,22 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
     assert accuracy > 0.5, f"{name}: held-out accuracy {accuracy:.3f} after {epochs} epochs on {N_TRAIN} images"
 
 
-def test_pool_first_keeps_the_shapes_and_weights_of_each_block() -> None:
-    """Pooling before batch norm moves work, not capacity: same weights, same block outputs, fewer values normalised."""
-    shapes = {}
-    for pool_first in (False, True):
-        model = build_model(cnn_params(**{"model.cnn.pool_first": pool_first}).model, MNIST)
-        shapes[pool_first] = [tuple(w.shape) for w in model.weights]
-        norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        # The first block's batch norm sees the pooled 14x14 map with pool_first, the full 28x28 one without.
-        assert norms[0].input.shape[1:3] == ((14, 14) if pool_first else (28, 28))
-        assert model.layers[-1].output.shape[1:] == (10,)
-    assert shapes[True] == shapes[False]
+@pytest.mark.parametrize("name", ["pool-first", "strided-first"])
+def test_cheaper_blocks_keep_the_weights_and_feature_map_shapes(name: str) -> None:
+    """pool_first and first_stride move work, not capacity: the same weights and the same map reaches the head;
+    batch norm sees a quarter of the values in the first block."""
+    cheap = cnn_params(**VARIANTS[name])
+    plain = cnn_params(**{**VARIANTS[name], "model.cnn.pool_first": False, "model.cnn.first_stride": 1})
+    models = {key: build_model(params.model, MNIST) for key, params in (("cheap", cheap), ("plain", plain))}
+    shapes = {key: [tuple(w.shape) for w in model.weights] for key, model in models.items()}
+    assert shapes["cheap"] == shapes["plain"]
+    flat = {key: next(layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)).input.shape[1:]
+            for key, model in models.items()}
+    assert flat["cheap"] == flat["plain"] == (7, 7, 32)
+    norms = {key: [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+             for key, model in models.items()}
+    assert norms["plain"][0].input.shape[1:3] == (28, 28)
+    assert norms["cheap"][0].input.shape[1:3] == (14, 14)
 
 
 def test_augmented_cnn_saves_and_loads_in_safe_mode(tiny: tuple[np.ndarray, ...], tmp_path: Path) -> None:
