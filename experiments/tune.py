@@ -2,8 +2,9 @@
 
 The configuration is the project's params.yaml with DVC-style `-S key=value` overrides, validated by the
 same typed config as every stage. The model and optimizer come from the pipeline's own builders
-(mnist_pipeline/models.py), trained with Keras `fit` on the training set minus a stratified validation
-split, so choices are made without looking at the test set (test accuracy is printed too, for the record).
+(mnist_pipeline/models.py), trained with Keras `fit` (or, with `--loop compiled`, the train stage's own
+`train_model`) on the training set minus a stratified validation split, so choices are made without looking at
+the test set (test accuracy is printed too, for the record).
 Run from the project root:
 
     DATASET_MIRROR=/path/to/datasets python experiments/tune.py --tag A -S model.type=cnn \
@@ -46,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a params.yaml override, as for `dvc exp run -S` (repeatable)")
     p.add_argument("--val", type=int, default=5000, help="validation images held out of the training set")
+    p.add_argument("--loop", choices=("fit", "compiled"), default="fit",
+                   help="Keras fit, or the train stage's own train_model (its compiled loop, timed as the stage)")
     return p.parse_args()
 
 
@@ -68,21 +71,28 @@ def tune(a: argparse.Namespace) -> None:
 
     from mnist_pipeline.models import build_model, make_optimizer
 
-    keras.utils.set_random_seed(cfg.train.seed)
-    tf.config.experimental.enable_op_determinism()
-    model = build_model(cfg.model, spec)
-    steps = cfg.train.epochs * math.ceil(len(y_train) / cfg.train.batch_size)
-    model.compile(optimizer=make_optimizer(cfg.train.optimizer, cfg.train.learning_rate, cfg.train.lr_schedule,
-                                           steps),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.monotonic()
-    history = model.fit(x_train, y_train, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                        validation_data=(x_val, y_val) if len(y_val) else None, verbose=2)
+    if a.loop == "compiled":
+        from mnist_pipeline.training import train_model
+
+        model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, None)
+    else:
+        keras.utils.set_random_seed(cfg.train.seed)
+        tf.config.experimental.enable_op_determinism()
+        model = build_model(cfg.model, spec)
+        steps = cfg.train.epochs * math.ceil(len(y_train) / cfg.train.batch_size)
+        model.compile(optimizer=make_optimizer(cfg.train.optimizer, cfg.train.learning_rate, cfg.train.lr_schedule,
+                                               steps),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        history = model.fit(x_train, y_train, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                            validation_data=(x_val, y_val) if len(y_val) else None, verbose=2).history
     fit_s = time.monotonic() - start
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     test_acc = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)[1]
     result = dict(tag=a.tag, overrides=a.overrides, val=a.val, config=flatten(cfg.model_dump(exclude={"download"})),
-                  val_acc=history.history.get("val_accuracy", [None])[-1], test_acc=test_acc,
-                  train_acc=history.history["accuracy"][-1], fit_s=round(fit_s, 1), load=os.getloadavg()[0],
+                  val_acc=history.get("val_accuracy", [None])[-1], test_acc=test_acc,
+                  val_acc_per_epoch=[round(v, 4) for v in history.get("val_accuracy", [])], loop=a.loop,
+                  train_acc=history["accuracy"][-1], fit_s=round(fit_s, 1), load=os.getloadavg()[0],
                   params=model.count_params(), n_train=len(y_train))
     print("RESULT", json.dumps(result))
     with open(os.environ.get("TUNE_RESULTS", "tune-results.jsonl"), "a", encoding="utf-8") as f:
