@@ -58,6 +58,9 @@ UNSURE_SIGMAS = 7.0
 MAX_INK_FRACTION = 0.3
 # A separate blob at least this fraction of the digit's size may be a second digit.
 RIVAL_FRACTION = 0.25
+# Handwritten digits are rarely this much wider than tall (0.4% of MNIST's training digits): ink that
+# is may be a ruled line or an edge joined to the digit, or several digits touching.
+MAX_WIDTH_RATIO = 1.5
 # Pieces of a stroke broken by the threshold: kept when at least this fraction of the largest piece
 # and within NEAR_FRACTION of the digit's size from it.
 PIECE_FRACTION = 0.02
@@ -209,7 +212,7 @@ def prepare_array(grey: np.ndarray, name: str = "image") -> np.ndarray:
 
 
 def prepare_with_warnings(grey: np.ndarray, name: str = "image") -> tuple[np.ndarray, list[str]]:
-    """prepare_array, plus one line per doubt about a photo (`<name>: <why the result may be wrong>`).
+    """prepare_array, plus at most one line of doubts about a photo (`<name>: <why it may be wrong>; ...`).
 
     A picture on a flat background (a drawing, a scan, MNIST itself) takes MNIST's recipe alone and
     comes out exactly as it always did; a noisy or shaded one (a photo) has its background removed first.
@@ -418,7 +421,7 @@ def _gather_strokes(labels: np.ndarray, sizes: np.ndarray, smallest: float = PIE
 
 
 def photo_ink(grey: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
-    """The digit of a photo as light ink on zero, brightest ink at 255, and the doubts about it.
+    """The digit of a photo as light ink on zero, brightest ink at 255, and a line of doubts about it, if any.
 
     Subtract the fitted background; the ink is on the side (darker or lighter) with the heavier tail;
     Otsu's threshold, at least INK_SIGMAS noise deviations, splits ink from paper; the largest
@@ -446,20 +449,27 @@ def photo_ink(grey: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     contrast = level / sigma
     if level < MIN_CONTRAST or contrast < BLANK_SIGMAS:
         raise PipelineError(blank)
-    warnings = []
+    contrast_doubt = []
     if contrast < UNSURE_SIGMAS:
-        warnings.append(f"{name}: low contrast: the ink stands out only {contrast:.1f} times the background's "
-                        f"noise, paper texture may have been taken for ink")
-    # Everything that stands out, not only what passed Otsu's threshold: a dark edge under the digit can
-    # take the lower class, leaving as "ink" only the strokes drawn over it.
+        contrast_doubt.append(f"low contrast: the ink stands out only {contrast:.1f} times the background's "
+                              "noise, paper texture may have been taken for ink")
+    # Something in the frame besides the digit. "Ink" here is everything that stands out, not only what
+    # passed Otsu's threshold: a dark edge under the digit can take the lower class, leaving as ink only
+    # the strokes drawn over it.
+    framing = []
     covered = float((ink > INK_SIGMAS * sigma).mean())
     if covered > MAX_INK_FRACTION:
-        warnings.append(f"{name}: ink covers {covered:.0%} of the picture (a shadow or a dark edge?); "
-                        "crop the photo around the digit")
+        framing.append(f"ink covers {covered:.0%} of the picture (a shadow or a dark edge?)")
     if rivals:
-        warnings.append(f"{name}: {rivals + 1} separate marks of similar size (more than one digit?); "
-                        "kept the largest")
+        framing.append(f"{rivals + 1} separate marks of similar size (more than one digit?), kept the largest")
     t, b, le, r = _box(digit)
+    if (t == 0 and b == height) or (le == 0 and r == width):
+        framing.append("the ink runs from edge to edge of the picture (a ruled line, a border or a table edge?)")
+    elif r - le > MAX_WIDTH_RATIO * (b - t):
+        framing.append(f"the ink is {(r - le) / (b - t):.1f} times wider than tall (a ruled line, an edge, "
+                       "or digits side by side?)")
+    doubts = contrast_doubt + framing + (["crop the photo around the digit"] if framing else [])
+    warnings = [f"{name}: " + "; ".join(doubts)] if doubts else []
     radius = round(0.5 * max(b - t, r - le) / BOX)
     region = _dilate(digit, radius) if radius else digit
     return np.where(region, np.clip(ink * (255.0 / level), 0.0, 255.0), 0.0), warnings

@@ -170,6 +170,14 @@ def dark_band(picture: np.ndarray, fraction: float) -> np.ndarray:
     return np.clip(out, 0, 255)
 
 
+def ruled(picture: np.ndarray, darkness: float) -> np.ndarray:
+    """Ruled paper: a line 2 pixels thick every 30 rows, `darkness` levels below the paper."""
+    out = picture.astype(np.float64)
+    out[::30] -= darkness
+    out[1::30] -= darkness
+    return np.clip(out, 0, 255)
+
+
 def two_digits(left: np.ndarray, right: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Two digits of the same size side by side on one 600x300 photo."""
     picture = np.full((300, 600), 170.0)
@@ -180,6 +188,7 @@ def two_digits(left: np.ndarray, right: np.ndarray, rng: np.random.Generator) ->
 
 
 def test_unsure_photos_are_prepared_with_a_warning(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """One line of doubts per unsure photo; faint ruled lines (15 or 30 levels) are no doubt and no harm."""
     three, seven = first_of(digits, 3), first_of(digits, 7)
     rng = np.random.default_rng(5)
     dim = photo(three, rng, shade=0.0, contrast=(35.0, 35.0))
@@ -187,17 +196,25 @@ def test_unsure_photos_are_prepared_with_a_warning(digits: tuple[np.ndarray, np.
         "dim.png": (dim, "dim.png: low contrast: the ink stands out only 6.6 times the background's noise, "
                          "paper texture may have been taken for ink"),
         "two.png": (two_digits(seven, three, rng),
-                    "two.png: 2 separate marks of similar size (more than one digit?); kept the largest"),
+                    "two.png: 2 separate marks of similar size (more than one digit?), kept the largest; "
+                    "crop the photo around the digit"),
         "edge.png": (dark_band(photo(three, rng, shade=0.0), 0.4),
-                     "edge.png: ink covers 45% of the picture (a shadow or a dark edge?); crop the photo around "
+                     "edge.png: ink covers 45% of the picture (a shadow or a dark edge?); the ink runs from edge "
+                     "to edge of the picture (a ruled line, a border or a table edge?); crop the photo around "
                      "the digit"),
+        "ruled.png": (ruled(photo(three, np.random.default_rng(1), shade=10.0), 50.0),
+                      "ruled.png: the ink runs from edge to edge of the picture (a ruled line, a border or a "
+                      "table edge?); crop the photo around the digit"),
     }
     for name, (picture, expected) in cases.items():
         prepared, warnings = prepare_with_warnings(picture, name)
         assert warnings == [expected], warnings
         assert prepared.shape == (28, 28) and prepared.max() > 128
-    # The dim 3 is still the 3, and of two digits the larger one is kept whole.
+    # The dim 3 is still the 3; on faintly ruled paper (lines lighter than the ink) too.
     assert mean_difference(prepare_array(dim), prepare_array(three)) < 25
+    for darkness in (15.0, 30.0):
+        prepared, warnings = prepare_with_warnings(ruled(photo(three, np.random.default_rng(1), shade=10.0), darkness))
+        assert warnings == [] and mean_difference(prepared, prepare_array(three)) < 20
 
 
 @pytest.mark.parametrize("kind", ["noise", "shading", "noise and shading"])
