@@ -164,48 +164,78 @@ def train_model(
     targets = one_hot(y_train, spec.n_classes)
     validation = (x_val, one_hot(y_val, spec.n_classes)) if len(y_val) else None
     if train_cfg.strategy == "default":
-        rng = np.random.default_rng(train_cfg.seed)  # the batch orders: part of a checkpoint
-        resumed = checkpoints.resume(model, rng, epochs) if checkpoints is not None else None
-        start, earlier = (resumed.epoch, resumed.history) if resumed is not None else (0, {})
-        callbacks: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir, replay=earlier)]
-        if checkpoints is not None:
-            callbacks.append(SaveCheckpoint(checkpoints, rng, earlier))
-        try:
-            history = fit_compiled(
-                model,
-                x_train,
-                targets,
-                batch_size=batch_size,
-                epochs=epochs,
-                seed=rng,
-                validation_data=validation,
-                callbacks=callbacks,
-                initial_epoch=start,
-            )
-        except Diverged as e:
-            rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-            raise PipelineError(
-                f"train: the loss became {e.loss} at epoch {e.epoch}/{epochs}, step {e.step}/{e.steps} "
-                f"(learning rate {rate:g}): training diverged, so no model was saved and the previous outputs "
-                "are kept; try a smaller train.learning_rate"
-            ) from None
-        finally:
-            for callback in callbacks:
-                if isinstance(callback, LiveLogger):
-                    callback.settle()
-        keys = dict.fromkeys([*earlier, *history])
-        return model, {key: [*earlier.get(key, []), *history.get(key, [])] for key in keys}
+        return model, _train_compiled(model, train_cfg, x_train, targets, validation, live_dir, checkpoints)
+    return model, _train_under_strategy(model, strategy, train_cfg, x_train, targets, validation, live_dir)
+
+
+Validation = tuple[np.ndarray, np.ndarray] | None
+
+
+def _train_compiled(
+    model: keras.Model,
+    train_cfg: TrainConfig,
+    x_train: np.ndarray,
+    targets: np.ndarray,
+    validation: Validation,
+    live_dir: Path | None,
+    checkpoints: Checkpoints | None,
+) -> dict[str, list[float]]:
+    """The single-device path: the compiled loop, resumed from a checkpoint when there is one."""
+    epochs = train_cfg.epochs
+    rng = np.random.default_rng(train_cfg.seed)  # the batch orders: part of a checkpoint
+    resumed = checkpoints.resume(model, rng, epochs) if checkpoints is not None else None
+    start, earlier = (resumed.epoch, resumed.history) if resumed is not None else (0, {})
+    callbacks: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir, replay=earlier)]
+    if checkpoints is not None:
+        callbacks.append(SaveCheckpoint(checkpoints, rng, earlier))
+    try:
+        history = fit_compiled(
+            model,
+            x_train,
+            targets,
+            batch_size=train_cfg.batch_size,
+            epochs=epochs,
+            seed=rng,
+            validation_data=validation,
+            callbacks=callbacks,
+            initial_epoch=start,
+        )
+    except Diverged as e:
+        rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        raise PipelineError(
+            f"train: the loss became {e.loss} at epoch {e.epoch}/{epochs}, step {e.step}/{e.steps} "
+            f"(learning rate {rate:g}): training diverged, so no model was saved and the previous outputs "
+            "are kept; try a smaller train.learning_rate"
+        ) from None
+    finally:
+        for callback in callbacks:
+            if isinstance(callback, LiveLogger):
+                callback.settle()
+    keys = dict.fromkeys([*earlier, *history])
+    return {key: [*earlier.get(key, []), *history.get(key, [])] for key in keys}
+
+
+def _train_under_strategy(
+    model: keras.Model,
+    strategy: tf.distribute.Strategy,
+    train_cfg: TrainConfig,
+    x_train: np.ndarray,
+    targets: np.ndarray,
+    validation: Validation,
+    live_dir: Path | None,
+) -> dict[str, list[float]]:
+    """Keras' own `fit` under a tf.distribute strategy; `train.batch_size` is the global batch."""
     loggers: list[keras.callbacks.Callback] = [] if live_dir is None else [LiveLogger(live_dir)]
-    check_batch_size(batch_size, strategy)
+    check_batch_size(train_cfg.batch_size, strategy)
     # Says how many replicas train in step: each worker of a cluster prints it, so a log shows the cluster formed.
     progress.say(f"train: strategy {train_cfg.strategy}, {strategy.num_replicas_in_sync} replicas in sync")
     fitted = model.fit(
         x_train,
         targets,
-        epochs=epochs,
-        batch_size=batch_size,
+        epochs=train_cfg.epochs,
+        batch_size=train_cfg.batch_size,
         validation_data=validation,
         callbacks=loggers,
         verbose=1 if progress.interactive() else 2,
     )
-    return model, {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    return {key: [float(v) for v in values] for key, values in fitted.history.items()}
