@@ -480,11 +480,6 @@ def prepare_file(path: str | os.PathLike[str]) -> np.ndarray:
     return prepare_array(read_image(path), str(path))
 
 
-def prepare_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
-    """read_image + prepare_array for a picture held in memory (an upload): what prepare_file does for a file."""
-    return prepare_array(read_image(io.BytesIO(data), name, max_pixels), name)
-
-
 def expand_paths(paths: list[str]) -> list[Path]:
     """Files as given; a directory stands for its PNG and JPEG files, sorted by name."""
     found: list[Path] = []
