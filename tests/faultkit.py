@@ -8,6 +8,7 @@ fail before TensorFlow loads.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,15 @@ class StageDir:
                               capture_output=True, text=True, timeout=timeout)
 
     def popen(self, stage: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """The stage as a process the test signals: Ctrl-C back to its default, whatever the runner set
+        (a shell that starts a job in the background has it ignored, and children inherit that)."""
         return subprocess.Popen(self.command(stage), cwd=self.path, env={**self.env, **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_ctrl_c)
+
+
+def default_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stage_dir(path: Path, mirror: Path | None = None, params: dict[str, Any] | None = None) -> StageDir:
