@@ -119,7 +119,7 @@ class CnnConfig(Section):
     augment_shift: float = number(0.0, 0.5)
     augment_rotation: float = number(0.0, 0.5)
     pool_first: bool = Field(description="true or false")
-    first_stride: int = integer(1, 2)
+    strided_blocks: int = integer(0, 4)
 
     @field_validator("filters")
     @classmethod

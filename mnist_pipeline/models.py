@@ -49,7 +49,7 @@ def build_cnn(
     augment_shift: float = 0.0,
     augment_rotation: float = 0.0,
     pool_first: bool = False,
-    first_stride: int = 1,
+    strided_blocks: int = 0,
 ) -> keras.Model:
     """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, 1) itself.
 
@@ -58,8 +58,8 @@ def build_cnn(
     it has to train in minutes on two CPU cores.
     `pool_first` pools right after the convolution, before batch norm and the activation: the same shapes
     and parameters, but normalisation and activation (memory-bound, a large share of a small net's
-    time on a CPU) run on a quarter of the values. `first_stride` 2 makes the first convolution halve the
-    image itself, in place of its block's max-pool: a quarter of that block's work, same output shapes.
+    time on a CPU) run on a quarter of the values. The first `strided_blocks` blocks halve the image with a
+    stride-2 convolution in place of the max-pool: a quarter of the convolution's work, same output shapes.
     Augmentation layers are Keras' own: active in training only, identity at inference.
     """
     rows, cols = image_shape
@@ -69,7 +69,7 @@ def build_cnn(
     if augment_rotation > 0:
         layers.append(keras.layers.RandomRotation(augment_rotation, fill_mode="nearest"))
     for i, width in enumerate(filters):
-        stride = first_stride if i == 0 else 1
+        stride = 2 if i < strided_blocks else 1
         layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same", use_bias=not batch_norm))
         pool = stride == 1  # a strided convolution has halved the image already
         if pool and pool_first:
@@ -109,7 +109,7 @@ def build_model(cfg: ModelConfig, spec: DatasetSpec) -> keras.Model:
             cnn.augment_shift,
             cnn.augment_rotation,
             cnn.pool_first,
-            cnn.first_stride,
+            cnn.strided_blocks,
         )
     return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.image_shape, spec.n_classes)
 

@@ -28,7 +28,7 @@ TYPE_ONLY_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.cnn.augment_shift": 0.08,
         "model.cnn.augment_rotation": 0.0,
         "model.cnn.pool_first": False,
-        "model.cnn.first_stride": 1,
+        "model.cnn.strided_blocks": 0,
     },
 }
 

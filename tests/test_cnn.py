@@ -47,7 +47,8 @@ VARIANTS = {
     "augmented": {"model.cnn.augment_shift": 0.1, "model.cnn.augment_rotation": 0.05},
     "three-blocks": {"model.cnn.filters": [8, 16, 16], "model.cnn.kernel_size": 5},
     "pool-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True},
-    "strided-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.first_stride": 2},
+    "strided-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.strided_blocks": 1},
+    "all-strided": {"model.cnn.filters": [16, 32], "model.cnn.strided_blocks": 2},
 }
 
 
@@ -60,9 +61,10 @@ def test_cnn_follows_its_params(name: str) -> None:
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == cnn.filters
     assert all(c.kernel_size == (cnn.kernel_size,) * 2 for c in convs)
-    # A strided first convolution halves the image in place of its block's max-pool.
-    assert types.count("MaxPooling2D") == len(cnn.filters) - (cnn.first_stride > 1)
-    assert [c.strides for c in convs] == [(cnn.first_stride,) * 2] + [(1, 1)] * (len(convs) - 1)
+    # A strided block's convolution halves the image in place of its max-pool.
+    strided = [i < cnn.strided_blocks for i in range(len(convs))]
+    assert types.count("MaxPooling2D") == strided.count(False)
+    assert [c.strides for c in convs] == [(2, 2) if s else (1, 1) for s in strided]
     assert types.count("BatchNormalization") == (len(cnn.filters) if cnn.batch_norm else 0)
     dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert dense == ([cnn.dense] if cnn.dense else []) + [10]
@@ -71,8 +73,7 @@ def test_cnn_follows_its_params(name: str) -> None:
     # Each pooled block pools right after its convolution with pool_first, else after the activation.
     after_conv = [types[i + 1] for i, t in enumerate(types) if t == "Conv2D"]
     normed = "BatchNormalization" if cnn.batch_norm else "Activation"
-    pooled = [i > 0 or cnn.first_stride == 1 for i in range(len(convs))]
-    assert after_conv == ["MaxPooling2D" if cnn.pool_first and p else normed for p in pooled]
+    assert after_conv == ["MaxPooling2D" if cnn.pool_first and not s else normed for s in strided]
     # It reads the pipeline's flat (N, 784) arrays and gives one probability row per image.
     out = model.predict(np.zeros((3, 784), np.float32), verbose=0)
     assert out.shape == (3, 10)
@@ -107,6 +108,7 @@ LEARNERS = {
     "defaults": VARIANTS["defaults"],
     "pool-first": VARIANTS["pool-first"],
     "strided-first": VARIANTS["strided-first"],
+    "all-strided": VARIANTS["all-strided"],
     "no-batch-norm": VARIANTS["no-batch-norm"],
     "no-dense": {**VARIANTS["no-dense"], "model.cnn.batch_norm": False},
     # Light augmentation, as a tuned model uses it: strong shifts need more than 38 steps to learn through.
@@ -136,12 +138,12 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
     assert accuracy > 0.5, f"{name}: held-out accuracy {accuracy:.3f} after {epochs} epochs on {N_TRAIN} images"
 
 
-@pytest.mark.parametrize("name", ["pool-first", "strided-first"])
+@pytest.mark.parametrize("name", ["pool-first", "strided-first", "all-strided"])
 def test_cheaper_blocks_keep_the_weights_and_feature_map_shapes(name: str) -> None:
-    """pool_first and first_stride move work, not capacity: the same weights and the same map reaches the head;
+    """pool_first and strided_blocks move work, not capacity: the same weights and the same map reaches the head;
     batch norm sees a quarter of the values in the first block."""
     cheap = cnn_params(**VARIANTS[name])
-    plain = cnn_params(**{**VARIANTS[name], "model.cnn.pool_first": False, "model.cnn.first_stride": 1})
+    plain = cnn_params(**{**VARIANTS[name], "model.cnn.pool_first": False, "model.cnn.strided_blocks": 0})
     models = {key: build_model(params.model, MNIST) for key, params in (("cheap", cheap), ("plain", plain))}
     shapes = {key: [tuple(w.shape) for w in model.weights] for key, model in models.items()}
     assert shapes["cheap"] == shapes["plain"]
