@@ -53,7 +53,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[StageDir, subproc
 def digit(trained: tuple[StageDir, subprocess.CompletedProcess[str]]) -> Path:
     project, _ = trained
     path = project.path / "digit.png"
-    Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8)).save(path)
+    stroke = np.zeros((28, 28), np.uint8)
+    stroke[4:24, 13:16] = 255  # a "1": light ink on a dark ground, as MNIST draws it
+    Image.fromarray(stroke).save(path)
     return path
 
 
