@@ -1,0 +1,450 @@
+"""A folder of the user's own images, one subfolder per class, made into the prepared splits.
+
+The layout is the one most image tools share: `<root>/<class>/<image>`, class names from the sorted
+subfolder names. Images may sit deeper inside their class folder (`<root>/cat/2023/a.png`): every file
+under a class folder belongs to that class. Names starting with a dot (`.DS_Store`, `.git`) are not data
+and are passed over without a word, as `ls` does.
+
+Every file is assigned to train, val or test by a hash of (preprocess.seed, its path relative to the
+root), so a split is stratified in expectation, reproducible, and adding images never moves an
+existing one. Each split's images are ordered by the same hash: classes come mixed, as in MNIST's own
+files, and predict-sample's first images are not all of one class. `<prepared>/manifest.csv` lists
+where every file went.
+
+Images are read with Pillow and brought to 8 bits per channel (16-bit values rounded to x / 257),
+transparent pixels composited onto black (MNIST's digits are light ink on a dark ground, so a
+transparent background is dark), converted to `preprocess.color`, stretched to `preprocess.image_size`
+square with bilinear resampling (skipped when the image already has that size, so MNIST's own PNGs give
+exactly their pixels back), and scaled as the IDX data sets are: `x / scale - offset`.
+
+Files that are not usable images (truncated, not an image, too many pixels, links out of the folder,
+names that are not UTF-8, ...) stop the stage at the first (`preprocess.bad_images: fail`) or are left
+out and listed in one summary line (`skip`). Problems with the folder itself (no classes, one class, an
+empty class) always stop it. Exact duplicates across splits are reported, not removed: which copy to
+keep is the user's call, and removing one would make a file's split depend on other files.
+
+Two passes keep memory at one chunk whatever the folder's size: the first reads, hashes and decodes
+every file once into a temporary uint8 file beside the outputs (a quarter of the float32 output's
+size); the second, knowing how many images each split really holds, scales them chunk by chunk
+into `split_writer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_pipeline import progress
+from mnist_pipeline.config import PreprocessConfig
+from mnist_pipeline.data import scale_images
+from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import atomic_open, sweep_leftovers
+from mnist_pipeline.imageprep import file_kind
+from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
+
+FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
+MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("path", "class", "split", "index", "sha256")
+SKIPPED = "skipped"
+# Images decoded, then scaled and written, at a time: memory stays at one chunk.
+CHUNK = 4096
+# Files named in the skip summary and duplicate groups in the duplicates warning before "and N more".
+SHOWN = 10
+SHOWN_DUPLICATES = 5
+# The decoded uint8 pixels between the two passes, beside the outputs; a killed run's copy is swept.
+DECODED = "decoded.u8"
+HASH_BLOCK = 1 << 20
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+class BadImage(Exception):
+    """A file that is not a usable image: `reason` for the summary, `detail` for the fail line."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file under a class folder: its path relative to the root ('/'-separated) and its class."""
+
+    rel: str
+    path: str
+    label: int
+    key: float  # the hash in [0, 1) that picks its split and orders it within the split
+
+
+@dataclass
+class BadFiles:
+    """The files left out, or with `fail`, the first one raised as the stage's error."""
+
+    root: str
+    fail: bool
+    found: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason)
+
+    def add(self, rel: str, problem: BadImage) -> None:
+        if self.fail:
+            detail = f" ({problem.detail})" if problem.detail else ""
+            raise PipelineError(f"{shown_path(self.root, rel)}: {problem.reason}{detail}: fix or remove it, "
+                                "or set preprocess.bad_images: skip to leave such files out")
+        self.found.append((rel, problem.reason))
+
+    def summary(self) -> str | None:
+        if not self.found:
+            return None
+        listed = ", ".join(f"{rel} ({reason})" for rel, reason in sorted(self.found)[:SHOWN])
+        more = f", and {len(self.found) - SHOWN} more" if len(self.found) > SHOWN else ""
+        count = len(self.found)
+        return (f"preprocess: skipped {count} file{'s' * (count != 1)} in {self.root} (preprocess.bad_images: "
+                f"skip; listed in {MANIFEST}): {listed}{more}")
+
+
+def shown_path(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}" if rel else root
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (kept by Python as surrogates) shown as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def split_key(seed: int, rel: str) -> float:
+    """A file's place in [0, 1), from the seed and its relative path only: other files never move it."""
+    digest = hashlib.sha256(f"{seed}\0{rel}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_of(key: float, cfg: PreprocessConfig) -> str:
+    if key < cfg.test_fraction:
+        return "test"
+    if key < cfg.test_fraction + cfg.val_fraction:
+        return "val"
+    return "train"
+
+
+def _inside(path: str, real_root: str) -> bool:
+    return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 0: the folder's layout.
+
+
+def _class_folders(root: str, bad: BadFiles) -> list[str]:
+    """The sorted class folder names; a file at the top level is a bad file, a folder problem an error."""
+    if not os.path.exists(root):
+        raise PipelineError(f"{root}: folder not found: expected a folder of images with one subfolder per "
+                            "class (params.yaml: data.folder)")
+    if not os.path.isdir(root):
+        raise PipelineError(f"{root}: not a folder: expected a folder of images with one subfolder per class "
+                            "(params.yaml: data.folder)")
+    for name in DATASETS:
+        if os.path.isfile(os.path.join(root, name, raw_name(TRAIN_IMAGES))):
+            raise PipelineError(f"{root}: holds the download stage's IDX files ({name}/), not images in class "
+                                "folders: with data.dataset: folder, set data.folder to your images folder")
+    real_root = os.path.realpath(root)
+    classes = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        name = printable(entry.name)
+        if not entry.is_dir():
+            bad.add(name, BadImage("not in a class folder", "expected every image inside a subfolder named "
+                                   "after its class"))
+            continue
+        path = shown_path(root, name)
+        if not is_utf8(entry.name):
+            raise PipelineError(f"{path}: folder name is not UTF-8: class names come from folder names and "
+                                "appear in metrics and pictures; rename the folder")
+        if entry.is_symlink() and not _inside(os.path.realpath(entry.path), real_root):
+            raise PipelineError(f"{path}: a link to {os.path.realpath(entry.path)}, outside {root}: expected "
+                                f"class folders inside {root} (DVC tracks only what is inside)")
+        classes.append(entry.name)
+    if not classes:
+        raise PipelineError(f"{root}: no class folders: expected one subfolder per class, each holding that "
+                            "class's images")
+    if len(classes) == 1:
+        raise PipelineError(f"{root}: only one class folder ({classes[0]}): expected at least 2 classes to "
+                            "tell apart")
+    if len(classes) > MAX_CLASSES:
+        raise PipelineError(f"{root}: {len(classes)} class folders: expected at most {MAX_CLASSES}")
+    return classes
+
+
+def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad: BadFiles,
+           root: str) -> Iterator[tuple[str, str]]:
+    """(rel, path) of every file under `folder`, in name order, following links that stay inside the root."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        here = f"{rel}/{printable(entry.name)}"
+        if not is_utf8(entry.name):
+            bad.add(here, BadImage("name not UTF-8", "file names must be UTF-8 text to be listed in the manifest"))
+            continue
+        real = os.path.realpath(entry.path)
+        if entry.is_symlink() and not _inside(real, real_root):
+            bad.add(here, BadImage("link leaving the folder", f"it points to {real}, outside {root}"))
+            continue
+        if entry.is_dir():
+            if real in ancestors:
+                bad.add(here, BadImage("link loop", "a link to a folder that contains it"))
+                continue
+            yield from _files(entry.path, here, real_root, ancestors | {real}, bad, root)
+        elif entry.is_file():
+            yield here, entry.path
+        else:
+            try:
+                kind = file_kind(os.stat(entry.path).st_mode)
+            except OSError:
+                kind = "a link to nothing"
+            bad.add(here, BadImage("not a regular file", kind))
+
+
+def scan(root: str, cfg: PreprocessConfig, bad: BadFiles) -> tuple[list[str], list[Entry]]:
+    """Class names and every candidate file, each with its split key; nothing is decoded yet."""
+    classes = _class_folders(root, bad)
+    real_root = os.path.realpath(root)
+    entries = []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        bad_before = len(bad.found)
+        found = [Entry(rel, path, label, split_key(cfg.seed, rel))
+                 for rel, path in _files(folder, name, real_root, frozenset({os.path.realpath(folder)}), bad, root)]
+        if not found and len(bad.found) == bad_before:
+            raise PipelineError(f"{shown_path(root, name)}: empty class folder: expected at least one image "
+                                "(remove the folder to drop the class)")
+        entries.extend(found)
+    return classes, entries
+
+
+def _class_of(rel: str, classes: list[str]) -> str:
+    first = rel.split("/", 1)[0]
+    return first if "/" in rel and first in classes else ""
+
+
+def check_splits(root: str, classes: list[str], labels_splits: list[tuple[int, str]], cfg: PreprocessConfig,
+                 after: str = "") -> None:
+    """Every class needs a training image, and the test split at least one image."""
+    counts = Counter(labels_splits)
+    for label, name in enumerate(classes):
+        total = sum(counts[(label, s)] for s in SPLITS)
+        if total == 0:
+            raise PipelineError(f"{shown_path(root, name)}: no readable images left{after}: expected at least one "
+                                "image per class")
+        if counts[(label, "train")] == 0:
+            raise PipelineError(
+                f"{shown_path(root, name)}: none of its {total} images{after} falls in the training split "
+                f"(preprocess.test_fraction = {cfg.test_fraction:g}, val_fraction = {cfg.val_fraction:g}): "
+                "add images to this class or lower the fractions")
+    if not any(split == "test" for _, split in labels_splits):
+        raise PipelineError(f"{root}: no image falls in the test split (preprocess.test_fraction = "
+                            f"{cfg.test_fraction:g}): add images or raise the fraction")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pass 1: read, hash and decode every file once.
+
+
+def _sha256(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while block := f.read(HASH_BLOCK):
+        digest.update(block)
+    f.seek(0)
+    return digest.hexdigest()
+
+
+def _eight_bit(image: Image.Image) -> np.ndarray:
+    """The image as uint8 (H, W) grey or (H, W, 3) colour, 16-bit values rounded and alpha on black."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    if image.mode == "F":
+        raise BadImage("unsupported pixels", "32-bit floating-point pixels: expected 8- or 16-bit integer images")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode == "1":
+        image = image.convert("L")
+    if image.mode in ALPHA_MODES:
+        pair = np.asarray(image.convert("LA" if image.mode in ("LA", "La") else "RGBA"), dtype=np.uint16)
+        colour, alpha = pair[..., :-1], pair[..., -1:]
+        composited = ((colour * alpha + 127) // 255).astype(np.uint8)
+        return composited[..., 0] if composited.shape[-1] == 1 else composited
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # CMYK and YCbCr JPEGs, LAB, HSV, RGBX
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _fitted(pixels: np.ndarray, size: int, rgb: bool) -> np.ndarray:
+    """uint8 (size, size) or (size, size, 3): the colour asked for, stretched square when not already."""
+    mode = "RGB" if pixels.ndim == 3 else "L"
+    image = Image.fromarray(pixels, mode)
+    if rgb and mode == "L":
+        image = image.convert("RGB")
+    elif not rgb and mode == "RGB":
+        image = image.convert("L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode(f: BinaryIO, cfg: PreprocessConfig) -> np.ndarray:
+    """One image file as uint8 pixels of the prepared size and colour; BadImage says why not."""
+    try:
+        image = Image.open(f, formats=FORMATS)
+    except UnidentifiedImageError:
+        raise BadImage("not an image", "expected PNG, JPEG, BMP, TIFF or GIF") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage("too many pixels", f"{e}; preprocess.max_image_pixels = {cfg.max_image_pixels:,}") from None
+    except Exception as e:  # a corrupt header: Pillow's parsers raise many types
+        raise BadImage("unreadable image", f"{type(e).__name__}: {e}") from None
+    with image:
+        # Checked from the header, before a pixel is decoded: a small file can declare a huge image.
+        if image.width * image.height > cfg.max_image_pixels:
+            raise BadImage("too many pixels", f"{image.width}x{image.height}, over preprocess.max_image_pixels = "
+                           f"{cfg.max_image_pixels:,}")
+        try:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            pixels = _eight_bit(upright)
+        except BadImage:
+            raise
+        except Exception as e:  # truncated or corrupt data after a valid header
+            text = str(e) or type(e).__name__
+            reason = "truncated image" if "truncated" in text or isinstance(e, EOFError) else "unreadable image"
+            raise BadImage(reason, text) from None
+    return _fitted(pixels, cfg.image_size, cfg.color == "rgb")
+
+
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Pillow's fixed bomb limit off: `decode` checks preprocess.max_image_pixels from the header instead,
+    right after the header is read and before any pixel is decoded, whether the limit is above or below
+    Pillow's."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _read(entry: Entry, cfg: PreprocessConfig) -> tuple[str, np.ndarray]:
+    try:
+        with open(entry.path, "rb") as f:
+            return _sha256(f), decode(f, cfg)
+    except OSError as e:
+        raise BadImage("unreadable file", (e.strerror or str(e)).lower()) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole stage's work for a folder.
+
+
+def _duplicates_warning(found: dict[str, list[tuple[str, str]]]) -> str | None:
+    """One line naming images whose exact bytes are in more than one split (test images seen in training)."""
+    groups = [files for files in found.values() if len({split for _, split in files}) > 1]
+    if not groups:
+        return None
+    count = sum(len(files) for files in groups)
+    shown = ", ".join(" = ".join(f"{split}/{rel}" for rel, split in files) for files in groups[:SHOWN_DUPLICATES])
+    more = f", and {len(groups) - SHOWN_DUPLICATES} more groups" if len(groups) > SHOWN_DUPLICATES else ""
+    return (f"preprocess: warning: {count} images appear in more than one split (exact duplicates by content): "
+            f"{shown}{more}")
+
+
+def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, str, str, str, str]]) -> Path:
+    """`manifest.csv`: every file found, its class, split (or `skipped`), row in the split's arrays, sha256."""
+    path = Path(prepared_dir) / MANIFEST
+    with atomic_open(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(sorted(rows))
+    return path
+
+
+def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> PreparedSpec:
+    """Scan, split, decode and write a folder data set; returns what the prepared arrays hold."""
+    root = str(root)
+    bad = BadFiles(root, fail=cfg.bad_images == "fail")
+    classes, entries = scan(root, cfg, bad)
+    after = " after skipping unreadable files" if bad.found else ""
+    check_splits(root, classes, [(e.label, split_of(e.key, cfg)) for e in entries], cfg, after)
+    spec = PreparedSpec(Path(os.path.realpath(root)).name or "folder", tuple(classes),
+                        (cfg.image_size, cfg.image_size), 3 if cfg.color == "rgb" else 1)
+    by_split = {split: sorted((e for e in entries if split_of(e.key, cfg) == split), key=lambda e: (e.key, e.rel))
+                for split in SPLITS}
+    prepared = Path(prepared_dir)
+    prepared.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(prepared / DECODED)
+    kept: dict[str, list[Entry]] = {split: [] for split in SPLITS}
+    hashes: dict[str, list[tuple[str, str]]] = {}
+    rows: list[tuple[str, str, str, str, str]] = []
+    with tempfile.TemporaryFile(dir=prepared, prefix=".tmp-", suffix=f"-{DECODED}") as decoded, \
+            _own_pixel_limit():
+        # Pass 1: each file read once; its pixels go to the temporary file in split order.
+        chunk: list[np.ndarray] = []
+        with progress.bar(len(entries), "preprocess: reading images", unit="img") as bar:
+            for split in SPLITS:
+                for entry in by_split[split]:
+                    try:
+                        sha, pixels = _read(entry, cfg)
+                    except BadImage as problem:
+                        bad.add(entry.rel, problem)
+                        rows.append((entry.rel, classes[entry.label], SKIPPED, "", ""))
+                    else:
+                        rows.append((entry.rel, classes[entry.label], split, str(len(kept[split])), sha))
+                        hashes.setdefault(sha, []).append((entry.rel, split))
+                        kept[split].append(entry)
+                        chunk.append(pixels)
+                        if len(chunk) == CHUNK:
+                            decoded.write(np.stack(chunk).tobytes())
+                            chunk = []
+                    bar.update()
+        if chunk:
+            decoded.write(np.stack(chunk).tobytes())
+        listed = {row[0] for row in rows}
+        rows.extend((rel, _class_of(rel, classes), SKIPPED, "", "") for rel, _ in bad.found if rel not in listed)
+        summary = bad.summary()
+        if summary:
+            progress.say(summary)
+        after = " after skipping unreadable files" if bad.found else ""
+        check_splits(root, classes, [(e.label, s) for s in SPLITS for e in kept[s]], cfg, after)
+        warning = _duplicates_warning(hashes)
+        if warning:
+            progress.say(warning)
+        # Pass 2: the pixels back, a chunk at a time, scaled and streamed into each split's arrays.
+        decoded.seek(0)
+        image_bytes = spec.n_pixels
+        for split in SPLITS:
+            labels = np.array([e.label for e in kept[split]], dtype=np.int64)
+            with split_writer(prepared, split, len(labels), spec) as writer:
+                for start in range(0, len(labels), CHUNK):
+                    count = min(CHUNK, len(labels) - start)
+                    raw = np.frombuffer(decoded.read(count * image_bytes), dtype=np.uint8)
+                    writer.write(scale_images(raw.reshape(count, image_bytes), cfg.scale, cfg.offset),
+                                 labels[start : start + count])
+            progress.say(f"preprocess: {split}: {len(labels)} images -> {split_paths(prepared, split)[0]}")
+    write_manifest(prepared, rows)
+    return spec
