@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -53,12 +55,8 @@ def _accuracy_sum(y: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(y_pred, -1), tf.argmax(y, -1)), tf.float32))
 
 
-def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: int, train: bool) -> EpochFn:
-    """A compiled function running the batches it is given (one epoch or a slice of one).
-
-    Returns the sums of loss x batch size and of correct predictions, so any split of an epoch
-    into calls gives the same weights and the same epoch means.
-    """
+def _make_step(model: keras.Model, train: bool) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """The step fit takes on one batch (training) or its evaluation step: the batch's mean loss and correct count."""
 
     def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if not train:
@@ -72,6 +70,18 @@ def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: in
         gradients = tape.gradient(scaled, model.trainable_variables)
         model.optimizer.apply(gradients, model.trainable_variables)
         return loss, _accuracy_sum(yb, y_pred)
+
+    return step
+
+
+def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: int, train: bool) -> EpochFn:
+    """A compiled function running the batches it is given (one epoch or a slice of one).
+
+    Returns the sums of loss x batch size and of correct predictions, so any split of an epoch
+    into calls gives the same weights and the same epoch means.
+    """
+
+    step = _make_step(model, train)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
     def run_batch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -173,20 +183,36 @@ def fit_compiled(
 
         validate = validate_epoch
 
+    rng = np.random.default_rng(seed) if seed is not None else None
+
+    def train_one(epoch: int) -> dict[str, float]:
+        batches, tail = batch_plan(len(y), batch_size, rng)
+        try:
+            return run_epoch(train_epoch, batches, tail, len(y), f"epoch {epoch + 1}/{epochs}")
+        except Diverged as e:
+            e.epoch, e.steps = epoch + 1, len(batches) + (len(tail) > 0)
+            raise
+
+    return _run_epochs(model, train_one, validate, epochs, callbacks, initial_epoch)
+
+
+def _run_epochs(
+    model: keras.Model,
+    train_one: Callable[[int], dict[str, float]],
+    validate: Callable[[], dict[str, float]] | None,
+    epochs: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    initial_epoch: int,
+) -> dict[str, list[float]]:
+    """fit's outer loop around one epoch's training: callbacks with fit's log keys, a line per epoch, the History."""
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
     history: dict[str, list[float]] = {}
-    rng = np.random.default_rng(seed) if seed is not None else None
     model.stop_training = False
     callback_list.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         started = time.perf_counter()
         callback_list.on_epoch_begin(epoch)
-        batches, tail = batch_plan(len(y), batch_size, rng)
-        try:
-            logs = run_epoch(train_epoch, batches, tail, len(y), f"epoch {epoch + 1}/{epochs}")
-        except Diverged as e:
-            e.epoch, e.steps = epoch + 1, len(batches) + (len(tail) > 0)
-            raise
+        logs = train_one(epoch)
         if validate is not None:
             logs.update({f"val_{k}": v for k, v in validate().items()})
         callback_list.on_epoch_end(epoch, logs)
@@ -198,3 +224,250 @@ def fit_compiled(
             break
     callback_list.on_train_end()
     return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: a training set read from disk a window at a time, for data past the memory budget.
+
+# Rows read together from disk: a block is the unit of the shuffled order's reads (one positioned read each,
+# neighbouring blocks merged), small enough that a window mixes many parts of the file.
+BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A data set whose images stay on disk: `read(start, stop, out)` fills `out` with images [start, stop)
+    (rows as the arrays hold them, `row_bytes` each); the integer labels, one per row, are in memory."""
+
+    read: Callable[[int, int, np.ndarray], object]
+    labels: np.ndarray
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape)) * np.dtype(self.dtype).itemsize
+
+    def load(self, runs: Sequence[tuple[int, int]], front: int = 0) -> np.ndarray:
+        """The images of the row ranges `runs`, one after the other, after `front` rows left empty."""
+        total = front + sum(stop - start for start, stop in runs)
+        out = np.empty((total, *self.row_shape), self.dtype)
+        at = front
+        for start, stop in runs:
+            self.read(start, stop, out[at : at + stop - start])
+            at += stop - start
+        return out
+
+
+def window_plan(
+    n: int, block_rows: int, window_rows: int, rng: np.random.Generator | None
+) -> list[list[tuple[int, int]]]:
+    """One epoch's windows: each a list of row ranges in file order, about `window_rows` rows in all.
+
+    The rows are cut into blocks of `block_rows`; a permutation of the blocks drawn from `rng` (none:
+    in order) is cut into windows, each read as ranges of neighbouring blocks. Training then shuffles
+    each window's rows (drawn after this plan, window by window, from the same Generator), so every
+    image comes once per epoch, batches mix images from across the file, and reads stay long."""
+    n_blocks = -(-n // block_rows)
+    order = rng.permutation(n_blocks) if rng is not None else np.arange(n_blocks)
+    per_window = max(1, window_rows // block_rows)
+    windows = []
+    for first in range(0, n_blocks, per_window):
+        runs: list[tuple[int, int]] = []
+        for block in np.sort(order[first : first + per_window]).tolist():
+            start, stop = block * block_rows, min(n, (block + 1) * block_rows)
+            if runs and runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], stop)
+            else:
+                runs.append((start, stop))
+        windows.append(runs)
+    return windows
+
+
+WindowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[float, float]]
+
+
+def make_window_fn(model: keras.Model, rows: Rows, n_classes: int, batch_size: int, train: bool) -> WindowFn:
+    """`make_epoch_fn` for data given a window at a time: `run(x, labels, batches, tail)` runs the batches
+    (row indices into the window's images `x`) and returns the sums of loss x batch size and of correct
+    predictions. Targets are made one-hot in the graph, from integer labels: no one-hot copy of the data set."""
+    step = _make_step(model, train)
+    x_spec = tf.TensorSpec([None, *rows.row_shape], tf.as_dtype(rows.dtype))
+    labels_spec = tf.TensorSpec([None], tf.int32)
+
+    def targets(labels: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
+        return tf.one_hot(tf.gather(labels, idx), n_classes, dtype=tf.float32)
+
+    @tf.function(input_signature=[x_spec, labels_spec, tf.TensorSpec([None], tf.int32)])
+    def run_batch(x: tf.Tensor, labels: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        loss, correct = step(tf.gather(x, idx), targets(labels, idx))
+        return loss * tf.cast(tf.shape(idx)[0], tf.float32), correct
+
+    @tf.function(input_signature=[x_spec, labels_spec, tf.TensorSpec([None, batch_size], tf.int32)])
+    def run_full(x: tf.Tensor, labels: tf.Tensor, batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        loss_sum, correct, steps = tf.constant(0.0), tf.constant(0.0), tf.constant(0)
+        for i in tf.range(tf.shape(batches)[0]):
+            idx = batches[i]
+            loss, batch_correct = step(tf.gather(x, idx), targets(labels, idx))
+            loss_sum += loss * batch_size
+            correct += batch_correct
+            steps += 1
+            if not tf.math.is_finite(loss):
+                break
+        return loss_sum, correct, steps
+
+    def run(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, tail: np.ndarray) -> tuple[float, float]:
+        tx, tl = tf.convert_to_tensor(x), tf.convert_to_tensor(labels)
+        loss_sum, correct, steps = run_full(tx, tl, batches) if len(batches) else (0.0, 0.0, 0)
+        if not math.isfinite(float(loss_sum)):
+            raise Diverged(float(loss_sum), int(steps))
+        if len(tail):
+            tail_loss, tail_correct = run_batch(tx, tl, tail)
+            loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
+            if not math.isfinite(float(tail_loss)):
+                raise Diverged(float(tail_loss), len(batches) + 1)
+        return float(loss_sum), float(correct)
+
+    return run
+
+
+class _Prefetch:
+    """Reads the next window on a helper thread while the current one trains (file reads and TensorFlow's
+    graph both run without the GIL): at most two windows of images are in memory, plus TensorFlow's copy."""
+
+    def __init__(self, rows: Rows, windows: Sequence[tuple[Sequence[tuple[int, int]], int]]) -> None:
+        self._rows, self._windows = rows, list(windows)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-reader")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            pending = self._pool.submit(self._rows.load, *self._windows[0]) if self._windows else None
+            for i in range(len(self._windows)):
+                assert pending is not None
+                x = pending.result()
+                if i + 1 < len(self._windows):
+                    pending = self._pool.submit(self._rows.load, *self._windows[i + 1])
+                yield x
+                del x
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _labels_of(rows: Rows, runs: Sequence[tuple[int, int]], front: np.ndarray) -> np.ndarray:
+    return np.concatenate([front, *(rows.labels[start:stop].astype(np.int32) for start, stop in runs)])
+
+
+def stream_epoch(
+    run: WindowFn, rows: Rows, windows: list[list[tuple[int, int]]], batch_size: int,
+    rng: np.random.Generator | None, label: str,
+) -> dict[str, float]:
+    """One epoch over the windows: each window's rows shuffled (by `rng`; none: in order), the rows that do
+    not fill a last batch carried to the front of the next window, the remainder the epoch's partial batch.
+
+    Every step sees a full batch but the last, as in memory: ceil(N / batch) steps an epoch."""
+    n = len(rows.labels)
+    carry_x = np.empty((0, *rows.row_shape), rows.dtype)
+    carry_y = np.empty(0, np.int32)
+    loss_sum = correct = 0.0
+    steps_done, no_tail = 0, np.zeros(0, np.int32)
+    fronts, seen = [], 0
+    for runs in windows:  # rows carried into each window: known before any is read, so reads can run ahead
+        fronts.append(seen % batch_size)
+        seen += sum(stop - start for start, stop in runs)
+    reads = _Prefetch(rows, list(zip(windows, fronts, strict=True)))
+    with progress.bar(-(-n // batch_size), label, unit="step") as bar:
+        for runs, front, x in zip(windows, fronts, reads, strict=True):
+            x[:front] = carry_x
+            y = _labels_of(rows, runs, carry_y)
+            fresh = len(y) - front
+            order = np.concatenate([np.arange(front), front + (rng.permutation(fresh) if rng is not None
+                                                               else np.arange(fresh))]).astype(np.int32)
+            full = len(order) // batch_size * batch_size
+            batches, leftover = order[:full].reshape(-1, batch_size), order[full:]
+            try:
+                part_loss, part_correct = run(x, y, batches, no_tail) if len(batches) else (0.0, 0.0)
+            except Diverged as e:
+                raise Diverged(e.loss, steps_done + e.step) from None
+            loss_sum, correct = loss_sum + part_loss, correct + part_correct
+            steps_done += len(batches)
+            bar.update(len(batches))
+            carry_x, carry_y = x[leftover], y[leftover]
+            del x, y  # the window's images go before the next window's are taken
+        if len(carry_y):
+            try:
+                tail_loss, tail_correct = run(carry_x, carry_y, np.zeros((0, batch_size), np.int32),
+                                              np.arange(len(carry_y), dtype=np.int32))
+            except Diverged as e:
+                raise Diverged(e.loss, steps_done + 1) from None
+            loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
+            bar.update(1)
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+def fit_streamed(
+    model: keras.Model,
+    rows: Rows,
+    n_classes: int,
+    *,
+    batch_size: int,
+    epochs: int,
+    seed: int | np.random.Generator | None,
+    window_rows: int,
+    validation: Rows | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+) -> dict[str, list[float]]:
+    """`fit_compiled` for a training set read from disk a window of about `window_rows` images at a time.
+
+    Each epoch draws from the Generator (or seed) a permutation of 1 MiB blocks, reads them a window at a
+    time (the next window read while the current one trains) and shuffles each window's images: the same
+    seed gives the same batches, and the Generator's state after an epoch is all the next one needs, so
+    a checkpoint resumes a streamed run as it resumes one in memory. The order is not the in-memory
+    order (a permutation of the whole set), so a streamed model differs from one trained in memory.
+    Validation runs in order, window by window, with fit's batches. Same callbacks and History as fit's.
+    """
+    block_rows = max(1, BLOCK_BYTES // rows.row_bytes)
+    window_rows = max(window_rows, batch_size, block_rows)
+    first = np.zeros((1, *rows.row_shape), rows.dtype)
+    rows.read(0, 1, first)
+    # Build the loss and the optimizer's slots outside the graph loop, as fit_compiled does.
+    targets = tf.one_hot(rows.labels[:1].astype(np.int32), n_classes, dtype=tf.float32)
+    model.compute_loss(x=first, y=targets, y_pred=model(first, training=False), training=False)
+    model.optimizer.build(model.trainable_variables)
+    train_window = make_window_fn(model, rows, n_classes, batch_size, train=True)
+    validate: Callable[[], dict[str, float]] | None = None
+    if validation is not None and len(validation.labels):
+        val_window = make_window_fn(model, validation, n_classes, batch_size, train=False)
+        n_val = len(validation.labels)
+        span = max(batch_size, window_rows // batch_size * batch_size)
+        val_windows = [[(start, min(n_val, start + span))] for start in range(0, n_val, span)]
+
+        def validate_epoch() -> dict[str, float]:
+            # In order, in windows of whole batches: fit's validation batches.
+            return stream_epoch(val_window, validation, val_windows, batch_size, None, "validation")
+
+        validate = validate_epoch
+
+    rng = np.random.default_rng(seed) if seed is not None else None
+    n = len(rows.labels)
+
+    def train_one(epoch: int) -> dict[str, float]:
+        windows = window_plan(n, block_rows, window_rows, rng)
+        try:
+            return stream_epoch(train_window, rows, windows, batch_size, rng, f"epoch {epoch + 1}/{epochs}")
+        except Diverged as e:
+            e.epoch, e.steps = epoch + 1, -(-n // batch_size)
+            raise
+
+    return _run_epochs(model, train_one, validate, epochs, callbacks, initial_epoch)
+
+
+def predict_in_windows(
+    model: keras.Model, n: int, read: Callable[[int, int], np.ndarray], batch_size: int, window_rows: int
+) -> np.ndarray:
+    """`model.predict` over N images read `window_rows` at a time (rounded to whole batches, so the batches,
+    and the predictions, are those of one predict over all of them): memory for one window, not the data set."""
+    span = max(batch_size, window_rows // batch_size * batch_size)
+    parts = [model.predict(read(start, min(n, start + span)), batch_size=batch_size, verbose=0)
+             for start in range(0, n, span)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)
