@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import math
 import os
 import stat
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -110,3 +112,45 @@ def read_idx(path: str | os.PathLike[str], kind: str, image_shape: tuple[int, in
     """`kind` is "images" or "labels"; errors name the file and the problem."""
     return parse_idx(read_bytes(path), Path(path).name, kind, image_shape)
 
+
+
+@dataclass(frozen=True)
+class IdxItems:
+    """The items of an uncompressed IDX file whose header and size check out, read a range at a time:
+    a data set larger than memory is scaled and written chunk by chunk, never held whole."""
+
+    path: Path
+    dims: tuple[int, ...]
+    header_len: int
+
+    def __len__(self) -> int:
+        return self.dims[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Items [start, stop) as uint8, shaped like `read_idx`'s."""
+        stop = max(0, min(stop, len(self)))
+        start = max(0, min(start, stop))
+        item = math.prod(self.dims[1:])
+        with _open_regular(self.path) as f:
+            f.seek(self.header_len + start * item)
+            data = f.read((stop - start) * item)
+        if len(data) != (stop - start) * item:
+            raise PipelineError(f"{self.path.name}: ended early: the file changed while it was being read")
+        return np.frombuffer(data, dtype=np.uint8).reshape(stop - start, *self.dims[1:])
+
+
+def open_idx(
+    path: str | os.PathLike[str], kind: str, image_shape: tuple[int, int] | None = None
+) -> IdxItems | np.ndarray:
+    """An uncompressed IDX file whose header and length agree: its items to read on demand (`IdxItems`),
+    whatever its size. Anything else, a gzip file or a faulty one, goes through `read_idx`: its array, or
+    its error line, exactly as `read_idx` says it."""
+    with _open_regular(path) as f:
+        header, size = f.read(16), os.fstat(f.fileno()).st_size
+    declared = declared_size(header) if header[:2] != GZIP_MAGIC else None
+    if declared is not None and declared == (size, "image" if kind == "images" else "label"):
+        header_len = 16 if kind == "images" else 8
+        dims = struct.unpack(">III" if kind == "images" else ">I", header[4:header_len])
+        if kind != "images" or image_shape is None or (dims[1], dims[2]) == tuple(image_shape):
+            return IdxItems(Path(path), dims, header_len)
+    return read_idx(path, kind, image_shape)
