@@ -19,6 +19,7 @@ import numpy as np
 from mnist_pipeline.checkpoint import Checkpoints, capture, digest_arrays
 from mnist_pipeline.config import load_config, with_overrides
 from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.presets import load_preset
 
 REPEATS = 30
@@ -30,7 +31,7 @@ def checkpoint_ms(overrides: dict, folder: Path) -> tuple[float, float, int]:
 
     cfg = with_overrides(load_config(), overrides)
     make_deterministic(0)
-    model = build_model(cfg.model, DATASETS["mnist"])
+    model = build_model(cfg.model, idx_spec(DATASETS["mnist"]))
     optimizer = make_optimizer(cfg.train.optimizer, cfg.train.learning_rate)
     model.compile(optimizer=optimizer, loss="categorical_crossentropy")
     model.optimizer.build(model.trainable_variables)

@@ -62,10 +62,11 @@ def train_models(mirror: Path, folder: Path) -> dict[str, Path]:
     from mnist_pipeline.datasets import TRAIN_IMAGES as IMAGES_FILE
     from mnist_pipeline.idx import read_idx
     from mnist_pipeline.models import save_model_deterministic
+    from mnist_pipeline.prepared import idx_spec
     from mnist_pipeline.training import train_model
 
     base = load_config(PROJECT_ROOT / "params.yaml")
-    spec = DATASETS["mnist"]
+    spec = idx_spec(DATASETS["mnist"])
     x = read_idx(mirror / "mnist" / IMAGES_FILE, "images")[:TRAIN_IMAGES]
     y = read_idx(mirror / "mnist" / TRAIN_LABELS, "labels")[:TRAIN_IMAGES]
     x = scale_images(x, base.preprocess.scale, base.preprocess.offset)

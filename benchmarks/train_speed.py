@@ -101,9 +101,10 @@ def child_ours(seed: int, workdir: Path) -> None:
     from mnist_pipeline.data import prepare
     from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.idx import read_idx
+    from mnist_pipeline.prepared import idx_spec
 
     cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"train.seed": seed})
-    spec = DATASETS[cfg.data.dataset]
+    spec = idx_spec(DATASETS[cfg.data.dataset])
     folder = Path(os.environ["MNIST_IDX_DIR"])
     raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
            for split, prefix in (("train", "train"), ("test", "t10k"))

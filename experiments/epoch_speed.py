@@ -64,9 +64,10 @@ def main() -> None:
     from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.loop import fit_compiled
     from mnist_pipeline.models import build_model, make_optimizer
+    from mnist_pipeline.prepared import idx_spec
     from mnist_pipeline.training import make_deterministic, one_hot, set_cpu_threads
 
-    spec = DATASETS["mnist"]
+    spec = idx_spec(DATASETS["mnist"])
     set_cpu_threads(base.train.cpu_threads)
 
     class Timer(keras.callbacks.Callback):

@@ -31,6 +31,7 @@ from mnist_pipeline.data import scale_images, stratified_split
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
+from mnist_pipeline.prepared import idx_spec
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -54,7 +55,7 @@ def parse_args() -> argparse.Namespace:
 
 def tune(a: argparse.Namespace) -> None:
     cfg = with_overrides(load_config(), dict(parse_override(o) for o in a.overrides), "-S overrides")
-    spec = DATASETS[cfg.data.dataset]
+    spec = idx_spec(DATASETS[cfg.data.dataset])
     pre = cfg.preprocess
     folder = Path(os.environ.get("DATASET_MIRROR", "../shared/datasets")) / spec.mirror_dir
     x, y = read_idx(folder / TRAIN_IMAGES, "images"), read_idx(folder / TRAIN_LABELS, "labels")

@@ -36,7 +36,12 @@ MAX_SEED = 2**32 - 1
 MAX_TIMEOUT_S = 1e6
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
-DatasetName = Literal[tuple(DATASETS)]  # type: ignore[valid-type]
+# A folder of the user's own images, one subfolder per class, read by preprocess from `data.folder`.
+FOLDER = "folder"
+DATASET_NAMES = (*DATASETS, FOLDER)
+COLORS = ("grayscale", "rgb")
+BAD_IMAGES = ("fail", "skip")
+DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
 
 
@@ -81,7 +86,17 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: DatasetName = choice(tuple(DATASETS))
+    dataset: DatasetName = choice(DATASET_NAMES)
+    folder: str = Field(min_length=1, description="a folder path relative to the project, e.g. data/images")
+
+    @field_validator("folder")
+    @classmethod
+    def _relative_folder(cls, folder: str) -> str:
+        """dvc.yaml names it as preprocess's dependency: DVC tracks paths inside the project only."""
+        parts = folder.replace("\\", "/").split("/")
+        if folder.startswith(("/", "~")) or ".." in parts or "\0" in folder:
+            raise ValueError("not a path inside the project")
+        return folder
 
 
 class DownloadConfig(Section):
@@ -108,6 +123,21 @@ class PreprocessConfig(Section):
     seed: int = integer(0, MAX_SEED)
     train_limit: int = integer(0)
     test_limit: int = integer(0)
+    image_size: int = integer(4, 1024)
+    color: Literal[COLORS] = choice(COLORS)  # type: ignore[valid-type]
+    test_fraction: float = number(0.0, 1.0, low_open=True)
+    val_fraction: float = number(0.0, 1.0)
+    bad_images: Literal[BAD_IMAGES] = choice(BAD_IMAGES)  # type: ignore[valid-type]
+    max_image_pixels: int = integer(1, 2**31 - 1)
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _room_for_training(cls, val_fraction: float, info: Any) -> float:
+        """A folder's test and validation shares leave the rest for training."""
+        test_fraction = info.data.get("test_fraction")
+        if test_fraction is not None and test_fraction + val_fraction >= 1.0:
+            raise ValueError(f"less than 1 - preprocess.test_fraction ({1 - test_fraction:g})")
+        return val_fraction
 
 
 class CnnConfig(Section):
@@ -150,6 +180,7 @@ class TrainConfig(Section):
     cpu_threads: int = integer(0, 64)
     strategy: StrategyName = choice(STRATEGIES)
     checkpoint: bool = Field(description="true or false")
+    memory_budget_mb: int = integer(1)
 
 
 class EvaluateConfig(Section):

@@ -9,7 +9,8 @@ import numpy as np
 from mnist_pipeline.config import PreprocessConfig
 from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, raw_name
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.idx import IdxItems, open_idx, read_idx
+from mnist_pipeline.prepared import PreparedSpec, idx_spec, split_paths, split_writer
 
 
 def scale_images(images: np.ndarray, scale: float, offset: float) -> np.ndarray:
@@ -18,13 +19,18 @@ def scale_images(images: np.ndarray, scale: float, offset: float) -> np.ndarray:
     A 256-entry lookup table computed in float64 gives exactly the float32 values that the
     tutorial's float64 arithmetic gives after Keras casts it, without a float64 copy of the data.
     """
+    return scale_table(scale, offset)[images.reshape(len(images), int(np.prod(images.shape[1:])))]
+
+
+def scale_table(scale: float, offset: float) -> np.ndarray:
+    """The float32 value of each byte 0-255, checked finite."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         table = (np.arange(256, dtype=np.float64) / scale - offset).astype(np.float32)
     if not np.isfinite(table).all():
         raise PipelineError(f"params.yaml: preprocess.scale = {scale:g}, preprocess.offset = {offset:g}: "
                             "x / scale - offset is not finite in float32 for some pixel value: expected a "
                             "scale that keeps the images finite (the tutorial's is 255)")
-    return table[images.reshape(len(images), int(np.prod(images.shape[1:])))]
+    return table
 
 
 def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,13 +54,33 @@ def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.n
     return train, val
 
 
+def prepared_spec(spec: DatasetSpec, cfg: PreprocessConfig) -> PreparedSpec:
+    """What preprocess makes of an IDX data set: its own size, grayscale, its class names.
+
+    IDX data sets are kept as they are: resizing or colouring them would only blur or repeat pixels.
+    """
+    if cfg.image_size != spec.image_shape[0] or cfg.color != "grayscale":
+        raise PipelineError(f"params.yaml: preprocess.image_size = {cfg.image_size}, preprocess.color = {cfg.color}: "
+                            f"{spec.name} is {spec.image_shape[0]}x{spec.image_shape[1]} grayscale: expected "
+                            f"image_size {spec.image_shape[0]} and color grayscale (other values are for folder "
+                            "data sets)")
+    return idx_spec(spec)
+
+
 def load_raw(raw_dir: str | Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
     """The four raw arrays of one data set as written by the download stage, checked against its spec."""
+    return {name: item.read(0, len(item)) if isinstance(item, IdxItems) else item
+            for name, item in open_raw(raw_dir, spec).items()}
+
+
+def open_raw(raw_dir: str | Path, spec: DatasetSpec) -> dict[str, np.ndarray | IdxItems]:
+    """`load_raw`, with each uncompressed images file opened to be read a chunk at a time, not loaded
+    (labels are one byte an image: they are read whole). Same checks, same errors."""
     folder = Path(raw_dir) / spec.name
     arrays = {
-        "train_images": read_idx(folder / raw_name(TRAIN_IMAGES), "images", spec.image_shape),
+        "train_images": open_idx(folder / raw_name(TRAIN_IMAGES), "images", spec.image_shape),
         "train_labels": read_idx(folder / raw_name(TRAIN_LABELS), "labels"),
-        "test_images": read_idx(folder / raw_name(TEST_IMAGES), "images", spec.image_shape),
+        "test_images": open_idx(folder / raw_name(TEST_IMAGES), "images", spec.image_shape),
         "test_labels": read_idx(folder / raw_name(TEST_LABELS), "labels"),
     }
     for split, labels_file in (("train", TRAIN_LABELS), ("test", TEST_LABELS)):
@@ -76,15 +102,61 @@ def prepare(raw: dict[str, np.ndarray], cfg: PreprocessConfig) -> dict[str, tupl
         train_images, train_labels = train_images[: cfg.train_limit], train_labels[: cfg.train_limit]
     if cfg.test_limit:
         test_images, test_labels = test_images[: cfg.test_limit], test_labels[: cfg.test_limit]
-    if cfg.val_size >= len(train_labels):
-        raise PipelineError(
-            f"params.yaml: preprocess.val_size = {cfg.val_size}: expected fewer than the "
-            f"{len(train_labels)} training images"
-        )
-    train_idx, val_idx = stratified_split(train_labels, cfg.val_size, cfg.seed)
+    train_idx, val_idx = held_out(train_labels, cfg)
     scale, offset = cfg.scale, cfg.offset
     return {
         "train": (scale_images(train_images[train_idx], scale, offset), train_labels[train_idx]),
         "val": (scale_images(train_images[val_idx], scale, offset), train_labels[val_idx]),
         "test": (scale_images(test_images, scale, offset), test_labels),
     }
+
+
+def held_out(train_labels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation indices of the (limited) training set, `preprocess.val_size` checked."""
+    if cfg.val_size >= len(train_labels):
+        raise PipelineError(
+            f"params.yaml: preprocess.val_size = {cfg.val_size}: expected fewer than the "
+            f"{len(train_labels)} training images"
+        )
+    return stratified_split(train_labels, cfg.val_size, cfg.seed)
+
+
+# Raw images read, scaled and written at a time: about this many bytes of float32 output per chunk.
+CHUNK_BYTES = 32 << 20
+
+
+def write_splits(
+    raw: dict[str, np.ndarray | IdxItems], cfg: PreprocessConfig, prepared_dir: str | Path, spec: PreparedSpec,
+    chunk_images: int | None = None,
+) -> dict[str, tuple[int, Path]]:
+    """`prepare` and `save_split` of every split, a chunk of `chunk_images` raw images at a time (by default
+    CHUNK_BYTES of output): the same bytes, in memory for one chunk whatever the data set's size.
+
+    Returns each split's image count and images file."""
+    table = scale_table(cfg.scale, cfg.offset)
+    chunk = chunk_images or max(1, CHUNK_BYTES // (4 * spec.n_pixels))
+    n_train = min(len(raw["train_labels"]), cfg.train_limit or len(raw["train_labels"]))
+    n_test = min(len(raw["test_labels"]), cfg.test_limit or len(raw["test_labels"]))
+    train_labels, test_labels = raw["train_labels"][:n_train], raw["test_labels"][:n_test]
+    train_idx, val_idx = held_out(train_labels, cfg)
+    in_val = np.zeros(n_train, bool)
+    in_val[val_idx] = True
+
+    def scaled(images: np.ndarray | IdxItems, start: int, stop: int) -> np.ndarray:
+        part = images.read(start, stop) if isinstance(images, IdxItems) else images[start:stop]
+        return table[part.reshape(len(part), spec.n_pixels)]
+
+    with (split_writer(prepared_dir, "train", len(train_idx), spec) as train,
+          split_writer(prepared_dir, "val", len(val_idx), spec) as val):
+        for start in range(0, n_train, chunk):
+            stop = min(n_train, start + chunk)
+            images = scaled(raw["train_images"], start, stop)
+            labels, held = train_labels[start:stop], in_val[start:stop]
+            train.write(images[~held], labels[~held])
+            val.write(images[held], labels[held])
+    with split_writer(prepared_dir, "test", n_test, spec) as test:
+        for start in range(0, n_test, chunk):
+            stop = min(n_test, start + chunk)
+            test.write(scaled(raw["test_images"], start, stop), test_labels[start:stop])
+    return {split: (count, split_paths(prepared_dir, split)[0])
+            for split, count in (("train", len(train_idx)), ("val", len(val_idx)), ("test", n_test))}

@@ -194,11 +194,13 @@ def load_npy(
     dtype: np.dtype | type,
     ndim: int,
     trailing: tuple[int, ...] = (),
+    mmap: bool = False,
 ) -> np.ndarray:
     """Load an array without pickle and check dtype and shape, naming the file on any mismatch.
 
     The header is checked first, against the file's real size too, so a header that claims a huge
-    shape is refused in microseconds instead of asking for terabytes.
+    shape is refused in microseconds instead of asking for terabytes. With `mmap` the data stay on
+    disk: a read-only memory map, paged in as it is used.
     """
     want = "(N" + "".join(f", {d}" for d in trailing) + ")"
     try:
@@ -222,6 +224,8 @@ def load_npy(
             if available != expected:
                 raise PipelineError(f"{path}: truncated or corrupt .npy array: its header says shape {shape}, "
                                     f"{expected} bytes, the file holds {available}")
+            if mmap:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
             f.seek(0)
             return np.lib.format.read_array(f, allow_pickle=False)
     except FileNotFoundError:

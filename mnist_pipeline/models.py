@@ -17,18 +17,16 @@ from mnist_pipeline.files import atomic_path
 
 if TYPE_CHECKING:
     from mnist_pipeline.config import ModelConfig
-    from mnist_pipeline.datasets import DatasetSpec
+    from mnist_pipeline.prepared import PreparedSpec
 
 # Zip's own epoch: every entry gets it, so a save today and a save tomorrow are the same bytes.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"
 
 
-def build_mlp(
-    hidden: list[int], activation: str, dropout: float, image_shape: tuple[int, int], n_classes: int
-) -> keras.Model:
+def build_mlp(hidden: list[int], activation: str, dropout: float, n_pixels: int, n_classes: int) -> keras.Model:
     """The tutorial's Sequential MLP; defaults give Dense 64 relu, Dense 64 relu, Dense 10 softmax."""
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(image_shape[0] * image_shape[1],))]
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(n_pixels,))]
     for width in hidden:
         layers.append(keras.layers.Dense(width, activation=activation))
         if dropout > 0:
@@ -38,7 +36,7 @@ def build_mlp(
 
 
 def build_cnn(
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, int, int],
     n_classes: int,
     filters: list[int],
     kernel_size: int,
@@ -51,7 +49,7 @@ def build_cnn(
     pool_first: bool = False,
     strided_blocks: int = 0,
 ) -> keras.Model:
-    """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, 1) itself.
+    """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, channels) itself.
 
     One block per entry of `filters`: a convolution (optionally batch-normalised) and a 2x2 max-pool, as in
     the Keras "Simple MNIST convnet"; then dropout, an optional dense layer, softmax. Small on purpose:
@@ -62,8 +60,11 @@ def build_cnn(
     stride-2 convolution in place of the max-pool: a quarter of the convolution's work, same output shapes.
     Augmentation layers are Keras' own: active in training only, identity at inference.
     """
-    rows, cols = image_shape
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(rows * cols,)), keras.layers.Reshape((rows, cols, 1))]
+    rows, cols, channels = image_shape
+    layers: list[keras.layers.Layer] = [
+        keras.Input(shape=(rows * cols * channels,)),
+        keras.layers.Reshape((rows, cols, channels)),
+    ]
     if augment_shift > 0:
         layers.append(keras.layers.RandomTranslation(augment_shift, augment_shift, fill_mode="nearest"))
     if augment_rotation > 0:
@@ -90,7 +91,7 @@ def build_cnn(
     return keras.Sequential(layers, name="cnn")
 
 
-def build_model(cfg: ModelConfig, spec: DatasetSpec) -> keras.Model:
+def build_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
     """The network described by the `model` params for the data set's images and classes.
 
     Weights are drawn from the global seed. Only the keys of the chosen `model.type` are read.
@@ -98,7 +99,7 @@ def build_model(cfg: ModelConfig, spec: DatasetSpec) -> keras.Model:
     if cfg.type == "cnn":
         cnn = cfg.cnn
         return build_cnn(
-            spec.image_shape,
+            spec.array_shape,
             spec.n_classes,
             cnn.filters,
             cnn.kernel_size,
@@ -111,7 +112,7 @@ def build_model(cfg: ModelConfig, spec: DatasetSpec) -> keras.Model:
             cnn.pool_first,
             cnn.strided_blocks,
         )
-    return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.image_shape, spec.n_classes)
+    return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
 
 
 def make_learning_rate(
@@ -179,7 +180,7 @@ def save_weights(model: keras.Model, path: str | os.PathLike[str]) -> None:
         model.save_weights(tmp)
 
 
-def load_model(path: str | os.PathLike[str], spec: DatasetSpec) -> keras.Model:
+def load_model(path: str | os.PathLike[str], spec: PreparedSpec) -> keras.Model:
     """Load with `safe_mode=True`: a shared model file cannot run arbitrary code (Lambda layers).
 
     The model must map the data set's flattened images to its class probabilities.

@@ -31,11 +31,15 @@ def image_grid(
     captions: Sequence[str],
     path: str | os.PathLike[str],
     title: str,
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, int, int],
     colors: Sequence[str] | None = None,
     columns: int = 5,
 ) -> None:
-    """Flattened images of `image_shape` in a grid, each captioned (e.g. "pred 7 / true 7")."""
+    """Flattened images of `image_shape` (rows, cols, channels) in a grid, each captioned ("pred 7 / true 7").
+
+    Grayscale is drawn dark on light, as digits are written; colour as it is. Each image is stretched to
+    its own darkest and lightest value, so the picture needs no preprocess params.
+    """
     count = len(images)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
@@ -43,7 +47,12 @@ def image_grid(
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < count:
-            ax.imshow(images[i].reshape(image_shape), cmap="gray_r")
+            if image_shape[2] == 1:
+                ax.imshow(images[i].reshape(image_shape[:2]), cmap="gray_r")
+            else:
+                image = images[i].reshape(image_shape)
+                low, high = float(image.min()), float(image.max())
+                ax.imshow((image - low) / (high - low) if high > low else np.zeros_like(image))
             ax.set_title(captions[i], fontsize=9, color=(colors[i] if colors else "black"))
     figure.suptitle(title)
     figure.tight_layout()

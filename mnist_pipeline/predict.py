@@ -28,6 +28,7 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.imageprep import expand_paths, file_kind, prepare_with_warnings, read_image
+from mnist_pipeline.prepared import idx_spec
 
 DEFAULT_MODEL = "models/model.keras"
 DEFAULT_PARAMS = "params.yaml"
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
     # Imported here: TensorFlow takes seconds to load, and bad input should not wait for it.
     from mnist_pipeline.models import load_model
 
-    model = load_model(args.model, DATASETS[dataset])
+    model = load_model(args.model, idx_spec(DATASETS[dataset]))
     probabilities = model.predict(scale_images(np.stack(images), scale, offset), verbose=0)
     return classify(probabilities, files, DATASETS[dataset].class_names, args.top), errors
 

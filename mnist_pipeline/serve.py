@@ -43,6 +43,7 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, prepare_picture, settings
+from mnist_pipeline.prepared import idx_spec
 
 if TYPE_CHECKING:
     import keras
@@ -462,7 +463,7 @@ def serve(args: argparse.Namespace) -> None:
         # Imported here: TensorFlow takes seconds to load, and a bad argument should not wait for it.
         from mnist_pipeline.models import load_model
 
-        model = load_model(model_path, DATASETS[dataset])
+        model = load_model(model_path, idx_spec(DATASETS[dataset]))
         predictor = Predictor(model, scale, offset, DATASETS[dataset].class_names, card.md5)
         predictor.probabilities(np.zeros((28, 28), np.uint8))  # the first call builds the graph: no user waits
         app = create_app(predictor, card)

@@ -8,7 +8,7 @@ callback writes dvclive's files.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +22,13 @@ from mnist_pipeline import progress
 from mnist_pipeline.checkpoint import Checkpoints, capture
 from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.loop import Diverged, fit_compiled
+from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
 from mnist_pipeline.models import build_model, make_optimizer
+from mnist_pipeline.prepared import read_rows
 
 if TYPE_CHECKING:
     from mnist_pipeline.config import ModelConfig, TrainConfig
-    from mnist_pipeline.datasets import DatasetSpec
+    from mnist_pipeline.prepared import PreparedSpec
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -132,7 +133,7 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
 def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    spec: DatasetSpec,
+    spec: PreparedSpec,
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
@@ -147,7 +148,15 @@ def train_model(
     with any other, Keras' own `fit` runs under the strategy and `train.batch_size` is the global batch.
     `checkpoints` (compiled loop only): continue from the epoch it holds, if any, and save one after
     every epoch; the history returned covers every epoch, those of the interrupted run included.
+    Images larger than `train.memory_budget_mb` (x_train and x_val together; best memory-mapped,
+    `load_split(mmap=True)`) are streamed from disk a window at a time (`loop.fit_streamed`): a shuffled
+    order of its own, deterministic for the seed and resumable, so not the in-memory run's bytes.
     """
+    if train_cfg.strategy != "default" and exceeds_budget(train_cfg, x_train, x_val):
+        raise PipelineError(
+            f"params.yaml: train.strategy = {train_cfg.strategy}: the training data ({mib(x_train, x_val)}) exceed "
+            f"train.memory_budget_mb = {train_cfg.memory_budget_mb}, and only the default strategy streams them "
+            "from disk: expected train.strategy default or a larger train.memory_budget_mb")
     set_cpu_threads(train_cfg.cpu_threads)
     epochs, batch_size = train_cfg.epochs, train_cfg.batch_size
     # Before any model: multi_worker sets up its collectives when created.
@@ -161,26 +170,73 @@ def train_model(
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
+    if exceeds_budget(train_cfg, x_train, x_val):
+        rows = rows_of(x_train, y_train)
+        val_rows = rows_of(x_val, y_val) if len(y_val) else None
+        window = window_rows(train_cfg, rows.row_bytes)
+        progress.say(f"train: the training data ({mib(x_train, x_val)}) exceed train.memory_budget_mb = "
+                     f"{train_cfg.memory_budget_mb}: streaming them from disk, {window} images at a time")
+
+        def fit_streaming(callbacks: list[keras.callbacks.Callback], rng: np.random.Generator, start: int) -> History:
+            return fit_streamed(model, rows, spec.n_classes, batch_size=batch_size, epochs=epochs, seed=rng,
+                                window_rows=window, validation=val_rows, callbacks=callbacks, initial_epoch=start)
+
+        return model, _train_compiled(model, train_cfg, fit_streaming, live_dir, checkpoints)
     targets = one_hot(y_train, spec.n_classes)
     validation = (x_val, one_hot(y_val, spec.n_classes)) if len(y_val) else None
     if train_cfg.strategy == "default":
-        return model, _train_compiled(model, train_cfg, x_train, targets, validation, live_dir, checkpoints)
+
+        def fit_in_memory(callbacks: list[keras.callbacks.Callback], rng: np.random.Generator, start: int) -> History:
+            return fit_compiled(model, x_train, targets, batch_size=batch_size, epochs=epochs, seed=rng,
+                                validation_data=validation, callbacks=callbacks, initial_epoch=start)
+
+        return model, _train_compiled(model, train_cfg, fit_in_memory, live_dir, checkpoints)
     return model, _train_under_strategy(model, strategy, train_cfg, x_train, targets, validation, live_dir)
 
 
+# Of the memory budget, the share one window of streamed images takes: a window is read while the one
+# before trains, and TensorFlow holds a copy of the one training, so the images in memory stay well inside it.
+WINDOW_SHARE = 8
+
+
+def exceeds_budget(train_cfg: TrainConfig, *images: np.ndarray) -> bool:
+    """Whether the images are larger than `train.memory_budget_mb`: then training streams them from disk."""
+    return sum(int(a.nbytes) for a in images) > train_cfg.memory_budget_mb << 20
+
+
+def mib(*images: np.ndarray) -> str:
+    return f"{sum(int(a.nbytes) for a in images) / (1 << 20):,.0f} MiB"
+
+
+def window_rows(train_cfg: TrainConfig, row_bytes: int) -> int:
+    """Images per streamed window: an eighth of the memory budget (at least one batch)."""
+    return max(train_cfg.batch_size, (train_cfg.memory_budget_mb << 20) // WINDOW_SHARE // max(1, row_bytes))
+
+
+def rows_of(images: np.ndarray, labels: np.ndarray) -> Rows:
+    """A split for the streaming loop: its images read a range at a time (`read_rows`: positioned reads
+    from a memory-mapped split), its labels in memory."""
+
+    def read(start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        return read_rows(images, start, stop, out)
+
+    return Rows(read, np.asarray(labels), tuple(images.shape[1:]), images.dtype)
+
+
 Validation = tuple[np.ndarray, np.ndarray] | None
+History = dict[str, list[float]]
+Fit = Callable[[list[keras.callbacks.Callback], np.random.Generator, int], History]
 
 
 def _train_compiled(
     model: keras.Model,
     train_cfg: TrainConfig,
-    x_train: np.ndarray,
-    targets: np.ndarray,
-    validation: Validation,
+    fit: Fit,
     live_dir: Path | None,
     checkpoints: Checkpoints | None,
-) -> dict[str, list[float]]:
-    """The single-device path: the compiled loop, resumed from a checkpoint when there is one."""
+) -> History:
+    """The single-device path (`fit`: the compiled loop in memory or streamed), resumed from a checkpoint when
+    there is one. Both loops draw each epoch's order from the Generator saved in the checkpoint."""
     epochs = train_cfg.epochs
     rng = np.random.default_rng(train_cfg.seed)  # the batch orders: part of a checkpoint
     resumed = checkpoints.resume(model, rng, epochs) if checkpoints is not None else None
@@ -189,17 +245,7 @@ def _train_compiled(
     if checkpoints is not None:
         callbacks.append(SaveCheckpoint(checkpoints, rng, earlier))
     try:
-        history = fit_compiled(
-            model,
-            x_train,
-            targets,
-            batch_size=train_cfg.batch_size,
-            epochs=epochs,
-            seed=rng,
-            validation_data=validation,
-            callbacks=callbacks,
-            initial_epoch=start,
-        )
+        history = fit(callbacks, rng, start)
     except Diverged as e:
         rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         raise PipelineError(

@@ -6,26 +6,31 @@ import numpy as np
 
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
-from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.files import atomic_open, save_json
 from mnist_pipeline.metrics import classification_report
 from mnist_pipeline.plots import image_grid, plot_confusion
-from mnist_pipeline.prepared import load_split
+from mnist_pipeline.prepared import load_spec, load_split, read_rows
 
 WRONG_SHOWN = 15
+# Test images predicted per model.predict call: memory for this many bytes of images, whatever the test set's size.
+PREDICT_WINDOW_BYTES = 64 << 20
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     cfg = load_config()
-    spec = DATASETS[cfg.data.dataset]
+    spec = load_spec(prepared_dir)
     class_names = spec.class_names
-    x_test, y_test = load_split(prepared_dir, "test", spec)
+    # Memory-mapped: the test set is predicted a window at a time, so its size is bounded by the disk only.
+    x_test, y_test = load_split(prepared_dir, "test", spec, mmap=True)
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
+    from mnist_pipeline.loop import predict_in_windows
     from mnist_pipeline.models import load_model
 
     model = load_model(model_path, spec)
-    probabilities = model.predict(x_test, batch_size=cfg.evaluate.batch_size, verbose=0)
+    window = PREDICT_WINDOW_BYTES // (x_test.dtype.itemsize * spec.n_pixels)
+    probabilities = predict_in_windows(model, len(y_test), lambda start, stop: read_rows(x_test, start, stop),
+                                       cfg.evaluate.batch_size, window)
     report, per_class, confusion = classification_report(probabilities, y_test, class_names)
     predicted = probabilities.argmax(axis=1)
 
@@ -48,7 +53,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
          for i in worst],
         f"{out_dir}/confident_mistakes.png",
         title=f"Most confidently wrong ({len(wrong)} mistakes in {len(y_test)})",
-        image_shape=spec.image_shape,
+        image_shape=spec.array_shape,
     )
     print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} "
           f"on {report['test_images']} images")

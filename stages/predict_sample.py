@@ -2,20 +2,19 @@
 
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
-from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import save_json
 from mnist_pipeline.plots import image_grid
-from mnist_pipeline.prepared import load_split
+from mnist_pipeline.prepared import load_spec, load_split, read_rows
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     cfg = load_config()
-    spec = DATASETS[cfg.data.dataset]
+    spec = load_spec(prepared_dir)
     class_names = spec.class_names
     start, count = cfg.predict.start, cfg.predict.count
-    x_test, y_test = load_split(prepared_dir, "test", spec)
-    images, labels = x_test[start : start + count], y_test[start : start + count]
+    x_test, y_test = load_split(prepared_dir, "test", spec, mmap=True)  # only the images shown are read
+    images, labels = read_rows(x_test, start, start + count), y_test[start : start + count]
     if len(labels) == 0:
         raise PipelineError(f"params.yaml: predict.start = {start}: expected less than the {len(y_test)} test images")
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
@@ -41,7 +40,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         [f"pred {r['predicted_name']} ({r['probability']:.0%})\ntrue {r['label_name']}" for r in rows],
         f"{out_dir}/predictions.png",
         title=f"Test images {start}-{start + len(rows) - 1}",
-        image_shape=spec.image_shape,
+        image_shape=spec.array_shape,
         colors=["green" if r["predicted"] == r["label"] else "red" for r in rows],
     )
     print("predict-sample: predicted", [r["predicted"] for r in rows], "true", [r["label"] for r in rows])

@@ -2,20 +2,25 @@
 
 from mnist_pipeline import progress
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import load_config
-from mnist_pipeline.data import load_raw, prepare
+from mnist_pipeline.config import FOLDER, load_config
+from mnist_pipeline.data import open_raw, prepared_spec, write_splits
 from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.prepared import SPLITS, save_split
+from mnist_pipeline.imagefolder import prepare_folder
+from mnist_pipeline.prepared import save_spec
 
 
 def main(raw_dir: str, prepared_dir: str) -> None:
     cfg = load_config()
-    raw = load_raw(raw_dir, DATASETS[cfg.data.dataset])
-    splits = prepare(raw, cfg.preprocess)
-    for split in SPLITS:
-        images, labels = splits[split]
-        path = save_split(prepared_dir, split, images, labels)
-        progress.say(f"preprocess: {split}: {len(labels)} images -> {path}")
+    if cfg.data.dataset == FOLDER:  # raw_dir is data.folder: the user's images, one subfolder per class
+        save_spec(prepared_dir, prepare_folder(raw_dir, prepared_dir, cfg.preprocess))
+        return
+    dataset = DATASETS[cfg.data.dataset]
+    spec = prepared_spec(dataset, cfg.preprocess)
+    # Raw images are read, scaled and written a chunk at a time: any size of data set fits in memory.
+    written = write_splits(open_raw(raw_dir, dataset), cfg.preprocess, prepared_dir, spec)
+    for split, (count, path) in written.items():
+        progress.say(f"preprocess: {split}: {count} images -> {path}")
+    save_spec(prepared_dir, spec)
 
 
 if __name__ == "__main__":

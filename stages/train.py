@@ -4,11 +4,10 @@
 from mnist_pipeline.checkpoint import Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
-from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.distribute import is_chief
 from mnist_pipeline.files import atomic_dir, save_json, sweep_leftovers
 from mnist_pipeline.plots import plot_training_curves
-from mnist_pipeline.prepared import load_split
+from mnist_pipeline.prepared import load_spec, load_split, nbytes
 from mnist_pipeline.progress import say
 from mnist_pipeline.unused_params import ignored_changes
 
@@ -19,9 +18,11 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", live_dir, summary_path)
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
         say(f"train: warning: {line}")
-    spec = DATASETS[cfg.data.dataset]
-    x_train, y_train = load_split(prepared_dir, "train", spec)
-    x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0)  # no validation is the default
+    spec = load_spec(prepared_dir)
+    # Past the memory budget the images stay on disk, memory-mapped, and training streams them.
+    mapped = nbytes(prepared_dir, "train", "val") > cfg.train.memory_budget_mb << 20
+    x_train, y_train = load_split(prepared_dir, "train", spec, mmap=mapped)
+    x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0, mmap=mapped)  # no validation is the default
     # Checkpoints are keyed by code, data and params: the data's part is hashed while TensorFlow loads.
     arrays = {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
     data_digest = digest_arrays_in_background(arrays) if cfg.train.checkpoint and is_chief() else None
@@ -36,7 +37,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
         return
     checkpoints = None
     if data_digest is not None:
-        sections = {"data": cfg.data, "model": cfg.model, "train": cfg.train}  # the params train declares
+        sections = {"model": cfg.model, "train": cfg.train}  # the params train declares
         checkpoints = Checkpoints.for_run(run_key(data_digest.result(), sections))
     with atomic_dir(live_dir) as live_tmp:
         model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_tmp, checkpoints)

@@ -19,8 +19,8 @@ import yaml
 from conftest import PROJECT_ROOT, TINY_PARAMS, set_dotted, subprocess_env
 from idxkit import encode_idx
 
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
-from mnist_pipeline.prepared import split_paths
+from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.prepared import idx_spec, save_spec, split_paths
 
 STAGE_ARGS = {
     "download": ("data/raw",),
@@ -116,6 +116,7 @@ def write_prepared(folder: Path, sizes: dict[str, int] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         np.save(x_path, rng.uniform(-0.5, 0.5, (count, 784)).astype(np.float32))
         np.save(y_path, labels_for(count))
+    save_spec(folder, idx_spec(DATASETS["mnist"]))
 
 
 def write_raw(folder: Path, train: int = 30, test: int = 10, train_labels: int | None = None) -> None:

@@ -14,9 +14,10 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.models import build_model, load_model, make_learning_rate, make_optimizer, save_model_deterministic
+from mnist_pipeline.prepared import idx_spec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MNIST = DATASETS["mnist"]
+MNIST = idx_spec(DATASETS["mnist"])
 N_TRAIN, N_TEST = 600, 300
 
 

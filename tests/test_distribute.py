@@ -134,7 +134,7 @@ labels = read_idx(mirror / "mnist" / "train-labels-idx1-ubyte.gz", "labels")[:N_
 x, y = scale_images(images, 255.0, 0.5), keras.utils.to_categorical(labels, 10)
 check_batch_size(GLOBAL_BATCH, strategy)
 with strategy.scope():
-    model = build_mlp([64, 64], "relu", 0.0, (28, 28), 10)
+    model = build_mlp([64, 64], "relu", 0.0, 784, 10)
     model.compile(optimizer=make_optimizer("adam", 1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
 history = model.fit(x, y, epochs=1, batch_size=GLOBAL_BATCH, verbose=0)
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"][-1]}), flush=True)
@@ -215,8 +215,9 @@ def test_two_workers_on_loopback_train_and_only_the_chief_saves(tmp_path: Path, 
     from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.idx import read_idx
     from mnist_pipeline.models import load_model
+    from mnist_pipeline.prepared import idx_spec
 
-    model = load_model(outs[0] / "model.keras", DATASETS["mnist"])
+    model = load_model(outs[0] / "model.keras", idx_spec(DATASETS["mnist"]))
     x_test = scale_images(read_idx(mirror_root / "mnist" / "t10k-images-idx3-ubyte.gz", "images")[:1000], 255.0, 0.5)
     y_test = read_idx(mirror_root / "mnist" / "t10k-labels-idx1-ubyte.gz", "labels")[:1000]
     accuracy = float((model.predict(x_test, verbose=0).argmax(axis=1) == y_test).mean())

@@ -21,8 +21,9 @@ from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.loop import batch_plan, fit_compiled
 from mnist_pipeline.models import build_cnn, build_mlp
+from mnist_pipeline.prepared import idx_spec
 
-MNIST = DATASETS["mnist"]
+MNIST = idx_spec(DATASETS["mnist"])
 N_TRAIN, N_VAL, BATCH, EPOCHS = 300, 100, 32, 2
 STEPS = EPOCHS * -(-N_TRAIN // BATCH)  # the partial batch is a step too
 
@@ -30,8 +31,8 @@ STEPS = EPOCHS * -(-N_TRAIN // BATCH)  # the partial batch is a step too
 # the gradients (its moving statistics), which the loop must update as fit does. Validation (in order,
 # with its own partial batch) is checked once, on the MLP: each traced function costs test time.
 CASES: dict[str, tuple[Callable[[], keras.Model], bool]] = {
-    "mlp-with-validation": (lambda: build_mlp([64, 64], "relu", 0.0, MNIST.image_shape, MNIST.n_classes), True),
-    "cnn-batch-norm": (lambda: build_cnn(MNIST.image_shape, MNIST.n_classes, [4], 3, 0, 0.0, True, "relu"), False),
+    "mlp-with-validation": (lambda: build_mlp([64, 64], "relu", 0.0, MNIST.n_pixels, MNIST.n_classes), True),
+    "cnn-batch-norm": (lambda: build_cnn(MNIST.array_shape, MNIST.n_classes, [4], 3, 0, 0.0, True, "relu"), False),
 }
 
 

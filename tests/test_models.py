@@ -25,10 +25,11 @@ from mnist_pipeline.models import (
     save_model_deterministic,
     save_weights,
 )
+from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.training import train_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MNIST = DATASETS["mnist"]
+MNIST = idx_spec(DATASETS["mnist"])
 IMAGE_SHAPE = MNIST.image_shape
 
 
@@ -162,7 +163,7 @@ SAVE_SCRIPT = """
 import sys, keras
 from mnist_pipeline.models import build_mlp, save_model_deterministic
 keras.utils.set_random_seed(0)
-save_model_deterministic(build_mlp([16], "relu", 0.1, (28, 28), 10), sys.argv[1])
+save_model_deterministic(build_mlp([16], "relu", 0.1, 784, 10), sys.argv[1])
 """
 
 
@@ -173,7 +174,7 @@ def test_model_file_is_identical_across_processes(tmp_path: Path) -> None:
                    capture_output=True, timeout=300)
     keras.utils.clear_session(free_memory=False)  # a fresh process's layer names, here
     keras.utils.set_random_seed(0)
-    save_model_deterministic(build_mlp([16], "relu", 0.1, (28, 28), 10), tmp_path / "b.keras")
+    save_model_deterministic(build_mlp([16], "relu", 0.1, 784, 10), tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     with zipfile.ZipFile(tmp_path / "a.keras") as archive:
         assert json.loads(archive.read("metadata.json"))["date_saved"] == "1980-01-01@00:00:00"

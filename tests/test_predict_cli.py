@@ -30,6 +30,7 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
+from mnist_pipeline.prepared import idx_spec
 
 N_IMAGES = 1000
 # Measured with this model on these 1,000 digits: 0.902 on the arrays; the variants ranged from
@@ -70,7 +71,7 @@ def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
     y_train = read_idx(mirror_root / "mnist" / TRAIN_LABELS, "labels")
     keras.utils.set_random_seed(0)
-    model = build_mlp([64, 64], "relu", 0.0, (28, 28), 10)
+    model = build_mlp([64, 64], "relu", 0.0, 784, 10)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     images, labels = mnist_test(mirror_root, N_IMAGES)
@@ -247,7 +248,7 @@ def test_load_model_says_what_the_path_is(tmp_path: Path, monkeypatch: pytest.Mo
     }
     for path, expected in cases.items():
         with pytest.raises(PipelineError) as raised:
-            load_model(path, DATASETS["mnist"])
+            load_model(path, idx_spec(DATASETS["mnist"]))
         assert str(raised.value) == expected
 
 

@@ -6,23 +6,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PROJECT_ROOT
 from idxkit import encode_idx
 
-from mnist_pipeline.config import PreprocessConfig
+from mnist_pipeline.config import PreprocessConfig, load_config
 from mnist_pipeline.data import load_raw, prepare, scale_images, stratified_split
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
+from mnist_pipeline.prepared import idx_spec
 
 NAMES = {"train_images": TRAIN_IMAGES, "train_labels": TRAIN_LABELS,
          "test_images": TEST_IMAGES, "test_labels": TEST_LABELS}
-MNIST = DATASETS["mnist"]
+MNIST = idx_spec(DATASETS["mnist"])
 
 
 def settings(val_size: int = 0, seed: int = 0, train_limit: int = 0, test_limit: int = 0,
              scale: float = 255.0, offset: float = 0.5) -> PreprocessConfig:
-    return PreprocessConfig(scale=scale, offset=offset, val_size=val_size, seed=seed,
-                            train_limit=train_limit, test_limit=test_limit)
+    return load_config(PROJECT_ROOT / "params.yaml").preprocess.model_copy(update={
+        "scale": scale, "offset": offset, "val_size": val_size, "seed": seed,
+        "train_limit": train_limit, "test_limit": test_limit})
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from PIL import Image
 
 from mnist_pipeline.datasets import DATASETS, raw_name
 from mnist_pipeline.models import load_model
+from mnist_pipeline.prepared import idx_spec
 
 STAGES = ["download", "preprocess", "train", "evaluate", "predict-sample"]
 TRAIN_N, TEST_N = TINY_PARAMS["preprocess.train_limit"], TINY_PARAMS["preprocess.test_limit"]
@@ -82,7 +83,7 @@ def test_prepared_arrays(project: Project, split: str, count: int) -> None:
 
 
 def test_model_files(project: Project) -> None:
-    model = load_model(project.path / "models" / "model.keras", DATASETS["mnist"])
+    model = load_model(project.path / "models" / "model.keras", idx_spec(DATASETS["mnist"]))
     assert model.output_shape == (None, 10)
     assert (project.path / "models" / "model.weights.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
     x = np.load(project.path / "data" / "prepared" / "x_test.npy")[:5]

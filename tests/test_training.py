@@ -20,9 +20,10 @@ from mnist_pipeline.config import Config, load_config, with_overrides
 from mnist_pipeline.data import prepare
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
+from mnist_pipeline.prepared import idx_spec
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
-MNIST = DATASETS["mnist"]
+MNIST = idx_spec(DATASETS["mnist"])
 # 1,000 images at batch 32 leave a partial last batch of 8: the tail path runs every epoch.
 N_TRAIN, N_VAL = 1000, 200
 
@@ -134,11 +135,13 @@ def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
     code = (
         "from pathlib import Path\n"
         "from mnist_pipeline.datasets import DATASETS\n"
+        "from mnist_pipeline.prepared import idx_spec\n"
         "from mnist_pipeline.training import train_model\n"
         "from tests.test_training import config_with, mirror_splits\n"
         f"s = mirror_splits(Path({str(mirror_root)!r}), 500, 100)\n"
         "c = config_with({'train.epochs': 3})\n"
-        f"train_model(c.model, c.train, DATASETS['mnist'], *s['train'], *s['val'], Path({str(tmp_path / 'live')!r}))\n"
+        "spec = idx_spec(DATASETS['mnist'])\n"
+        f"train_model(c.model, c.train, spec, *s['train'], *s['val'], Path({str(tmp_path / 'live')!r}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=subprocess_env(),
                             capture_output=True, text=True, timeout=300)
