@@ -24,9 +24,9 @@ empty class) always stop it. Exact duplicates across splits are reported, not re
 keep is the user's call, and removing one would make a file's split depend on other files.
 
 Two passes keep memory at one chunk whatever the folder's size: the first reads, hashes and decodes
-every file once into a temporary uint8 file beside the outputs (a quarter of the float32 output's
-size); the second, knowing how many images each split really holds, scales them chunk by chunk
-into `split_writer`.
+every file once into an unnamed temporary uint8 file beside the outputs (a quarter of the float32
+output's size; the system removes it however the process ends); the second, knowing how many images
+each split really holds once bad files are left out, scales them chunk by chunk into `split_writer`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from mnist_pipeline.config import PreprocessConfig
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_open, sweep_leftovers
+from mnist_pipeline.files import atomic_open
 from mnist_pipeline.imageprep import file_kind
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
 
@@ -63,8 +63,6 @@ CHUNK = 4096
 # Files named in the skip summary and duplicate groups in the duplicates warning before "and N more".
 SHOWN = 10
 SHOWN_DUPLICATES = 5
-# The decoded uint8 pixels between the two passes, beside the outputs; a killed run's copy is swept.
-DECODED = "decoded.u8"
 HASH_BLOCK = 1 << 20
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
@@ -384,6 +382,54 @@ def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, s
     return path
 
 
+def _park(decoded: BinaryIO, chunk: list[np.ndarray], prepared: Path) -> None:
+    """Append decoded images to the temporary file; a full disk names the folder, not just errno."""
+    try:
+        decoded.write(np.stack(chunk).tobytes())
+    except OSError as e:
+        raise PipelineError(f"{prepared}: cannot write the decoded images ({e.strerror or e})") from None
+
+
+@dataclass
+class Decoded:
+    """What pass 1 learned: the files kept per split (in the temporary file's order), manifest rows,
+    and which files share each content hash."""
+
+    kept: dict[str, list[Entry]] = field(default_factory=lambda: {split: [] for split in SPLITS})
+    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: PreprocessConfig, bad: BadFiles,
+               decoded: BinaryIO, prepared: Path) -> Decoded:
+    """Pass 1: each file read once, hashed and decoded; its pixels appended to `decoded` in split order."""
+    found = Decoded()
+    chunk: list[np.ndarray] = []
+    total = sum(len(entries) for entries in by_split.values())
+    with progress.bar(total, "preprocess: reading images", unit="img") as bar, _own_pixel_limit():
+        for split in SPLITS:
+            for entry in by_split[split]:
+                try:
+                    sha, pixels = _read(entry, cfg)
+                except BadImage as problem:
+                    bad.add(entry.rel, problem)
+                    found.rows.append((entry.rel, classes[entry.label], SKIPPED, "", ""))
+                else:
+                    found.rows.append((entry.rel, classes[entry.label], split, str(len(found.kept[split])), sha))
+                    found.hashes.setdefault(sha, []).append((entry.rel, split))
+                    found.kept[split].append(entry)
+                    chunk.append(pixels)
+                    if len(chunk) == CHUNK:
+                        _park(decoded, chunk, prepared)
+                        chunk = []
+                bar.update()
+    if chunk:
+        _park(decoded, chunk, prepared)
+    listed = {row[0] for row in found.rows}
+    found.rows.extend((rel, _class_of(rel, classes), SKIPPED, "", "") for rel, _ in bad.found if rel not in listed)
+    return found
+
+
 def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> PreparedSpec:
     """Scan, split, decode and write a folder data set; returns what the prepared arrays hold."""
     root = str(root)
@@ -397,54 +443,26 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
                 for split in SPLITS}
     prepared = Path(prepared_dir)
     prepared.mkdir(parents=True, exist_ok=True)
-    sweep_leftovers(prepared / DECODED)
-    kept: dict[str, list[Entry]] = {split: [] for split in SPLITS}
-    hashes: dict[str, list[tuple[str, str]]] = {}
-    rows: list[tuple[str, str, str, str, str]] = []
-    with tempfile.TemporaryFile(dir=prepared, prefix=".tmp-", suffix=f"-{DECODED}") as decoded, \
-            _own_pixel_limit():
-        # Pass 1: each file read once; its pixels go to the temporary file in split order.
-        chunk: list[np.ndarray] = []
-        with progress.bar(len(entries), "preprocess: reading images", unit="img") as bar:
-            for split in SPLITS:
-                for entry in by_split[split]:
-                    try:
-                        sha, pixels = _read(entry, cfg)
-                    except BadImage as problem:
-                        bad.add(entry.rel, problem)
-                        rows.append((entry.rel, classes[entry.label], SKIPPED, "", ""))
-                    else:
-                        rows.append((entry.rel, classes[entry.label], split, str(len(kept[split])), sha))
-                        hashes.setdefault(sha, []).append((entry.rel, split))
-                        kept[split].append(entry)
-                        chunk.append(pixels)
-                        if len(chunk) == CHUNK:
-                            decoded.write(np.stack(chunk).tobytes())
-                            chunk = []
-                    bar.update()
-        if chunk:
-            decoded.write(np.stack(chunk).tobytes())
-        listed = {row[0] for row in rows}
-        rows.extend((rel, _class_of(rel, classes), SKIPPED, "", "") for rel, _ in bad.found if rel not in listed)
+    with tempfile.TemporaryFile(dir=prepared, prefix=".tmp-decoded-") as decoded:
+        found = decode_all(by_split, classes, cfg, bad, decoded, prepared)
         summary = bad.summary()
         if summary:
             progress.say(summary)
         after = " after skipping unreadable files" if bad.found else ""
-        check_splits(root, classes, [(e.label, s) for s in SPLITS for e in kept[s]], cfg, after)
-        warning = _duplicates_warning(hashes)
+        check_splits(root, classes, [(e.label, s) for s in SPLITS for e in found.kept[s]], cfg, after)
+        warning = _duplicates_warning(found.hashes)
         if warning:
             progress.say(warning)
         # Pass 2: the pixels back, a chunk at a time, scaled and streamed into each split's arrays.
         decoded.seek(0)
-        image_bytes = spec.n_pixels
         for split in SPLITS:
-            labels = np.array([e.label for e in kept[split]], dtype=np.int64)
+            labels = np.array([e.label for e in found.kept[split]], dtype=np.int64)
             with split_writer(prepared, split, len(labels), spec) as writer:
                 for start in range(0, len(labels), CHUNK):
                     count = min(CHUNK, len(labels) - start)
-                    raw = np.frombuffer(decoded.read(count * image_bytes), dtype=np.uint8)
-                    writer.write(scale_images(raw.reshape(count, image_bytes), cfg.scale, cfg.offset),
+                    raw = np.frombuffer(decoded.read(count * spec.n_pixels), dtype=np.uint8)
+                    writer.write(scale_images(raw.reshape(count, spec.n_pixels), cfg.scale, cfg.offset),
                                  labels[start : start + count])
             progress.say(f"preprocess: {split}: {len(labels)} images -> {split_paths(prepared, split)[0]}")
-    write_manifest(prepared, rows)
+    write_manifest(prepared, found.rows)
     return spec

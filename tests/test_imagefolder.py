@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -537,15 +538,46 @@ def test_stage_prepares_a_folder_and_describes_it(tmp_path: Path, digits) -> Non
     assert '"class_names": [\n    "0",\n    "1",\n    "2"\n  ]' in spec_path(prepared).read_text()
 
 
+def _outside_link(root: Path, digit: np.ndarray) -> None:
+    Image.fromarray(digit).save(root.parent / "secret.png")
+    (root / "0" / "link.png").symlink_to(root.parent / "secret.png")
+
+
+def _non_utf8_name(root: Path, digit: np.ndarray) -> None:
+    try:
+        Path(os.fsdecode(os.path.join(os.fsencode(root / "0"), b"caf\xe9.png"))).write_bytes(encoded(digit, "PNG"))
+    except OSError as e:
+        pytest.skip(f"this file system refuses names that are not UTF-8 ({e})")
+
+
+def _one_class(root: Path, digit: np.ndarray) -> None:
+    for name in ("1", "2"):
+        shutil.rmtree(root / name)
+
+
 STAGE_FAULTS = {
     "truncated image": (lambda root, d: (root / "0" / "bad.png").write_bytes(truncated(encoded(d, "PNG"))),
-                        "error: images/0/bad.png: truncated image ("),
+                        "error: images/0/bad.png: truncated image (image file is truncated): fix or remove it, or "
+                        "set preprocess.bad_images: skip to leave such files out"),
+    "truncated JPEG": (lambda root, d: (root / "2" / "photo.jpg").write_bytes(truncated(encoded(d, "JPEG"))),
+                       "error: images/2/photo.jpg: truncated image (image file is truncated (19 bytes not "
+                       "processed)): fix or remove it, or set preprocess.bad_images: skip to leave such files out"),
+    "link leaving the folder": (_outside_link, "error: images/0/link.png: link leaving the folder (it points to "),
+    "name not UTF-8": (_non_utf8_name, "error: images/0/caf\\xe9.png: name not UTF-8 (file names must be UTF-8 "
+                       "text to be listed in the manifest): fix or remove it, or set preprocess.bad_images: skip to "
+                       "leave such files out"),
+    "file outside the class folders": (lambda root, d: (root / "README.txt").write_text("my digits"),
+                                       "error: images/README.txt: not in a class folder (expected every image "
+                                       "inside a subfolder named after its class): fix or remove it, or set "
+                                       "preprocess.bad_images: skip to leave such files out"),
+    "a single class": (_one_class, "error: images: only one class folder (0): expected at least 2 classes to tell "
+                       "apart"),
     "not an image": (lambda root, d: (root / "1" / "notes.txt").write_text("notes"),
                      "error: images/1/notes.txt: not an image (expected PNG, JPEG, BMP, TIFF or GIF): fix or "
                      "remove it, or set preprocess.bad_images: skip to leave such files out"),
     "pixel bomb": (lambda root, d: (root / "0" / "bomb.png").write_bytes(bomb_png(50_000, 50_000)),
                    "error: images/0/bomb.png: too many pixels (50000x50000, over preprocess.max_image_pixels = "
-                   "40,000,000): fix or remove it"),
+                   "40,000,000): fix or remove it, or set preprocess.bad_images: skip to leave such files out"),
     "empty class": (lambda root, d: (root / "7").mkdir(),
                     "error: images/7: empty class folder: expected at least one image (remove the folder to drop "
                     "the class)"),
@@ -569,3 +601,18 @@ def test_stage_on_the_download_folder_says_to_set_data_folder(tmp_path: Path) ->
     line = error_line(_stage(tmp_path, "data/raw"))
     assert line == ("error: data/raw: holds the download stage's IDX files (mnist/), not images in class folders: "
                     "with data.dataset: folder, set data.folder to your images folder")
+
+
+def test_stage_skips_bad_files_with_one_summary_line(tmp_path: Path, digits) -> None:
+    root = tmp_path / "project" / "images"
+    write_digits(root, digits, count=30)
+    (root / "0" / "bad.png").write_bytes(truncated(encoded(digits[0][0], "PNG")))
+    (root / "1" / "notes.txt").write_text("notes")
+    project = stage_dir(tmp_path / "project", params={"data.dataset": "folder", "data.folder": "images",
+                                                       "preprocess.bad_images": "skip"})
+    result = subprocess.run([sys.executable, "-m", "stages.preprocess", "images", "data/prepared"],
+                            cwd=project.path, env=project.env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("preprocess: skipped")]
+    assert skipped == ["preprocess: skipped 2 files in images (preprocess.bad_images: skip; listed in manifest.csv): "
+                       "0/bad.png (truncated image), 1/notes.txt (not an image)"]
