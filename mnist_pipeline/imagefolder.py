@@ -35,6 +35,7 @@ import contextlib
 import csv
 import hashlib
 import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -51,7 +52,6 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_open
-from mnist_pipeline.imageprep import file_kind
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
 
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
@@ -140,6 +140,14 @@ def split_of(key: float, cfg: PreprocessConfig) -> str:
     if key < cfg.test_fraction + cfg.val_fraction:
         return "val"
     return "train"
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is: 'a FIFO', 'a socket', ... (here, not imported from the picture
+    preparation of mnist-predict, so editing that module does not rerun preprocess)."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file or folder")
 
 
 def _inside(path: str, real_root: str) -> bool:
@@ -336,7 +344,7 @@ def decode(f: BinaryIO, cfg: PreprocessConfig) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _own_pixel_limit() -> Iterator[None]:
+def pixel_limit() -> Iterator[None]:
     """Pillow's fixed bomb limit off: `decode` checks preprocess.max_image_pixels from the header instead,
     right after the header is read and before any pixel is decoded, whether the limit is above or below
     Pillow's."""
@@ -406,7 +414,7 @@ def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: Prepro
     found = Decoded()
     chunk: list[np.ndarray] = []
     total = sum(len(entries) for entries in by_split.values())
-    with progress.bar(total, "preprocess: reading images", unit="img") as bar, _own_pixel_limit():
+    with progress.bar(total, "preprocess: reading images", unit="img") as bar, pixel_limit():
         for split in SPLITS:
             for entry in by_split[split]:
                 try:
