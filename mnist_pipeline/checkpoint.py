@@ -39,6 +39,7 @@ import numpy as np
 
 from mnist_pipeline import progress
 from mnist_pipeline.files import atomic_path, sweep_leftovers
+from mnist_pipeline.prepared import check_rows, read_rows
 
 CHECKPOINT_DIR = Path(".cache") / "train-checkpoints"
 FORMAT = 1
@@ -61,12 +62,18 @@ class DamagedCheckpoint(Exception):
 
 
 def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
-    """sha256 over each array's name, dtype, shape and bytes: the content of the .npy files loaded."""
+    """sha256 over each array's name, dtype, shape and bytes: the content of the .npy files loaded.
+
+    A memory-mapped split is read a chunk at a time (`read_rows`): the same digest, in bounded memory."""
     digest = hashlib.sha256()
     for name, array in arrays.items():
-        array = np.ascontiguousarray(array)
         digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
-        digest.update(array.data)
+        if isinstance(array, np.memmap) and array.ndim:
+            step = check_rows(array)
+            for start in range(0, len(array), step):
+                digest.update(read_rows(array, start, start + step).data)
+        else:
+            digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
 
 

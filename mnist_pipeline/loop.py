@@ -461,13 +461,3 @@ def fit_streamed(
 
     return _run_epochs(model, train_one, validate, epochs, callbacks, initial_epoch)
 
-
-def predict_in_windows(
-    model: keras.Model, n: int, read: Callable[[int, int], np.ndarray], batch_size: int, window_rows: int
-) -> np.ndarray:
-    """`model.predict` over N images read `window_rows` at a time (rounded to whole batches, so the batches,
-    and the predictions, are those of one predict over all of them): memory for one window, not the data set."""
-    span = max(batch_size, window_rows // batch_size * batch_size)
-    parts = [model.predict(read(start, min(n, start + span)), batch_size=batch_size, verbose=0)
-             for start in range(0, n, span)]
-    return np.concatenate(parts) if parts else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -9,11 +9,9 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.files import atomic_open, save_json
 from mnist_pipeline.metrics import classification_report
 from mnist_pipeline.plots import image_grid, plot_confusion
-from mnist_pipeline.prepared import load_spec, load_split, read_rows
+from mnist_pipeline.prepared import load_spec, load_split
 
 WRONG_SHOWN = 15
-# Test images predicted per model.predict call: memory for this many bytes of images, whatever the test set's size.
-PREDICT_WINDOW_BYTES = 64 << 20
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
@@ -24,13 +22,10 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     x_test, y_test = load_split(prepared_dir, "test", spec, mmap=True)
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
-    from mnist_pipeline.loop import predict_in_windows
-    from mnist_pipeline.models import load_model
+    from mnist_pipeline.models import load_model, predict_in_windows
 
     model = load_model(model_path, spec)
-    window = PREDICT_WINDOW_BYTES // (x_test.dtype.itemsize * spec.n_pixels)
-    probabilities = predict_in_windows(model, len(y_test), lambda start, stop: read_rows(x_test, start, stop),
-                                       cfg.evaluate.batch_size, window)
+    probabilities = predict_in_windows(model, x_test, cfg.evaluate.batch_size)
     report, per_class, confusion = classification_report(probabilities, y_test, class_names)
     predicted = probabilities.argmax(axis=1)
 
