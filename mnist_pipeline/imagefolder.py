@@ -209,12 +209,11 @@ def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad
         if not is_utf8(entry.name):
             bad.add(here, BadImage("name not UTF-8", "file names must be UTF-8 text to be listed in the manifest"))
             continue
-        real = os.path.realpath(entry.path)
-        if entry.is_symlink() and not _inside(real, real_root):
+        if entry.is_symlink() and not _inside(real := os.path.realpath(entry.path), real_root):
             bad.add(here, BadImage("link leaving the folder", f"it points to {real}, outside {root}"))
             continue
         if entry.is_dir():
-            if real in ancestors:
+            if (real := os.path.realpath(entry.path)) in ancestors:
                 bad.add(here, BadImage("link loop", "a link to a folder that contains it"))
                 continue
             yield from _files(entry.path, here, real_root, ancestors | {real}, bad, root)
@@ -305,6 +304,8 @@ def _eight_bit(image: Image.Image) -> np.ndarray:
 def _fitted(pixels: np.ndarray, size: int, rgb: bool) -> np.ndarray:
     """uint8 (size, size) or (size, size, 3): the colour asked for, stretched square when not already."""
     mode = "RGB" if pixels.ndim == 3 else "L"
+    if pixels.shape[:2] == (size, size) and (mode == "RGB") == rgb:
+        return pixels  # already what was asked for: the pixels as they are
     image = Image.fromarray(pixels, mode)
     if rgb and mode == "L":
         image = image.convert("RGB")
@@ -332,8 +333,8 @@ def decode(f: BinaryIO, cfg: PreprocessConfig) -> np.ndarray:
                            f"{cfg.max_image_pixels:,}")
         try:
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            pixels = _eight_bit(upright)
+            ImageOps.exif_transpose(image, in_place=True)  # a camera's orientation tag, as viewers apply it
+            pixels = _eight_bit(image)
         except BadImage:
             raise
         except Exception as e:  # truncated or corrupt data after a valid header

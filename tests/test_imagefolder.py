@@ -616,3 +616,12 @@ def test_stage_skips_bad_files_with_one_summary_line(tmp_path: Path, digits) -> 
     skipped = [line for line in result.stderr.splitlines() if line.startswith("preprocess: skipped")]
     assert skipped == ["preprocess: skipped 2 files in images (preprocess.bad_images: skip; listed in manifest.csv): "
                        "0/bad.png (truncated image), 1/notes.txt (not an image)"]
+
+
+def test_camera_orientation_tag_is_applied(digits) -> None:
+    digit = digits[0][0]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the file holds the digit turned the other way
+    out = io.BytesIO()
+    Image.fromarray(np.rot90(digit)).save(out, format="PNG", exif=exif)
+    np.testing.assert_array_equal(decode(io.BytesIO(out.getvalue()), preprocess_cfg()), digit)
