@@ -55,9 +55,10 @@ def parse_args() -> argparse.Namespace:
 
 def tune(a: argparse.Namespace) -> None:
     cfg = with_overrides(load_config(), dict(parse_override(o) for o in a.overrides), "-S overrides")
-    spec = idx_spec(DATASETS[cfg.data.dataset])
+    dataset = DATASETS[cfg.data.dataset]
+    spec = idx_spec(dataset)
     pre = cfg.preprocess
-    folder = Path(os.environ.get("DATASET_MIRROR", "../shared/datasets")) / spec.mirror_dir
+    folder = Path(os.environ.get("DATASET_MIRROR", "../shared/datasets")) / dataset.mirror_dir
     x, y = read_idx(folder / TRAIN_IMAGES, "images"), read_idx(folder / TRAIN_LABELS, "labels")
     if pre.train_limit:
         x, y = x[: pre.train_limit], y[: pre.train_limit]
