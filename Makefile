@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m stages.<name>`: put the venv first on PATH so dvc finds its python.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)"
 
-.PHONY: setup repro test lint bench
+.PHONY: setup repro test lint bench bench-scale
 
 setup: $(STAMP)
 
@@ -28,3 +28,7 @@ lint: setup
 
 bench: setup
 	$(RUN) python benchmarks/train_speed.py
+
+# Each stage at 60,000 and 600,000 images (minutes); rewrites the output block of docs/data-scale.md.
+bench-scale: setup
+	$(RUN) python benchmarks/data_scale.py --doc docs/data-scale.md
