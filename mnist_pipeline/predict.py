@@ -1,7 +1,9 @@
 """Classify your own digit pictures with the trained model: `mnist-predict my_digit.png`.
 
 Every picture is prepared as MNIST was (imageprep.py) and scaled as preprocess scales the data
-set, so the model sees what it was trained on. Bad input is reported before TensorFlow loads: one
+set, so the model sees what it was trained on. A model trained on a folder of your own images
+(`data.dataset: folder`) gets each picture read as preprocess read the folder (its size and colour),
+and its class names from `data/prepared.json`. Bad input is reported before TensorFlow loads: one
 `error:` line per bad picture, the others still classified, and exit status 2 at the end.
 """
 
@@ -16,6 +18,7 @@ import os
 import stat
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +26,17 @@ import numpy as np
 from PIL import Image
 
 from mnist_pipeline.cli import EXIT_FAULT, fail, one_line, run_command
-from mnist_pipeline.config import PreprocessConfig, load_config
+from mnist_pipeline.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.imageprep import expand_paths, file_kind, prepare_with_warnings, read_image
-from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 
 DEFAULT_MODEL = "models/model.keras"
 DEFAULT_PARAMS = "params.yaml"
+# Where preprocess writes the prepared data's description, relative to the project (dvc.yaml's argument).
+PREPARED_DIR = "data/prepared"
 # What preprocess uses by default (the tutorial's x/255 - 0.5), for use outside a project.
 DEFAULT_SCALE, DEFAULT_OFFSET = 255.0, 0.5
 # Larger pictures are refused from their header (a PNG) or decoded at 1/2, 1/4 or 1/8 of their size
@@ -58,17 +63,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def settings(params_path: str | None, dataset: str | None) -> tuple[str, float, float]:
-    """Dataset name and preprocess scaling: the project's params, else the tutorial's defaults.
+@dataclass(frozen=True)
+class Settings:
+    """How pictures become the model's input, and what its outputs are called."""
+
+    dataset: str
+    spec: PreparedSpec
+    scale: float
+    offset: float
+    folder: PreprocessConfig | None  # a folder model's preprocess params: pictures are read as its images were
+
+
+def settings(params_path: str | None, dataset: str | None) -> Settings:
+    """Dataset, classes and preprocess scaling: the project's params, else the tutorial's defaults.
 
     Only the default params.yaml may be absent: a path the user gave must exist, or a Fashion-MNIST
     model would silently get MNIST's class names.
     """
     if params_path is None and not Path(DEFAULT_PARAMS).exists():
-        return dataset or "mnist", DEFAULT_SCALE, DEFAULT_OFFSET
-    cfg = load_config(params_path or DEFAULT_PARAMS)
+        name = dataset or "mnist"
+        return Settings(name, idx_spec(DATASETS[name]), DEFAULT_SCALE, DEFAULT_OFFSET, None)
+    path = Path(params_path or DEFAULT_PARAMS)
+    cfg = load_config(path)
     preprocess: PreprocessConfig = cfg.preprocess
-    return dataset or cfg.data.dataset, preprocess.scale, preprocess.offset
+    name = dataset or cfg.data.dataset
+    if name == FOLDER:
+        spec = load_spec(path.parent / PREPARED_DIR)
+        return Settings(name, spec, preprocess.scale, preprocess.offset, preprocess)
+    return Settings(name, idx_spec(DATASETS[name]), preprocess.scale, preprocess.offset, None)
 
 
 def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[str, ...], top: int) -> list[dict]:
@@ -112,7 +134,22 @@ def prepare_picture(source: str | os.PathLike[str] | io.BytesIO, name: str) -> t
     return prepare_with_warnings(read_image(source, name, max_pixels=MAX_PIXELS, shrink_jpeg=True), name)
 
 
-def prepare_images(given: list[str]) -> tuple[list[Path], list[np.ndarray], list[dict[str, str]]]:
+def prepare_folder_picture(path: Path, cfg: PreprocessConfig) -> np.ndarray:
+    """A picture for a folder model: decoded, coloured and sized exactly as preprocess read the folder."""
+    from mnist_pipeline.imagefolder import BadImage, decode, pixel_limit
+
+    try:
+        with open(path, "rb") as f, pixel_limit():
+            return decode(f, cfg)
+    except BadImage as e:
+        raise PipelineError(f"{path}: {e}") from None
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read ({(e.strerror or str(e)).lower()})") from None
+
+
+def prepare_images(
+    given: list[str], folder: PreprocessConfig | None = None
+) -> tuple[list[Path], list[np.ndarray], list[dict[str, str]]]:
     """Every picture the arguments name, prepared; a bad one is reported on stderr and skipped.
 
     Returns the files that prepared, their images, and one {"file", "error"} per argument or file that
@@ -130,7 +167,10 @@ def prepare_images(given: list[str]) -> tuple[list[Path], list[np.ndarray], list
             continue
         for file in found:
             try:
-                image, doubts = prepare_picture(file, str(file))
+                if folder is None:
+                    image, doubts = prepare_picture(file, str(file))
+                else:
+                    image, doubts = prepare_folder_picture(file, folder), []
             except PipelineError as e:
                 fail(e)
                 errors.append({"file": str(file), "error": one_line(e)})
@@ -144,17 +184,18 @@ def prepare_images(given: list[str]) -> tuple[list[Path], list[np.ndarray], list
 
 def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
     """Predictions for the pictures that could be prepared, and the errors of those that could not."""
-    dataset, scale, offset = settings(args.params, args.dataset)
+    how = settings(args.params, args.dataset)
     check_model_file(args.model)
-    files, images, errors = prepare_images(args.images)
+    files, images, errors = prepare_images(args.images, how.folder)
     if not files:
         return [], errors
     # Imported here: TensorFlow takes seconds to load, and bad input should not wait for it.
     from mnist_pipeline.models import load_model
 
-    model = load_model(args.model, idx_spec(DATASETS[dataset]))
-    probabilities = model.predict(scale_images(np.stack(images), scale, offset), verbose=0)
-    return classify(probabilities, files, DATASETS[dataset].class_names, args.top), errors
+    model = load_model(args.model, how.spec)
+    probabilities = model.predict(scale_images(np.stack(images), how.scale, how.offset), verbose=0)
+    top = min(args.top, how.spec.n_classes)
+    return classify(probabilities, files, how.spec.class_names, top), errors
 
 
 def write_stdout(text: str) -> None:

@@ -445,7 +445,12 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(args: argparse.Namespace) -> None:
-    dataset, scale, offset = settings(args.params, None)
+    how = settings(args.params, None)
+    dataset, scale, offset = how.dataset, how.scale, how.offset
+    if how.folder is not None:
+        raise PipelineError(f"{args.params or DEFAULT_PARAMS}: data.dataset = folder: mnist-serve's page draws digits "
+                            "for an MNIST or Fashion-MNIST model; classify pictures for a folder model with "
+                            "mnist-predict PICTURE...")
     params_file = Path(args.params or DEFAULT_PARAMS)
     model_path = Path(args.model)
     if not model_path.is_file():

@@ -1,11 +1,14 @@
-"""Stage preprocess: raw IDX -> flattened float32 arrays scaled as the tutorial does, plus a validation split."""
+"""Stage preprocess: raw IDX files, or a folder of your own images, -> flattened float32 arrays scaled as
+the tutorial does, split into train, validation and test, and described in data/prepared.json."""
+
+from pathlib import Path
 
 from mnist_pipeline import progress
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import FOLDER, load_config
 from mnist_pipeline.data import open_raw, prepared_spec, write_splits
 from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.imagefolder import prepare_folder
+from mnist_pipeline.imagefolder import MANIFEST, prepare_folder
 from mnist_pipeline.prepared import save_spec
 
 
@@ -21,6 +24,8 @@ def main(raw_dir: str, prepared_dir: str) -> None:
     for split, (count, path) in written.items():
         progress.say(f"preprocess: {split}: {count} images -> {path}")
     save_spec(prepared_dir, spec)
+    # The folder is kept between runs (persist): a manifest of an earlier folder run is not this data's.
+    (Path(prepared_dir) / MANIFEST).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
