@@ -21,7 +21,7 @@ SHIPPED = available()
 
 
 def test_the_documented_presets_ship() -> None:
-    assert {"cnn", "mlp-512", "fashion-mlp", "fashion-cnn"} <= set(SHIPPED)
+    assert {"cnn", "cnn-fast", "mlp-512", "fashion-mlp", "fashion-cnn"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -46,9 +46,10 @@ def presets_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
-def test_cli_prints_the_arguments_and_lists_presets() -> None:
-    one = presets_cli("cnn")
-    assert one.returncode == 0 and one.stdout.split() == set_args(load_preset("cnn", params=PARAMS))
+@pytest.mark.parametrize("name", ["cnn", "cnn-fast"])
+def test_cli_prints_the_arguments_and_lists_presets(name: str) -> None:
+    one = presets_cli(name)
+    assert one.returncode == 0 and one.stdout.split() == set_args(load_preset(name, params=PARAMS))
     listed = presets_cli()
     assert listed.returncode == 0
     assert [line.split(":")[0] for line in listed.stdout.splitlines()] == SHIPPED
