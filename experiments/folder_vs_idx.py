@@ -14,12 +14,18 @@ Run it from the root of a clone, never in the main checkout (it writes params.ya
     DATASET_MIRROR=/abs/path/to/datasets .venv/bin/python experiments/folder_vs_idx.py
 
 Each run's accuracy is printed as it finishes and appended to `folder_vs_idx.jsonl` in the working
-folder; the table at the end gives each path's mean and spread, and the difference of the means.
+folder (runs already there are not repeated; `--split-seeds 0 1 2` adds the folder path on two more
+hashed splits, to see how much the choice of held-out images moves the mean); the table at the end
+gives each path's mean and spread, and the difference of the means.
+Before it, one line says whether every row the folder path prepared equals its source IDX image scaled
+the IDX path's way (the exported names carry the IDX split and index): then the two paths differ only in
+which images they hold out for testing.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import statistics
@@ -29,7 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from mnist_pipeline.data import load_raw, scale_images
+from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.prepared import load_spec, load_split
 
 IMAGES = "data/images"
 RESULTS = Path("folder_vs_idx.jsonl")
@@ -56,64 +67,119 @@ def set_params(base: dict[str, Any], overrides: dict[str, Any]) -> None:
     Path("params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
 
 
-def run(seeds: list[int]) -> list[dict[str, Any]]:
+def arms(split_seeds: list[int]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(path, split seed, params) of each set of runs: the IDX path's one split, the folder path's hashed ones."""
+    found = [("idx", 0, PATHS["idx"])]
+    found += [("folder", p, {**PATHS["folder"], "preprocess.seed": p}) for p in split_seeds]
+    return found
+
+
+def done() -> list[dict[str, Any]]:
+    if not RESULTS.exists():
+        return []
+    return [{"split_seed": 0, **json.loads(line)} for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def run(seeds: list[int], split_seeds: list[int]) -> list[dict[str, Any]]:
+    """Every (path, split seed, train seed) not yet in the results file, appended to it as it finishes."""
     base = yaml.safe_load(Path("params.yaml").read_text())
-    results = []
+    finished = {(r["path"], r["split_seed"], r["seed"]) for r in done()}
     try:
         if not Path(IMAGES).is_dir():
             set_params(base, PATHS["idx"])
             python("-m", "stages.download", "data/raw")
             python("-m", "mnist_pipeline.export_folder", "--dataset", "mnist", "--split", "all", "--out", IMAGES)
-        for name, overrides in PATHS.items():
-            prepared = f"data/prepared-{name}"
+        for name, split_seed, overrides in arms(split_seeds):
+            todo = [seed for seed in seeds if (name, split_seed, seed) not in finished]
+            if not todo:
+                continue
+            prepared = f"data/prepared-{name}" + (f"-p{split_seed}" if split_seed else "")
             set_params(base, overrides)
             python("-m", "stages.preprocess", overrides["data.folder"], prepared)
-            for seed in seeds:
+            for seed in todo:
                 set_params(base, {**overrides, "train.seed": seed})
-                run_dir = Path(f"runs/{name}-s{seed}")
+                run_dir = Path(f"runs/{Path(prepared).name.removeprefix('prepared-')}-s{seed}")
                 shutil.rmtree(run_dir, ignore_errors=True)
                 python("-m", "stages.train", prepared, str(run_dir / "models"), str(run_dir / "train"),
                        str(run_dir / "train.json"))
                 python("-m", "stages.evaluate", str(run_dir / "models/model.keras"), prepared, str(run_dir))
                 report = json.loads((run_dir / "evaluate.json").read_text())
-                row = {"path": name, "seed": seed, "accuracy": report["accuracy"],
+                row = {"path": name, "split_seed": split_seed, "seed": seed, "accuracy": report["accuracy"],
                        "test_images": report["test_images"]}
                 print(json.dumps(row), flush=True)
                 with RESULTS.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                results.append(row)
     finally:
         Path("params.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
-    return results
+    return done()
+
+
+def same_pixels(prepared: str = "data/prepared-folder", raw: str = "data/raw") -> str:
+    """Whether every row the folder path prepared is its source IDX image, scaled as the IDX path scales it.
+
+    The manifest names each file's split and row; the exported file's name names its IDX split and index.
+    Equal rows mean the two paths differ only in which images are held out for testing.
+    """
+    cfg = yaml.safe_load(Path("params.yaml").read_text())["preprocess"]
+    idx = load_raw(raw, DATASETS["mnist"])
+    spec = load_spec(prepared)
+    with open(f"{prepared}/manifest.csv", encoding="utf-8", newline="") as f:
+        manifest = list(csv.DictReader(f))
+    checked = mismatched = 0
+    for split in ("train", "val", "test"):
+        rows = [r for r in manifest if r["split"] == split]
+        if not rows:
+            continue
+        x, y = load_split(prepared, split, spec)
+        for row in rows:
+            source, index = Path(row["path"]).stem.split("-")
+            expected = scale_images(idx[f"{source}_images"][int(index)][None], cfg["scale"], cfg["offset"])[0]
+            i = int(row["index"])
+            label_ok = spec.class_names[y[i]] == str(idx[f"{source}_labels"][int(index)])
+            mismatched += not (label_ok and np.array_equal(x[i], expected))
+            checked += 1
+    return f"{checked:,} prepared rows of the folder path checked against the IDX pixels: {mismatched} differ"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| path | test images | accuracy per seed | mean | spread (max - min) |",
-             "| --- | --- | --- | --- | --- |"]
+    """One line per (path, split seed), one per path over all its runs, then the difference of the means."""
+    lines = ["| path | split | test images | accuracy per train.seed 0, 1, ... | mean | spread (max - min) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+
+    def line(name: str, split: str, own: list[dict[str, Any]]) -> float:
+        accuracies = [r["accuracy"] for r in own]
+        images = sorted({r["test_images"] for r in own})
+        mean = statistics.mean(accuracies)
+        lines.append(f"| {name} | {split} | {', '.join(f'{n:,}' for n in images)} | "
+                     f"{', '.join(f'{a:.4f}' for a in accuracies)} | {mean:.4f} | "
+                     f"{max(accuracies) - min(accuracies):.4f} |")
+        return mean
+
     means = {}
     for name in PATHS:
-        own = sorted((r for r in rows if r["path"] == name), key=lambda r: r["seed"])
-        if not own:
-            continue
-        accuracies = [r["accuracy"] for r in own]
-        means[name] = statistics.mean(accuracies)
-        per_seed = ", ".join(f"{a:.4f} (seed {r['seed']})" for a, r in zip(accuracies, own, strict=True))
-        lines.append(f"| {name} | {own[0]['test_images']:,} | {per_seed} | {means[name]:.4f} | "
-                     f"{max(accuracies) - min(accuracies):.4f} |")
-    if len(means) == 2:
-        lines.append(f"\nfolder - idx: {100 * (means['folder'] - means['idx']):+.2f} points")
+        own = sorted((r for r in rows if r["path"] == name), key=lambda r: (r["split_seed"], r["seed"]))
+        splits = sorted({r["split_seed"] for r in own})
+        for split_seed in splits:
+            label = "official 60,000 / 10,000" if name == "idx" else f"hashed, preprocess.seed {split_seed}"
+            means[(name, split_seed)] = line(name, label, [r for r in own if r["split_seed"] == split_seed])
+        if len(splits) > 1:
+            means[(name, None)] = line(name, "all of the above", own)
+    if ("idx", 0) in means and ("folder", 0) in means:
+        lines.append(f"\nfolder (preprocess.seed 0) - idx: {100 * (means['folder', 0] - means['idx', 0]):+.2f} points")
+    if ("idx", 0) in means and ("folder", None) in means:
+        lines.append(f"folder (every split) - idx: {100 * (means['folder', None] - means['idx', 0]):+.2f} points")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
+    parser.add_argument("--split-seeds", type=int, nargs="+", default=[0],
+                        help="preprocess.seed values of the folder path: each a different hashed test split")
     parser.add_argument("--table-only", action="store_true", help="print the table of folder_vs_idx.jsonl")
     args = parser.parse_args()
-    if args.table_only:
-        rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    else:
-        rows = run(args.seeds)
+    rows = done() if args.table_only else run(args.seeds, args.split_seeds)
+    print(same_pixels())
     print(table(rows))
 
 
