@@ -7,7 +7,9 @@ than from a hard-coded list, so they keep holding as stages, deps and params are
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from mnist_pipeline.config import choices as config_choices
 from mnist_pipeline.config import flatten
 
 PARAMS_FILE = "params.yaml"
+# DVC's templating: `${data.folder}` takes the value from params.yaml; `\${` is a literal `${`.
+TEMPLATE = re.compile(r"(?<!\\)\$\{\s*(?P<key>[^}]*?)\s*\}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Stage:
     deps: tuple[str, ...]
     params: tuple[str, ...]
     outs: tuple[str, ...]
+    templated: frozenset[str] = frozenset()  # params.yaml keys interpolated into cmd, deps or outs
 
     @property
     def module(self) -> str:
@@ -51,11 +56,64 @@ def _entry_path(entry: str | dict[str, Any]) -> str:
     return entry if isinstance(entry, str) else next(iter(entry))
 
 
-def load_stages(root: Path) -> dict[str, Stage]:
-    """The stages of `root/dvc.yaml`, in file order (which is also a topological order here)."""
+def _lookup(tree: Mapping[str, Any], key: str, where: str) -> Any:
+    value: Any = tree
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise AssertionError(f"{where}: ${{{key}}} is not a key of {PARAMS_FILE}")
+        value = value[part]
+    if isinstance(value, (Mapping, list)) or value is None:
+        raise AssertionError(f"{where}: ${{{key}}} is {value!r} in {PARAMS_FILE}: expected a string or a number")
+    return value
+
+
+def interpolate(text: str, tree: Mapping[str, Any], where: str, used: set[str]) -> str:
+    """`text` with every `${key}` replaced by params.yaml's value, as `dvc repro` runs it; keys added to `used`."""
+
+    def value(match: re.Match[str]) -> str:
+        key = match["key"]
+        found = _lookup(tree, key, where)
+        used.add(key)
+        return str(found).lower() if isinstance(found, bool) else str(found)
+
+    return TEMPLATE.sub(value, text).replace("\\${", "${")
+
+
+def params_tree(root: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`root/params.yaml` as a tree, with dotted-key overrides applied (a configuration other than the file's)."""
+    path = root / PARAMS_FILE
+    assert path.is_file(), f"{path}: missing: dvc.yaml's ${{...}} are filled from it, as DVC does"
+    tree = yaml.safe_load(path.read_text())
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        assert leaf in node, f"override {key}: not a key of {PARAMS_FILE}"
+        node[leaf] = value
+    return tree
+
+
+def load_stages(root: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Stage]:
+    """The stages of `root/dvc.yaml`, in file order (which is also a topological order here).
+
+    `${key}` in cmd, deps and outs is replaced from `root/params.yaml` (with `overrides`), as DVC does:
+    the stage is what `dvc repro` would run, so a test may pass `cmd` to a shell.
+    """
     spec = yaml.safe_load((root / "dvc.yaml").read_text())
+    tree: dict[str, Any] | None = None
     stages = {}
     for name, body in spec["stages"].items():
+        used: set[str] = set()
+
+        def resolve(text: str, field: str, name: str = name, used: set[str] = used) -> str:
+            nonlocal tree
+            if "${" not in text:
+                return text
+            if tree is None:
+                tree = params_tree(root, overrides)
+            return interpolate(text, tree, f"dvc.yaml: stage {name}: {field}", used)
+
         params: list[str] = []
         for entry in body.get("params", []):
             if isinstance(entry, dict):  # {file: [keys]}: only params.yaml is used in this project
@@ -64,8 +122,10 @@ def load_stages(root: Path) -> dict[str, Stage]:
                     params.extend(keys)
             else:
                 params.append(entry)
-        outs = [_entry_path(o) for kind in ("outs", "metrics", "plots") for o in body.get(kind, [])]
-        stages[name] = Stage(name, body["cmd"], tuple(body.get("deps", [])), tuple(params), tuple(outs))
+        outs = [resolve(_entry_path(o), kind) for kind in ("outs", "metrics", "plots") for o in body.get(kind, [])]
+        deps = [resolve(d, "deps") for d in body.get("deps", [])]
+        cmd = resolve(body["cmd"], "cmd")
+        stages[name] = Stage(name, cmd, tuple(deps), tuple(params), tuple(outs), frozenset(used))
     return stages
 
 

@@ -15,9 +15,18 @@ audit hook's list of the files the process opened. The tests compare these with 
 directions, and check that the stage writes nothing outside its declared outs.
 
 Configuration rule: a key read only under some configuration (the CNN keys when `model.type` is
-cnn) counts as read when any configuration reads it. The train stage is therefore run once per
-value of every key in VARIANT_KEYS and the traces are merged. A new key that only some setting of
-another key reads belongs in VARIANT_KEYS, or this test reports it as declared but never read.
+cnn, the folder keys such as `preprocess.test_fraction` when `data.dataset` is folder) counts as read
+when any configuration reads it. Every stage that declares a key of VARIANTS therefore runs once more
+per value listed there, with the overrides that value needs, and the traces are merged; each run is
+checked against its own configuration's dvc.yaml (`${data.folder}` names another dep under folder).
+A new key that only some setting of another key reads belongs in VARIANTS, or this test reports it
+as declared but never read; a new value of a variant key must be listed there or in NOT_RUN.
+
+The values run are listed, not taken from the schema's choices. `data.dataset: fashion_mnist` is
+not run: the sandboxes hold only the default data set's download (data/raw is download's output in
+the default configuration), and fashion_mnist goes through the same IDX code path and reads the same
+keys as mnist, so its run would only cost a second download. The folder run reads a small folder of
+real MNIST test digits written as PNG files into the workspace (DIGIT_FOLDER).
 """
 
 from __future__ import annotations
@@ -29,14 +38,32 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import PROJECT_FILES, PROJECT_ROOT, TINY_PARAMS, set_dotted, subprocess_env
 from dvc_spec import PARAMS_FILE, Stage, choices, covers, expand, leaf_params, load_stages
+from PIL import Image
 
-# Keys whose value picks which other keys are read; the train stage runs once per allowed value.
-VARIANT_KEYS = ("model.type",)
+from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.idx import read_idx
+
+# Where the folder configuration's images lie in the workspace (a path inside the project, as
+# data.folder must be), and how many: enough that each class has training images and the test split
+# is not empty at the default fractions, few enough to decode in a moment.
+DIGIT_FOLDER = "data/digits"
+DIGIT_CLASSES, DIGITS_PER_CLASS = 3, 10
+# Keys whose value picks which other keys a stage reads: value -> the overrides its run needs besides
+# the key itself. Each stage declaring the key runs once more per value listed.
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "model.type": {"cnn": {}},
+    "data.dataset": {"folder": {"data.folder": DIGIT_FOLDER}},
+}
+# Values of a variant key that are not run, and why (the module docstring says more).
+NOT_RUN = {
+    ("data.dataset", "fashion_mnist"): "the same IDX code and keys as mnist; the sandboxes hold only mnist's download",
+}
 # A validation split, so the validation arrays are really read and the eval curves really written.
 SANDBOX_PARAMS = {**TINY_PARAMS, "preprocess.val_size": 100}
 STAGES = load_stages(PROJECT_ROOT)
@@ -195,6 +222,7 @@ if _opens_out:
 class Run:
     """What one stage process did in its sandbox."""
 
+    stage: Stage  # as dvc.yaml resolves for this run's configuration
     params: set[str] = field(default_factory=set)
     modules: set[str] = field(default_factory=set)
     reads: set[str] = field(default_factory=set)
@@ -275,12 +303,28 @@ def run_sandboxed(stage: Stage, space: Workspace, sandbox: Path, overrides: dict
         if not write and rel.is_relative_to(root):
             reads.add(rel.relative_to(root).as_posix())
     created = files_under(sandbox) - before
-    return Run(set(record["params"]), set(record["modules"]), reads & before, created)
+    return Run(stage, set(record["params"]), set(record["modules"]), reads & before, created)
+
+
+def write_digit_folder(root: Path, mirror: Path, classes: int = DIGIT_CLASSES, per_class: int = DIGITS_PER_CLASS,
+                       skip: int = 0) -> None:
+    """A folder data set of real MNIST test digits as 28x28 PNG files, `root/<digit>/<n>.png`: the
+    first `per_class` of each of the digits 0 .. classes-1, after `skip` of each."""
+    images = read_idx(mirror / "mnist" / TEST_IMAGES, "images")
+    labels = read_idx(mirror / "mnist" / TEST_LABELS, "labels")
+    for digit in range(classes):
+        folder = root / str(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        picked = images[labels == digit][skip : skip + per_class]
+        assert len(picked) == per_class, f"the mirror's test set has too few {digit}s"
+        for index, pixels in enumerate(picked):
+            Image.fromarray(pixels).save(folder / f"{skip + index:04d}.png")
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Workspace:
-    """The project (SANDBOX_PARAMS applied) in `work`, and the hook folder every stage process loads."""
+    """The project (SANDBOX_PARAMS applied) and the folder variant's digits in `work`, and the hook
+    folder every stage process loads."""
     os.environ.setdefault("DATASET_MIRROR", str(mirror_root))
     root = tmp_path_factory.mktemp("declared")
     space = Workspace(root, root / "work", root / "hook")
@@ -292,12 +336,13 @@ def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Worksp
     for key, value in SANDBOX_PARAMS.items():
         set_dotted(tree, key, value)
     (space.work / PARAMS_FILE).write_text(yaml.safe_dump(tree, sort_keys=False))
+    write_digit_folder(space.work / DIGIT_FOLDER, mirror_root)
     return space
 
 
 @pytest.fixture(scope="module")
 def runs(space: Workspace) -> dict[str, list[Run]]:
-    """Every stage in dvc.yaml order, each in its own sandbox; train again for each VARIANT_KEYS value."""
+    """Every stage in dvc.yaml order, each in its own sandbox; again for each VARIANTS value of a key it declares."""
     leaves = leaf_params(space.work)
     found: dict[str, list[Run]] = {}
     for stage in load_stages(space.work).values():
@@ -305,13 +350,14 @@ def runs(space: Workspace) -> dict[str, list[Run]]:
         for out in stage.outs:  # downstream sandboxes copy their deps from here
             shutil.rmtree(space.work / out, ignore_errors=True)
             copy_into(space.root / stage.name, space.work, out)
-        for key in VARIANT_KEYS:
+        for key, values in VARIANTS.items():
             if key not in expand(stage.params, leaves):
                 continue
-            for value in choices(key):
-                if value != leaves[key]:
-                    sandbox = space.root / f"{stage.name}-{key}-{value}"
-                    found[stage.name].append(run_sandboxed(stage, space, sandbox, {key: value}))
+            for value, extra in values.items():
+                overrides = {key: value, **extra}
+                variant = load_stages(space.work, overrides)[stage.name]  # `${data.folder}` may differ
+                sandbox = space.root / f"{stage.name}-{key}-{value}"
+                found[stage.name].append(run_sandboxed(variant, space, sandbox, overrides))
     return found
 
 
@@ -324,6 +370,23 @@ def union(runs: list[Run], attr: str) -> set[str]:
     return set().union(*(getattr(r, attr) for r in runs))
 
 
+def test_every_value_of_a_variant_key_is_run_or_excused(leaves: dict) -> None:
+    """A value added to a variant key's choices (a new model type, a new data set) is run or given a reason."""
+    for key, values in VARIANTS.items():
+        assert choices(key), f"{key} is not a choice key: VARIANTS lists the values of choice keys"
+        assert leaves[key] not in values, f"{key}: {leaves[key]} is params.yaml's value, run already"
+        left = set(choices(key)) - {leaves[key]} - set(values) - {v for k, v in NOT_RUN if k == key}
+        assert not left, f"{key}: values {sorted(left)} are neither run (VARIANTS) nor excused (NOT_RUN)"
+
+
+def test_the_folder_variant_reads_its_folder(runs: dict[str, list[Run]]) -> None:
+    """The folder run really took the folder path: its dep is DIGIT_FOLDER, whose images it opened."""
+    (folder_run,) = [r for r in runs["preprocess"] if DIGIT_FOLDER in r.stage.deps]
+    opened = {r for r in folder_run.reads if covers(r, DIGIT_FOLDER)}
+    assert len(opened) == DIGIT_CLASSES * DIGITS_PER_CLASS, sorted(opened)
+    assert "data/prepared/manifest.csv" in folder_run.created
+
+
 @pytest.mark.parametrize("name", STAGES)
 def test_every_param_read_is_declared(name: str, runs: dict[str, list[Run]], leaves: dict) -> None:
     undeclared = union(runs[name], "params") - expand(STAGES[name].params, leaves)
@@ -334,7 +397,7 @@ def test_every_param_read_is_declared(name: str, runs: dict[str, list[Run]], lea
 def test_every_declared_param_is_read(name: str, runs: dict[str, list[Run]], leaves: dict) -> None:
     unread = expand(STAGES[name].params, leaves) - union(runs[name], "params")
     assert not unread, (
-        f"stage {name} declares params it never reads (under any of {VARIANT_KEYS}): {sorted(unread)}"
+        f"stage {name} declares params it never reads (under any of {sorted(VARIANTS)}): {sorted(unread)}"
     )
 
 
@@ -348,26 +411,29 @@ def test_imported_modules_are_exactly_the_code_deps(name: str, runs: dict[str, l
 
 @pytest.mark.parametrize("name", STAGES)
 def test_every_declared_data_dep_is_read(name: str, runs: dict[str, list[Run]]) -> None:
-    reads = union(runs[name], "reads")
-    for dep in set(STAGES[name].deps) - STAGES[name].code_deps:
+    """Each data dep is opened by some run whose configuration declares it."""
+    for dep in {d for r in runs[name] for d in r.stage.deps} - STAGES[name].code_deps:
+        reads = union([r for r in runs[name] if dep in r.stage.deps], "reads")
         assert any(covers(r, dep) for r in reads), f"stage {name} declares {dep} but never opens it"
 
 
 @pytest.mark.parametrize("name", STAGES)
 def test_every_file_read_is_declared(name: str, runs: dict[str, list[Run]]) -> None:
-    # Package __init__ files: present in every sandbox, exempt while docstring-only (see the last test).
-    allowed = [PARAMS_FILE, *package_inits(PROJECT_ROOT), *STAGES[name].deps]
-    undeclared = {r for r in union(runs[name], "reads") if not any(covers(r, d) for d in allowed)}
-    assert not undeclared, f"stage {name} opens files it does not declare: {sorted(undeclared)}"
+    """Each run opens only the files its own configuration's dvc.yaml entry declares."""
+    for run in runs[name]:
+        # Package __init__ files: present in every sandbox, exempt while docstring-only (see the last test).
+        allowed = [PARAMS_FILE, *package_inits(PROJECT_ROOT), *run.stage.deps]
+        undeclared = {r for r in run.reads if not any(covers(r, d) for d in allowed)}
+        assert not undeclared, f"stage {name} opens files it does not declare: {sorted(undeclared)}"
 
 
 @pytest.mark.parametrize("name", STAGES)
 def test_writes_only_declared_outs(name: str, runs: dict[str, list[Run]]) -> None:
-    stage = STAGES[name]
+    for run in runs[name]:
+        stray = {c for c in run.created if not any(covers(c, o) for o in run.stage.outs)}
+        assert not stray, f"stage {name} writes files outside its declared outs: {sorted(stray)}"
     created = union(runs[name], "created")
-    stray = {c for c in created if not any(covers(c, o) for o in stage.outs)}
-    assert not stray, f"stage {name} writes files outside its declared outs: {sorted(stray)}"
-    for out in stage.outs:
+    for out in STAGES[name].outs:
         assert any(covers(c, out) for c in created), f"stage {name} declares out {out} but never writes it"
 
 
@@ -401,6 +467,7 @@ def test_a_module_left_out_of_the_deps_cannot_be_borrowed_from_the_project(
     assert dropped in deps, f"train no longer declares {dropped}: pick another module it imports"
     deps.remove(dropped)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    shutil.copy2(space.work / PARAMS_FILE, tmp_path / PARAMS_FILE)  # what dvc.yaml's `${...}` are filled from
     cut = load_stages(tmp_path)["train"]
 
     result, record, _ = run_in_sandbox(cut, space, space.root / "train-without-errors")  # checks record["outside"]

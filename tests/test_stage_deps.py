@@ -26,8 +26,10 @@ def stage_deps(*args: str) -> subprocess.CompletedProcess[str]:
 
 def copy_project(target: Path) -> Path:
     """dvc.yaml and the code (all the tool reads), with dvc.yaml written by the tool: each case
-    starts from a consistent copy whatever state the working tree is in."""
-    shutil.copy2(PROJECT_ROOT / "dvc.yaml", target / "dvc.yaml")
+    starts from a consistent copy whatever state the working tree is in. params.yaml too: `load_stages`
+    fills dvc.yaml's `${...}` from it."""
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(PROJECT_ROOT / name, target / name)
     for name in ("stages", "mnist_pipeline"):
         shutil.copytree(PROJECT_ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__", ".tmp-*"))
     written = stage_deps("--write", "--root", str(target))
