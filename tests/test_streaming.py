@@ -176,3 +176,17 @@ def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(
     for split, (images, labels) in expected.items():
         x, y = load_split(tmp_path / "prepared", split, MNIST)
         assert x.tobytes() == images.tobytes() and y.tobytes() == labels.tobytes(), split
+
+
+def test_a_distribution_strategy_over_the_budget_is_refused_in_one_line(prepared: Path) -> None:
+    """Only the default strategy streams: `fit` under a strategy would load the arrays whole."""
+    from mnist_pipeline.training import train_model
+
+    cfg = config_with({**STREAMED, "train.strategy": "mirrored"})
+    (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")
+    with pytest.raises(PipelineError) as raised:
+        train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, None)
+    assert str(raised.value) == (
+        "params.yaml: train.strategy = mirrored: the training data (4 MiB) exceed train.memory_budget_mb = 1, and "
+        "only the default strategy streams them from disk: expected train.strategy default or a larger "
+        "train.memory_budget_mb")
