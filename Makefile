@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m stages.<name>`: put the venv first on PATH so dvc finds its python.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)"
 
-.PHONY: setup repro test lint bench bench-scale
+.PHONY: setup repro test lint bench bench-tta bench-scale
 
 setup: $(STAMP)
 
@@ -32,3 +32,8 @@ bench: setup
 # Each stage at 60,000 and 600,000 images (minutes); rewrites the output block of docs/data-scale.md.
 bench-scale: setup
 	$(RUN) python benchmarks/data_scale.py --doc docs/data-scale.md
+
+# Test accuracy after each epoch against training seconds: mlp, cnn, cnn-fast (minutes); rewrites
+# docs/time_to_accuracy.txt and docs/time_to_accuracy.png.
+bench-tta: setup
+	$(RUN) python benchmarks/time_to_accuracy.py

@@ -1,0 +1,178 @@
+"""Time to accuracy: test accuracy after each epoch against the training seconds spent, per configuration.
+
+    python benchmarks/time_to_accuracy.py [--configs mlp cnn cnn-fast]    (or `make bench-tta`)
+
+In one run on one machine it trains, one after the other and each in a fresh subprocess (a fresh
+TensorFlow, so each configuration's `train.cpu_threads` applies), the tutorial's MLP (the default
+params), the `cnn` preset and the `cnn-fast` preset with the pipeline's own `train_model` on all
+60,000 training images, seed 0. Only here is the test set passed as the validation data, so the
+compiled loop scores it after every epoch; that scoring is timed apart (by wrapping
+`mnist_pipeline.loop.run_epoch` in the child process) and left out of the training seconds. Each
+epoch's point is (seconds since `train_model` started, minus the scoring so far; test accuracy):
+building, compiling and tracing count as training time, as they do in the train stage.
+Prints the points, the load average at start and end and the machine, and writes the same text to
+docs/time_to_accuracy.txt and the plot to docs/time_to_accuracy.png (`--text`, `--png`), so one
+command refreshes both. Needs the local data mirror ($DATASET_MIRROR, or ../shared/datasets next to
+the project). A benchmark, not a test: it prints, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from train_speed import PROJECT_ROOT, child_env, child_result, find_mirror, load, machine, run_measured
+
+RESULT_TAG = "BENCH_RESULT "
+CONFIGS = ("mlp", "cnn", "cnn-fast")  # "mlp" is params.yaml as it is; the others are presets on top of it
+TARGET = 0.993
+BUDGET_S = 60.0  # cnn-fast's training budget on two cores
+DOCS = PROJECT_ROOT / "docs"
+
+
+def child(name: str) -> None:
+    """Train one configuration on MNIST, prepared as the preprocess stage does, and print its per-epoch points."""
+    from mnist_pipeline import loop
+    from mnist_pipeline.config import load_config, with_overrides
+    from mnist_pipeline.data import prepare
+    from mnist_pipeline.datasets import DATASETS
+    from mnist_pipeline.idx import read_idx
+    from mnist_pipeline.prepared import idx_spec
+    from mnist_pipeline.presets import load_preset
+
+    params = PROJECT_ROOT / "params.yaml"
+    cfg = load_config(params)
+    if name != "mlp":
+        cfg = with_overrides(cfg, load_preset(name, params=str(params)), f"presets/{name}.yaml")
+    spec = idx_spec(DATASETS[cfg.data.dataset])
+    folder = Path(os.environ["MNIST_IDX_DIR"])
+    raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
+           for split, prefix in (("train", "train"), ("test", "t10k"))
+           for kind, dims in (("images", 3), ("labels", 1))}
+    splits = prepare(raw, cfg.preprocess)
+
+    from mnist_pipeline.training import train_model
+
+    # The loop runs the training epoch and then the scoring of the validation data (here: the test set)
+    # through run_epoch, labelled "epoch i/N" and "validation": time each call, so scoring can be left out.
+    marks: list[tuple[str, float, float]] = []
+    run_epoch = loop.run_epoch
+
+    def timed_run_epoch(*args: Any) -> dict[str, float]:
+        started = time.perf_counter()
+        result = run_epoch(*args)
+        marks.append((args[-1], started, time.perf_counter()))
+        return result
+
+    loop.run_epoch = timed_run_epoch
+    x_test, y_test = splits["test"]
+    started = time.perf_counter()
+    model, history = train_model(cfg.model, cfg.train, spec, *splits["train"], x_test, y_test, None)
+    total = time.perf_counter() - started
+    scoring, points = 0.0, []
+    for label, begin, end in marks:
+        if label == "validation":
+            scoring += end - begin
+        else:
+            points.append(end - started - scoring)
+    record = {"name": name, "train_s": points, "test_accuracy": history["val_accuracy"],
+              "scoring_s": round(scoring, 2), "total_s": round(total, 2),
+              "images": len(splits["train"][1]), "epochs": cfg.train.epochs,
+              "batch_size": cfg.train.batch_size, "cpu_threads": cfg.train.cpu_threads,
+              "params": model.count_params()}
+    print(RESULT_TAG + json.dumps(record), flush=True)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy against seconds, one line per configuration, the 99.3% target and the one-minute budget
+    dashed; no timestamp in the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mnist_pipeline.files import atomic_path
+    from mnist_pipeline.plots import PNG_METADATA
+
+    figure, ax = plt.subplots(figsize=(8, 5))
+    for result in results:
+        ax.plot(result["train_s"], result["test_accuracy"], marker="o", label=result["name"])
+    ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1, label=f"{TARGET:.1%}")
+    ax.axvline(BUDGET_S, color="grey", linestyle=":", linewidth=1, label=f"{BUDGET_S:.0f} s")
+    lowest = min(min(result["test_accuracy"]) for result in results)
+    ax.set_ylim(min(0.95, math.floor(lowest * 100) / 100), 1.0)
+    ax.set_xlabel("training seconds (cumulative; build, compile and tracing included)")
+    ax.set_ylabel("test accuracy after the epoch")
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"MNIST: test accuracy against training time, {os.cpu_count()} CPU cores")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--png", type=Path, default=DOCS / "time_to_accuracy.png")
+    parser.add_argument("--text", type=Path, default=DOCS / "time_to_accuracy.txt",
+                        help="where the printed report is written too")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+
+    mirror = find_mirror()
+    env = child_env(mirror)
+    from importlib.metadata import version
+
+    from mnist_pipeline.files import atomic_path
+
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(f"# time_to_accuracy benchmark, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    say(f"# {machine()}; TensorFlow {version('tensorflow')}, Keras {version('keras')}")
+    say(f"# {load()} at start")
+    results = []
+    for name in args.configs:
+        with tempfile.TemporaryDirectory(prefix="tta-") as tmp:
+            run = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", name], Path(tmp), env)
+        result = child_result(run["stdout"])
+        results.append(result)
+        say(f"\n## {name}: {result['params']} weights, {result['epochs']} epochs, batch {result['batch_size']}, "
+            f"cpu_threads {result['cpu_threads']}; process {run['wall_s']:.1f} s "
+            f"(train_model {result['total_s']:.1f} s, of which scoring the test set {result['scoring_s']:.1f} s)")
+        for epoch, (seconds, accuracy) in enumerate(zip(result["train_s"], result["test_accuracy"], strict=True), 1):
+            say(f"epoch {epoch:2d}: {seconds:7.1f} s  test accuracy {accuracy:.4f}")
+        reached = next((s for s, a in zip(result["train_s"], result["test_accuracy"], strict=True) if a >= TARGET),
+                       None)
+        say(f"first epoch at >= {TARGET:.1%}: " + (f"{reached:.1f} s" if reached is not None else "none"))
+        say(f"{load()} after {name}")
+    plot(results, args.png)
+    with atomic_path(args.text) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"\n# plot {shown(args.png)}, text {shown(args.text)}")
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the project when it is inside it."""
+    resolved = path.resolve()
+    return resolved.relative_to(PROJECT_ROOT) if resolved.is_relative_to(PROJECT_ROOT) else path
+
+
+if __name__ == "__main__":
+    main()
