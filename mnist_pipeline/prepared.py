@@ -154,18 +154,18 @@ def split_writer(
     place), so a failure or a kill part-way leaves the previous files. Memory stays at one chunk.
     """
     x_path, y_path = split_paths(prepared_dir, split)
-    with (atomic_path(x_path) as x_tmp, atomic_path(y_path) as y_tmp,
-          open(x_tmp, "wb") as x_file, open(y_tmp, "wb") as y_file):
-        _write_header(x_file, (n_images, spec.n_pixels), np.dtype(IMAGES_DTYPE))
-        _write_header(y_file, (n_images,), spec.labels_dtype)
-        writer = SplitWriter(x_file, y_file, x_path, n_images, spec)
-        try:
+    try:
+        with (atomic_path(x_path) as x_tmp, atomic_path(y_path) as y_tmp,
+              open(x_tmp, "wb") as x_file, open(y_tmp, "wb") as y_file):
+            _write_header(x_file, (n_images, spec.n_pixels), np.dtype(IMAGES_DTYPE))
+            _write_header(y_file, (n_images,), spec.labels_dtype)
+            writer = SplitWriter(x_file, y_file, x_path, n_images, spec)
             yield writer
-        except OSError as e:
-            raise PipelineError(f"{x_path}: cannot write ({e.strerror or e}); the previous file, if any, "
-                                "is unchanged") from None
-        if writer.written != n_images:
-            raise ValueError(f"{writer.written} of the {n_images} images announced for {x_path} were written")
+            if writer.written != n_images:
+                raise ValueError(f"{writer.written} of the {n_images} images announced for {x_path} were written")
+    except OSError as e:  # a full disk, a read-only folder, a file where the folder should be
+        raise PipelineError(f"{x_path}: cannot write ({e.strerror or e}); the previous file, if any, "
+                            "is unchanged") from None
 
 
 def save_split(
