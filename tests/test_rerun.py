@@ -1,17 +1,23 @@
 """Only changed stages rerun: for every param key and for code edits, `dvc repro` runs exactly what it should.
 
-One project for the module (tiny real MNIST, a validation split so `preprocess.seed` matters).
-Each case starts from a fresh clone of the committed, reproduced baseline (see `reset`) and
-costs one `dvc repro`.
+Two baselines for the module: tiny real MNIST with a validation split (so `preprocess.seed`
+matters), where every key is changed but those of IDX_FIXED; and the folder configuration
+(`data.dataset: folder` on a small folder of real MNIST test digits as PNG files), where the keys of
+FOLDER_KEYS are changed: those only a folder reads, and IDX_FIXED, whose other values an IDX data
+set cannot take. Each case starts from a fresh clone of its committed, reproduced baseline (see
+`reset`) and costs one `dvc repro`.
 
 Expected stages for a param change (the rule):
-1. every stage that declares the key reruns (DVC sees the param change);
+1. every stage that declares the key, or interpolates it into its cmd, deps or outs (`${data.folder}`),
+   reruns (DVC sees the param or the command change);
 2. such a stage's outputs change only if it really read the key in this configuration (the
-   baseline repro is traced) and the key is not in OUTPUT_INVARIANT;
+   baseline repro is traced; an interpolated key names the stage's input, so it counts as read)
+   and the key is in neither OUTPUT_INVARIANT nor UNCHANGED_HERE;
 3. a stage downstream of a changed output reruns, and its own outputs count as changed,
    except where SKIPPED names it: it depends on the stage but not on the files that changed.
-Keys read only under another configuration (CNN keys while `model.type` is mlp) thus rerun
-train, whose model comes out byte-identical, so evaluate and predict-sample are skipped.
+Keys read only under another configuration (CNN keys while `model.type` is mlp, the folder keys
+such as `preprocess.test_fraction` for MNIST) thus rerun their stage, whose outputs come out
+byte-identical, so the stages after it are skipped.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
-from dvc_spec import choices, covers, expand, leaf_params, load_stages
-from test_declared_deps import TRACE_HOOK
+from dvc_spec import Stage, choices, covers, expand, leaf_params, load_stages
+from test_declared_deps import DIGIT_FOLDER, DIGITS_PER_CLASS, TRACE_HOOK, write_digit_folder
 
 from mnist_pipeline.config import load_config, validate, with_overrides
 from mnist_pipeline.errors import PipelineError
@@ -43,6 +49,27 @@ OUTPUT_INVARIANT = {
     # Checkpoints are a side file in .cache/ (removed after the run); the training itself is the same.
     "train.checkpoint": "saving the state after each epoch changes no weight",
 }
+# Keys whose change in these cases leaves the bytes as they were, for a reason in the cases' data
+# rather than in the key: the rule treats them as OUTPUT_INVARIANT.
+UNCHANGED_HERE = {
+    "train.memory_budget_mb": "1024 -> 1025 MiB: the few MiB of training images stay in memory, as before",
+    "preprocess.bad_images": "the digit folder holds no unusable file: skipping them, not failing, drops none",
+    "preprocess.max_image_pixels": "one pixel more still admits every 28x28 digit",
+}
+# Keys an IDX data set cannot take another value of: they are changed in the folder configuration only.
+IDX_FIXED = {
+    "data.folder": "an IDX data set is read from data/raw, the download's output: no other folder holds it",
+    "preprocess.image_size": "MNIST's images are 28x28: preprocess refuses another size in one line (no resampling)",
+    "preprocess.color": "MNIST is grayscale: preprocess refuses rgb in one line, it does not repeat the channel",
+}
+# Changed in the folder configuration: IDX_FIXED, and the keys only a folder reads (for MNIST they rerun
+# preprocess alone, its bytes unchanged; here their effect reaches the model).
+FOLDER_KEYS = (*IDX_FIXED, "preprocess.test_fraction", "preprocess.val_fraction", "preprocess.bad_images",
+               "preprocess.max_image_pixels")
+OTHER_DIGIT_FOLDER = "data/more-digits"  # the folder configuration's other data.folder: other digits
+FOLDER_PARAMS = {**BASE_PARAMS, "data.dataset": "folder", "data.folder": DIGIT_FOLDER}
+# Other values other_value() cannot make up: a path must name a folder the case holds.
+OTHER_VALUES = {"data.folder": OTHER_DIGIT_FOLDER}
 # Keys whose effect on the output bytes depends on the CPU: TensorFlow splits its sums differently with
 # another thread count on some CPUs (an AMD EPYC of this project) and not on others (an Intel Xeon), so
 # downstream stages rerun on the first kind only. Either outcome is accepted; nothing else is.
@@ -58,8 +85,10 @@ UNREACHABLE_MIRROR = "https://unused.invalid/"
 
 def other_value(key: str, value: Any) -> Any:
     """Another value the schema accepts: the next choice, the flipped bool, the number nudged up."""
-    if choices(key):
-        candidates: list[Any] = [c for c in choices(key) if c != value]
+    if key in OTHER_VALUES:
+        candidates: list[Any] = [OTHER_VALUES[key]]
+    elif choices(key):
+        candidates = [c for c in choices(key) if c != value]
     elif isinstance(value, bool):
         candidates = [not value]
     elif isinstance(value, int):
@@ -91,25 +120,29 @@ def ignored_by_model_type(key: str) -> bool:
     return any(key in keys for kind, keys in TYPE_ONLY_DEFAULTS.items() if kind != chosen)
 
 
-def expected_stages(key: str, read: dict[str, set[str]], bytes_change: bool = True) -> set[str]:
-    """The rule in the module docstring, applied to dvc.yaml as it is now."""
-    declaring = {name for name, stage in STAGES.items() if key in expand(stage.params, LEAVES)}
-    changed = {name for name in declaring if key in read[name] and key not in OUTPUT_INVARIANT
+def expected_stages(key: str, baseline: Project, bytes_change: bool = True) -> set[str]:
+    """The rule in the module docstring, applied to dvc.yaml as the baseline's configuration resolves it."""
+    stages: dict[str, Stage] = baseline.stages  # type: ignore[attr-defined]
+    read: dict[str, set[str]] = baseline.read  # type: ignore[attr-defined]
+    declaring = {name for name, stage in stages.items()
+                 if key in expand(stage.params, LEAVES) or key in stage.templated}
+    changed = {name for name in declaring if (key in read[name] or key in stages[name].templated)
+               and key not in OUTPUT_INVARIANT and key not in UNCHANGED_HERE
                and not ignored_by_model_type(key) and bytes_change}
     expected = set(declaring)
-    for name, stage in STAGES.items():  # dvc.yaml order is topological
+    for name, stage in stages.items():  # dvc.yaml order is topological
         if name in expected or name in SKIPPED.get(key, {}):
             continue
-        upstream_outs = [o for c in changed for o in STAGES[c].outs]
+        upstream_outs = [o for c in changed for o in stages[c].outs]
         if any(covers(d, o) or covers(o, d) for d in stage.deps for o in upstream_outs):
             expected.add(name)
             changed.add(name)
     return expected
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
-    project = make_project(tmp_path_factory.mktemp("rerun") / "repo", mirror_root, BASE_PARAMS)
+def reproduce_traced(project: Project) -> Project:
+    """The baseline: every stage run once, traced, and committed; `project.read` holds which params each
+    stage really read, `project.stages` the stages as this configuration resolves dvc.yaml."""
     # Which params each stage really reads, recorded from outside by the declared-deps test's tracer.
     trace, hook_dir = project.path.parent / "trace.jsonl", project.path.parent / "hook"
     hook_dir.mkdir()
@@ -125,8 +158,25 @@ def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Proj
             (entry,) = entries
             read[entry] |= set(record["params"])
     project.read = read  # type: ignore[attr-defined]
+    project.stages = load_stages(project.path)  # type: ignore[attr-defined]
     project.commit("baseline: reproduced, metrics and dvc.lock committed")
     return project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
+    return reproduce_traced(make_project(tmp_path_factory.mktemp("rerun") / "repo", mirror_root, BASE_PARAMS))
+
+
+@pytest.fixture(scope="module")
+def folder_project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
+    """The folder configuration: two DVC-tracked folders of real digits, the second for data.folder's other value."""
+    project = make_project(tmp_path_factory.mktemp("rerun-folder") / "repo", mirror_root, FOLDER_PARAMS)
+    write_digit_folder(project.path / DIGIT_FOLDER, mirror_root)
+    write_digit_folder(project.path / OTHER_DIGIT_FOLDER, mirror_root, skip=DIGITS_PER_CLASS)
+    project.dvc("add", DIGIT_FOLDER, OTHER_DIGIT_FOLDER)
+    project.commit("the digit folders")
+    return reproduce_traced(project)
 
 
 _case_numbers = itertools.count()
@@ -144,6 +194,7 @@ def reset(project: Project) -> Project:
     project.run("git", "clone", "-q", str(project.path), str(path))
     case = Project(path, None)
     case.env = project.env
+    case.read, case.stages = project.read, project.stages  # type: ignore[attr-defined]
     case.dvc("config", "--local", "cache.dir", str(project.path / ".dvc" / "cache"))
     case.dvc("checkout", "--force")
     assert case.repro() == [], "the clone of the baseline is not up to date"
@@ -158,18 +209,44 @@ def test_other_values_are_valid() -> None:
         validate(tree, "params.yaml")
 
 
-@pytest.mark.parametrize("key", list(LEAVES))
-def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: str) -> None:
-    case = reset(project)
+def check_param_change(baseline: Project, key: str) -> None:
+    """One `dvc repro` after changing `key` in a clone of `baseline` runs exactly the rule's stages."""
+    case = reset(baseline)
     value = leaf_params(case.path)[key]
     new = other_value(key, value)
     case.set_params({key: new})
     ran = case.repro()
-    expected = expected_stages(key, project.read)  # type: ignore[attr-defined]
+    expected = expected_stages(key, baseline)
     assert len(ran) == len(set(ran)), f"a stage ran twice: {ran}"
     if key in CPU_DEPENDENT and set(ran) != expected:
-        expected = expected_stages(key, project.read, bytes_change=False)  # type: ignore[attr-defined]
+        expected = expected_stages(key, baseline, bytes_change=False)
     assert set(ran) == expected, f"{key}: {value!r} -> {new!r} ran {ran}, expected {sorted(expected)}"
+
+
+def test_every_key_is_changed_in_some_configuration() -> None:
+    """A key the MNIST cases leave out is changed in the folder configuration, and only such keys are."""
+    assert set(IDX_FIXED) <= set(FOLDER_KEYS) <= set(LEAVES), sorted(set(FOLDER_KEYS) - set(LEAVES))
+
+
+@pytest.mark.parametrize("key", [k for k in LEAVES if k not in IDX_FIXED])
+def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: str) -> None:
+    check_param_change(project, key)
+
+
+@pytest.mark.parametrize("key", FOLDER_KEYS)
+def test_param_change_in_the_folder_configuration_reruns_exactly_the_expected_stages(
+        folder_project: Project, key: str) -> None:
+    check_param_change(folder_project, key)
+
+
+def test_keys_only_a_folder_reads_are_changed_in_the_folder_configuration(
+        project: Project, folder_project: Project) -> None:
+    """FOLDER_KEYS is complete: every key the folder configuration reads and MNIST's does not is in it."""
+    mnist_reads = set().union(*project.read.values())  # type: ignore[attr-defined]
+    folder_reads = set().union(*folder_project.read.values())  # type: ignore[attr-defined]
+    assert folder_reads - mnist_reads, "the folder configuration reads no key of its own: is it a folder run?"
+    missing = folder_reads - mnist_reads - set(FOLDER_KEYS)
+    assert not missing, f"keys only the folder configuration reads, never changed there: {sorted(missing)}"
 
 
 def test_second_repro_runs_nothing(project: Project) -> None:
