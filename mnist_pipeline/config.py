@@ -34,6 +34,7 @@ MODEL_TYPES = ("mlp", "cnn")
 MAX_SEED = 2**32 - 1
 # Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
 MAX_TIMEOUT_S = 1e6
+_FOLDER_TEXT = re.compile(r"[A-Za-z0-9._/-]+")
 _FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 # A folder of the user's own images, one subfolder per class, read by preprocess from `data.folder`.
@@ -87,15 +88,17 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     dataset: DatasetName = choice(DATASET_NAMES)
-    folder: str = Field(min_length=1, description="a folder path relative to the project, e.g. data/images")
+    folder: str = Field(min_length=1, description="a folder inside the project named with letters, digits, "
+                        "'.', '_', '-' and '/' (e.g. data/images)")
 
     @field_validator("folder")
     @classmethod
-    def _relative_folder(cls, folder: str) -> str:
-        """dvc.yaml names it as preprocess's dependency: DVC tracks paths inside the project only."""
-        parts = folder.replace("\\", "/").split("/")
-        if folder.startswith(("/", "~")) or ".." in parts or "\0" in folder:
-            raise ValueError("not a path inside the project")
+    def _project_folder(cls, folder: str) -> str:
+        """dvc.yaml puts it in preprocess's command line and deps: DVC tracks paths inside the project only,
+        and a space or a shell character would split or change the command."""
+        parts = folder.split("/")
+        if not _FOLDER_TEXT.fullmatch(folder) or folder.startswith("/") or ".." in parts:
+            raise ValueError("not such a path")
         return folder
 
 
@@ -136,7 +139,7 @@ class PreprocessConfig(Section):
         """A folder's test and validation shares leave the rest for training."""
         test_fraction = info.data.get("test_fraction")
         if test_fraction is not None and test_fraction + val_fraction >= 1.0:
-            raise ValueError(f"less than 1 - preprocess.test_fraction ({1 - test_fraction:g})")
+            raise ValueError(f"expected less than 1 - preprocess.test_fraction ({1 - test_fraction:g})")
         return val_fraction
 
 
@@ -314,6 +317,9 @@ def _message(error: Any, tree: dict[str, Any], path: str) -> PipelineError:
                              + ", ".join(section_keys))
     assert field is not None
     expected = field.description or "a valid value"
+    reason = str(error.get("ctx", {}).get("error", ""))
+    if error["type"] == "value_error" and reason.startswith("expected "):  # a validator's own, more exact words
+        expected = reason.removeprefix("expected ")
     if error["type"] == "missing":
         return PipelineError(f"{path}: missing key '{key}': expected {expected}")
     value = _dig(tree, key)

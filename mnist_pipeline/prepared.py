@@ -232,7 +232,7 @@ def read_rows(images: np.ndarray, start: int, stop: int, out: np.ndarray | None 
     elif out.shape != shape or out.dtype != images.dtype or not out.flags.c_contiguous:
         raise ValueError(f"read_rows: out is {out.dtype} {out.shape}, rows {start}-{stop} are {images.dtype} {shape}")
     mapped = isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap) and images.flags.c_contiguous
-    if not mapped or images.filename is None:  # in memory, or a view of a map (its offset is not its own)
+    if not mapped or images.filename is None or stop == start:  # in memory, a view of a map, or no rows
         out[...] = images[start:stop]
         return out
     row_bytes = images.dtype.itemsize * int(np.prod(images.shape[1:]))

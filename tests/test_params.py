@@ -36,6 +36,12 @@ BAD_VALUES = [
     ("data.dataset", "cifar10", "data.dataset = 'cifar10': expected one of mnist, fashion_mnist, folder"),
     ("data.dataset", "../../etc", "data.dataset = '../../etc': expected one of mnist, fashion_mnist, folder"),
     ("data.dataset", "fashion-mnist", "expected one of mnist, fashion_mnist, folder (did you mean 'fashion_mnist'?)"),
+    ("data.folder", "data/my images", "data.folder = 'data/my images': expected a folder inside the project named "
+     "with letters, digits, '.', '_', '-' and '/'"),
+    ("data.folder", "../images", "data.folder = '../images': expected a folder inside the project"),
+    ("data.folder", "/home/me/images", "data.folder = '/home/me/images': expected a folder inside the project"),
+    ("data.folder", "data/$HOME", "data.folder = 'data/$HOME': expected a folder inside the project"),
+    ("preprocess.val_fraction", 0.8, "preprocess.val_fraction = 0.8: expected less than 1 - preprocess.test_fraction"),
     ("model.activation", "rleu", "model.activation = 'rleu': expected one of relu, sigmoid"),
     ("train.optimizer", "lbfgs", "train.optimizer = 'lbfgs': expected one of adam, sgd, rmsprop"),
     ("download.mirrors", {"mnist": ["file:///etc/"], "fashion_mnist": OTHER_MIRRORS},
