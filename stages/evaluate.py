@@ -34,9 +34,10 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         writer = csv.DictWriter(f, fieldnames=list(per_class[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(per_class)
-    with atomic_open(f"{out_dir}/confusion.csv", "w") as f:
-        f.write("actual,predicted\n")
-        f.writelines(f"{class_names[a]},{class_names[p]}\n" for a, p in zip(y_test, predicted, strict=True))
+    with atomic_open(f"{out_dir}/confusion.csv", "w") as f:  # csv quotes a class name holding a comma
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("actual", "predicted"))
+        writer.writerows((class_names[a], class_names[p]) for a, p in zip(y_test, predicted, strict=True))
     plot_confusion(confusion, class_names, f"{out_dir}/confusion.png")
 
     wrong = np.flatnonzero(predicted != y_test)

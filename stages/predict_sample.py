@@ -43,7 +43,8 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         image_shape=spec.array_shape,
         colors=["green" if r["predicted"] == r["label"] else "red" for r in rows],
     )
-    print("predict-sample: predicted", [r["predicted"] for r in rows], "true", [r["label"] for r in rows])
+    said, truth = ", ".join(r["predicted_name"] for r in rows), ", ".join(r["label_name"] for r in rows)
+    print(f"predict-sample: predicted [{said}], true [{truth}]")  # class names: a folder's are words
 
 
 if __name__ == "__main__":
