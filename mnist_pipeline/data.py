@@ -146,8 +146,9 @@ def write_splits(
         part = images.read(start, stop) if isinstance(images, IdxItems) else images[start:stop]
         return table[part.reshape(len(part), spec.n_pixels)]
 
-    with (split_writer(prepared_dir, "train", len(train_idx), spec) as train,
-          split_writer(prepared_dir, "val", len(val_idx), spec) as val):
+    # Entered val before train, so train's files are renamed into place first: splits appear in order.
+    with (split_writer(prepared_dir, "val", len(val_idx), spec) as val,
+          split_writer(prepared_dir, "train", len(train_idx), spec) as train):
         for start in range(0, n_train, chunk):
             stop = min(n_train, start + chunk)
             images = scaled(raw["train_images"], start, stop)

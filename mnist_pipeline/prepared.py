@@ -155,7 +155,8 @@ def split_writer(
     """
     x_path, y_path = split_paths(prepared_dir, split)
     try:
-        with (atomic_path(x_path) as x_tmp, atomic_path(y_path) as y_tmp,
+        # Entered y before x, so left x before y: the images are renamed into place first, then the labels.
+        with (atomic_path(y_path) as y_tmp, atomic_path(x_path) as x_tmp,
               open(x_tmp, "wb") as x_file, open(y_tmp, "wb") as y_file):
             _write_header(x_file, (n_images, spec.n_pixels), np.dtype(IMAGES_DTYPE))
             _write_header(y_file, (n_images,), spec.labels_dtype)
