@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from train_speed import PROJECT_ROOT, child_env, child_result, find_mirror, load, machine, run_measured
+from train_speed import PROJECT_ROOT, child_env, child_result, find_mirror, load, machine, mirror_splits, run_measured
 
 RESULT_TAG = "BENCH_RESULT "
 CONFIGS = ("mlp", "cnn", "cnn-fast")  # "mlp" is params.yaml as it is; the others are presets on top of it
@@ -41,22 +41,13 @@ def child(name: str) -> None:
     """Train one configuration on MNIST, prepared as the preprocess stage does, and print its per-epoch points."""
     from mnist_pipeline import loop
     from mnist_pipeline.config import load_config, with_overrides
-    from mnist_pipeline.data import prepare
-    from mnist_pipeline.datasets import DATASETS
-    from mnist_pipeline.idx import read_idx
-    from mnist_pipeline.prepared import idx_spec
     from mnist_pipeline.presets import load_preset
 
     params = PROJECT_ROOT / "params.yaml"
     cfg = load_config(params)
     if name != "mlp":
         cfg = with_overrides(cfg, load_preset(name, params=str(params)), f"presets/{name}.yaml")
-    spec = idx_spec(DATASETS[cfg.data.dataset])
-    folder = Path(os.environ["MNIST_IDX_DIR"])
-    raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
-           for split, prefix in (("train", "train"), ("test", "t10k"))
-           for kind, dims in (("images", 3), ("labels", 1))}
-    splits = prepare(raw, cfg.preprocess)
+    spec, splits = mirror_splits(cfg)
 
     from mnist_pipeline.training import train_model
 

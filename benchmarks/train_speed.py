@@ -25,7 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mnist_pipeline.config import Config
+    from mnist_pipeline.prepared import PreparedSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = PROJECT_ROOT / "benchmarks" / "tutorial.py"
@@ -95,21 +99,26 @@ def child_tutorial(seed: int) -> None:
     print(RESULT_TAG + json.dumps(record), flush=True)
 
 
-def child_ours(seed: int, workdir: Path) -> None:
-    """train_model at the project's params (train.seed set), on the preprocess stage's arrays."""
-    from mnist_pipeline.config import load_config, with_overrides
+def mirror_splits(cfg: Config) -> tuple[PreparedSpec, dict[str, tuple[Any, Any]]]:
+    """The data set's spec and its splits as the preprocess stage makes them, from the mirror's IDX files."""
     from mnist_pipeline.data import prepare
     from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.idx import read_idx
     from mnist_pipeline.prepared import idx_spec
 
-    cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"train.seed": seed})
-    spec = idx_spec(DATASETS[cfg.data.dataset])
     folder = Path(os.environ["MNIST_IDX_DIR"])
     raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
            for split, prefix in (("train", "train"), ("test", "t10k"))
            for kind, dims in (("images", 3), ("labels", 1))}
-    splits = prepare(raw, cfg.preprocess)
+    return idx_spec(DATASETS[cfg.data.dataset]), prepare(raw, cfg.preprocess)
+
+
+def child_ours(seed: int, workdir: Path) -> None:
+    """train_model at the project's params (train.seed set), on the preprocess stage's arrays."""
+    from mnist_pipeline.config import load_config, with_overrides
+
+    cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"train.seed": seed})
+    spec, splits = mirror_splits(cfg)
 
     import numpy as np
 
