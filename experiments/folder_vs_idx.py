@@ -1,12 +1,17 @@
 """The folder path against the IDX path on the same 70,000 MNIST images: test accuracy over seeds.
 
-MNIST (train and test) is exported as a folder of PNGs (`mnist_pipeline.export_folder --split all`),
-then each path runs the pipeline's own stages, `python -m stages.<name>` as dvc.yaml runs them, with the
-default params (the tutorial's MLP) and train.seed 0, 1, 2:
+MNIST (train and test) is exported as folders of PNGs (`mnist_pipeline.export_folder --split all`, once
+with class folders at the top and once `--layout splits`), then each path runs the pipeline's own stages,
+`python -m stages.<name>` as dvc.yaml runs them, with the default params (the tutorial's MLP) and
+train.seed 0, 1, 2:
 
-- idx:    data.dataset mnist: the official 60,000 / 10,000 split;
-- folder: data.dataset folder: a 10,000 / 70,000 test share (`preprocess.test_fraction`), drawn by the
-          folder path's own hash of each file's path, so its test images are another 10,000.
+- idx:     data.dataset mnist: the official 60,000 / 10,000 split;
+- folders: data.dataset folder, preprocess.split folders: the exported train/ and test/ folders, so the
+           same 60,000 training and 10,000 test images as the IDX path, read from PNG files (in the folder
+           path's own order);
+- folder:  data.dataset folder, preprocess.split hash: a 10,000 / 70,000 test share
+           (`preprocess.test_fraction`), drawn by the folder path's own hash of each file's path, so its
+           test images are another 10,000.
 
 Run it from the root of a clone, never in the main checkout (it writes params.yaml, data/, models/):
 
@@ -17,7 +22,7 @@ Each run's accuracy is printed as it finishes and appended to `folder_vs_idx.jso
 folder (runs already there are not repeated; `--split-seeds 0 1 2` adds the folder path on two more
 hashed splits, to see how much the choice of held-out images moves the mean); the table at the end
 gives each path's mean and spread, and the difference of the means.
-Before it, one line says whether every row the folder path prepared equals its source IDX image scaled
+Before it, one line per folder path says whether every row it prepared equals its source IDX image scaled
 the IDX path's way (the exported names carry the IDX split and index): then the two paths differ only in
 which images they hold out for testing.
 """
@@ -43,11 +48,14 @@ from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.prepared import load_spec, load_split
 
 IMAGES = "data/images"
+SPLIT_IMAGES = "data/images-split"
 RESULTS = Path("folder_vs_idx.jsonl")
 PATHS: dict[str, dict[str, Any]] = {
     "idx": {"data.dataset": "mnist", "data.folder": "data/raw"},
+    "folders": {"data.dataset": "folder", "data.folder": SPLIT_IMAGES, "preprocess.split": "folders"},
     "folder": {"data.dataset": "folder", "data.folder": IMAGES, "preprocess.test_fraction": 10_000 / 70_000},
 }
+SPLIT_LABELS = {"idx": "official 60,000 / 10,000", "folders": "the exported train/ and test/ folders"}
 
 
 def python(*args: str) -> None:
@@ -69,7 +77,7 @@ def set_params(base: dict[str, Any], overrides: dict[str, Any]) -> None:
 
 def arms(split_seeds: list[int]) -> list[tuple[str, int, dict[str, Any]]]:
     """(path, split seed, params) of each set of runs: the IDX path's one split, the folder path's hashed ones."""
-    found = [("idx", 0, PATHS["idx"])]
+    found = [("idx", 0, PATHS["idx"]), ("folders", 0, PATHS["folders"])]
     found += [("folder", p, {**PATHS["folder"], "preprocess.seed": p}) for p in split_seeds]
     return found
 
@@ -85,10 +93,13 @@ def run(seeds: list[int], split_seeds: list[int]) -> list[dict[str, Any]]:
     base = yaml.safe_load(Path("params.yaml").read_text())
     finished = {(r["path"], r["split_seed"], r["seed"]) for r in done()}
     try:
-        if not Path(IMAGES).is_dir():
-            set_params(base, PATHS["idx"])
+        set_params(base, PATHS["idx"])
+        if not Path("data/raw/mnist").is_dir():
             python("-m", "stages.download", "data/raw")
-            python("-m", "mnist_pipeline.export_folder", "--dataset", "mnist", "--split", "all", "--out", IMAGES)
+        for folder, layout in ((IMAGES, "classes"), (SPLIT_IMAGES, "splits")):
+            if not Path(folder).is_dir():
+                python("-m", "mnist_pipeline.export_folder", "--dataset", "mnist", "--split", "all",
+                       "--layout", layout, "--out", folder)
         for name, split_seed, overrides in arms(split_seeds):
             todo = [seed for seed in seeds if (name, split_seed, seed) not in finished]
             if not todo:
@@ -114,7 +125,7 @@ def run(seeds: list[int], split_seeds: list[int]) -> list[dict[str, Any]]:
     return done()
 
 
-def same_pixels(prepared: str = "data/prepared-folder", raw: str = "data/raw") -> str:
+def same_pixels(prepared: str, raw: str = "data/raw") -> str:
     """Whether every row the folder path prepared is its source IDX image, scaled as the IDX path scales it.
 
     The manifest names each file's split and row; the exported file's name names its IDX split and index.
@@ -138,7 +149,7 @@ def same_pixels(prepared: str = "data/prepared-folder", raw: str = "data/raw") -
             label_ok = spec.class_names[y[i]] == str(idx[f"{source}_labels"][int(index)])
             mismatched += not (label_ok and np.array_equal(x[i], expected))
             checked += 1
-    return f"{checked:,} prepared rows of the folder path checked against the IDX pixels: {mismatched} differ"
+    return f"{prepared}: {checked:,} prepared rows checked against the IDX pixels: {mismatched} differ"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -160,12 +171,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         own = sorted((r for r in rows if r["path"] == name), key=lambda r: (r["split_seed"], r["seed"]))
         splits = sorted({r["split_seed"] for r in own})
         for split_seed in splits:
-            label = "official 60,000 / 10,000" if name == "idx" else f"hashed, preprocess.seed {split_seed}"
+            label = SPLIT_LABELS.get(name, f"hashed, preprocess.seed {split_seed}")
             means[(name, split_seed)] = line(name, label, [r for r in own if r["split_seed"] == split_seed])
         if len(splits) > 1:
             means[(name, None)] = line(name, "all of the above", own)
+    if ("idx", 0) in means and ("folders", 0) in means:
+        lines.append(f"\nfolders - idx: {100 * (means['folders', 0] - means['idx', 0]):+.2f} points")
     if ("idx", 0) in means and ("folder", 0) in means:
-        lines.append(f"\nfolder (preprocess.seed 0) - idx: {100 * (means['folder', 0] - means['idx', 0]):+.2f} points")
+        lines.append(f"folder (preprocess.seed 0) - idx: {100 * (means['folder', 0] - means['idx', 0]):+.2f} points")
     if ("idx", 0) in means and ("folder", None) in means:
         lines.append(f"folder (every split) - idx: {100 * (means['folder', None] - means['idx', 0]):+.2f} points")
     return "\n".join(lines)
@@ -179,7 +192,9 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true", help="print the table of folder_vs_idx.jsonl")
     args = parser.parse_args()
     rows = done() if args.table_only else run(args.seeds, args.split_seeds)
-    print(same_pixels())
+    for prepared in ("data/prepared-folders", "data/prepared-folder"):
+        if Path(prepared).is_dir():
+            print(same_pixels(prepared))
     print(table(rows))
 
 

@@ -42,6 +42,7 @@ FOLDER = "folder"
 DATASET_NAMES = (*DATASETS, FOLDER)
 COLORS = ("grayscale", "rgb")
 BAD_IMAGES = ("fail", "skip")
+FOLDER_SPLITS = ("hash", "folders")  # preprocess.split: by a hash of each path, or as the folder already has them
 DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
 
@@ -128,6 +129,7 @@ class PreprocessConfig(Section):
     test_limit: int = integer(0)
     image_size: int = integer(4, 1024)
     color: Literal[COLORS] = choice(COLORS)  # type: ignore[valid-type]
+    split: Literal[FOLDER_SPLITS] = choice(FOLDER_SPLITS)  # type: ignore[valid-type]
     test_fraction: float = number(0.0, 1.0, low_open=True)
     val_fraction: float = number(0.0, 1.0)
     bad_images: Literal[BAD_IMAGES] = choice(BAD_IMAGES)  # type: ignore[valid-type]

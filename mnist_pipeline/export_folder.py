@@ -8,6 +8,12 @@ path with, and a way to compare it with the IDX path on the same pictures:
     data/images/Ankle boot/test-00000.png
     data/images/T-shirt-top/test-00001.png      # a '/' in a class name becomes '-'
 
+With `--layout splits` each split gets its own folder, the layout `preprocess.split: folders` reads:
+the data set's own test set stays the test set (`--split all --layout splits`):
+
+    data/images/train/Ankle boot/train-00000.png
+    data/images/test/Ankle boot/test-00000.png
+
 A file is named after its split and its index in that split's IDX file, so train and test images
 never collide and each file traces back to its source. The IDX files come from `<raw>/<dataset>/`
 (the download stage's output) when all four are there, else they are fetched and verified as the
@@ -39,6 +45,7 @@ from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_dir
 
 SPLITS = ("train", "test")
+LAYOUTS = ("classes", "splits")
 FORMATS = {"png": ("PNG", ".png"), "jpeg": ("JPEG", ".jpg")}
 JPEG_QUALITY = 95
 # Wide enough for the 60,000 training images' indexes: names sort in the IDX files' order.
@@ -82,8 +89,9 @@ def write_images(images: np.ndarray, labels: np.ndarray, split: str, folders: Se
 
 
 def export(dataset: str, splits: Sequence[str], limit: int, image_format: str, out: Path, raw_dir: Path,
-           force: bool = False, params: str = PARAMS_FILE) -> dict[str, int]:
-    """Write the chosen splits of `dataset` into `out`; returns the images written per class folder."""
+           force: bool = False, params: str = PARAMS_FILE, layout: str = "classes") -> dict[str, int]:
+    """Write the chosen splits of `dataset` into `out`, class folders at the top or (layout `splits`) under
+    one folder per split; returns the images written per class."""
     spec = DATASETS[dataset]
     if out.exists() and not out.is_dir():
         raise PipelineError(f"{out}: exists and is not a folder: expected a folder path for --out")
@@ -97,10 +105,10 @@ def export(dataset: str, splits: Sequence[str], limit: int, image_format: str, o
     present = np.unique(np.concatenate([labels for _, labels in chosen.values()]))
     counts = {names[int(label)]: 0 for label in present}
     with atomic_dir(out) as tmp:
-        folders = [tmp / name for name in names]
-        for label in present:
-            folders[int(label)].mkdir()
         for split, (images, labels) in chosen.items():
+            folders = [(tmp / split if layout == "splits" else tmp) / name for name in names]
+            for label in np.unique(labels):
+                folders[int(label)].mkdir(parents=True, exist_ok=True)
             write_images(images, labels, split, folders, image_format)
             for label, n in zip(*np.unique(labels, return_counts=True), strict=True):
                 counts[names[int(label)]] += int(n)
@@ -122,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="only the first N images of each split (0 = all)")
     parser.add_argument("--format", dest="image_format", choices=sorted(FORMATS), default="png",
                         help=f"png (lossless) or jpeg (quality {JPEG_QUALITY})")
+    parser.add_argument("--layout", choices=LAYOUTS, default="classes",
+                        help="classes: <out>/<class>/ (preprocess.split: hash); splits: <out>/<split>/<class>/ "
+                        "(preprocess.split: folders, the data set's own test set as the test split)")
     parser.add_argument("--out", type=Path, default=Path("data/images"), help="the folder to create")
     parser.add_argument("--raw", type=Path, default=Path("data/raw"),
                         help="where the download stage keeps the IDX files (fetched when absent there)")
@@ -131,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.limit < 0:
         parser.error(f"--limit {args.limit}: expected 0 (all) or a positive number of images per split")
     splits = SPLITS if args.split == "all" else (args.split,)
-    export(args.dataset, splits, args.limit, args.image_format, args.out, args.raw, args.force, args.params)
+    export(args.dataset, splits, args.limit, args.image_format, args.out, args.raw, args.force, args.params,
+           args.layout)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ existing one. Each split's images are ordered by the same hash: classes come mix
 files, and predict-sample's first images are not all of one class. `<prepared>/manifest.csv` lists
 where every file went.
 
+A folder that comes split already (`preprocess.split: folders`) holds `train/`, `test/` and optionally
+`val/`, each in the class layout above: every file stays in its folder's split (a published test set
+stays the test set), and the classes are those of `train/`: a test class that training never sees is
+refused.
+
 Images are read with Pillow and brought to 8 bits per channel (16-bit values rounded to x / 257),
 transparent pixels composited onto black (MNIST's digits are light ink on a dark ground, so a
 transparent background is dark), converted to `preprocess.color`, stretched to `preprocess.image_size`
@@ -83,7 +88,8 @@ class Entry:
     rel: str
     path: str
     label: int
-    key: float  # the hash in [0, 1) that picks its split and orders it within the split
+    key: float  # the hash in [0, 1) that orders it within its split (and with `split: hash` picks the split)
+    split: str
 
 
 @dataclass
@@ -135,6 +141,7 @@ def split_key(seed: int, rel: str) -> float:
 
 
 def split_of(key: float, cfg: PreprocessConfig) -> str:
+    """The split a hash key falls in, by preprocess.test_fraction and val_fraction (`split: hash`)."""
     if key < cfg.test_fraction:
         return "test"
     if key < cfg.test_fraction + cfg.val_fraction:
@@ -158,24 +165,30 @@ def _inside(path: str, real_root: str) -> bool:
 # Pass 0: the folder's layout.
 
 
-def _class_folders(root: str, bad: BadFiles) -> list[str]:
-    """The sorted class folder names; a file at the top level is a bad file, a folder problem an error."""
+def _check_root(root: str, layout: str) -> None:
+    """`root` is a folder, and not the download stage's IDX folder."""
     if not os.path.exists(root):
-        raise PipelineError(f"{root}: folder not found: expected a folder of images with one subfolder per "
-                            "class (params.yaml: data.folder)")
+        raise PipelineError(f"{root}: folder not found: expected a folder of images with {layout} "
+                            "(params.yaml: data.folder)")
     if not os.path.isdir(root):
-        raise PipelineError(f"{root}: not a folder: expected a folder of images with one subfolder per class "
+        raise PipelineError(f"{root}: not a folder: expected a folder of images with {layout} "
                             "(params.yaml: data.folder)")
     for name in DATASETS:
         if os.path.isfile(os.path.join(root, name, raw_name(TRAIN_IMAGES))):
             raise PipelineError(f"{root}: holds the download stage's IDX files ({name}/), not images in class "
                                 "folders: with data.dataset: folder, set data.folder to your images folder")
+
+
+def _class_folders(root: str, top: str, bad: BadFiles) -> list[str]:
+    """The sorted class folder names under `root/top` ('' for the root itself); a file beside them is a bad
+    file, a folder problem an error. How many classes are enough is the caller's rule."""
+    where = os.path.join(root, top) if top else root
     real_root = os.path.realpath(root)
     classes = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    for entry in sorted(os.scandir(where), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
-        name = printable(entry.name)
+        name = f"{top}/{printable(entry.name)}" if top else printable(entry.name)
         if not entry.is_dir():
             bad.add(name, BadImage("not in a class folder", "expected every image inside a subfolder named "
                                    "after its class"))
@@ -188,15 +201,35 @@ def _class_folders(root: str, bad: BadFiles) -> list[str]:
             raise PipelineError(f"{path}: a link to {os.path.realpath(entry.path)}, outside {root}: expected "
                                 f"class folders inside {root} (DVC tracks only what is inside)")
         classes.append(entry.name)
+    return classes
+
+
+def _enough_classes(where: str, classes: list[str]) -> None:
     if not classes:
-        raise PipelineError(f"{root}: no class folders: expected one subfolder per class, each holding that "
+        raise PipelineError(f"{where}: no class folders: expected one subfolder per class, each holding that "
                             "class's images")
     if len(classes) == 1:
-        raise PipelineError(f"{root}: only one class folder ({classes[0]}): expected at least 2 classes to "
+        raise PipelineError(f"{where}: only one class folder ({classes[0]}): expected at least 2 classes to "
                             "tell apart")
     if len(classes) > MAX_CLASSES:
-        raise PipelineError(f"{root}: {len(classes)} class folders: expected at most {MAX_CLASSES}")
-    return classes
+        raise PipelineError(f"{where}: {len(classes)} class folders: expected at most {MAX_CLASSES}")
+
+
+def _split_folders(root: str) -> list[str]:
+    """With `split: folders`, the split folders at the top of `root`: train/ and test/, val/ if there."""
+    found = {entry.name: entry for entry in os.scandir(root) if not entry.name.startswith(".")}
+    for name in sorted(found):
+        if name not in SPLITS or not found[name].is_dir():
+            kind = "folder" if found[name].is_dir() else "file"
+            raise PipelineError(f"{shown_path(root, printable(name))}: a {kind} beside the split folders: with "
+                                "preprocess.split: folders, expected only train/, test/ and optionally val/ at the "
+                                "top, each with one subfolder per class")
+    for name in ("train", "test"):
+        if name not in found:
+            raise PipelineError(f"{root}: no {name}/ folder: with preprocess.split: folders, expected train/, test/ "
+                                "and optionally val/, each with one subfolder per class (or preprocess.split: hash "
+                                "for one folder per class)")
+    return [split for split in SPLITS if split in found]
 
 
 def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad: BadFiles,
@@ -227,45 +260,87 @@ def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad
             bad.add(here, BadImage("not a regular file", kind))
 
 
+def _class_files(root: str, top: str, name: str, label: int, cfg: PreprocessConfig, bad: BadFiles,
+                 split: str | None) -> list[Entry]:
+    """Every candidate file under one class folder, in `split`, or (None) in the split its hash picks."""
+    rel_folder = f"{top}/{name}" if top else name
+    folder = os.path.join(root, rel_folder)
+    bad_before = len(bad.found)
+    found = []
+    for rel, path in _files(folder, printable(rel_folder), os.path.realpath(root),
+                            frozenset({os.path.realpath(folder)}), bad, root):
+        key = split_key(cfg.seed, rel)
+        found.append(Entry(rel, path, label, key, split or split_of(key, cfg)))
+    if not found and len(bad.found) == bad_before:
+        raise PipelineError(f"{shown_path(root, printable(rel_folder))}: empty class folder: expected at least one "
+                            "image (remove the folder to drop the class)")
+    return found
+
+
 def scan(root: str, cfg: PreprocessConfig, bad: BadFiles) -> tuple[list[str], list[Entry]]:
-    """Class names and every candidate file, each with its split key; nothing is decoded yet."""
-    classes = _class_folders(root, bad)
-    real_root = os.path.realpath(root)
+    """Class names and every candidate file, each with its split and order key; nothing is decoded yet."""
+    if cfg.split == "hash":
+        _check_root(root, "one subfolder per class")
+        classes = _class_folders(root, "", bad)
+        _enough_classes(root, classes)
+        entries = [entry for label, name in enumerate(classes)
+                   for entry in _class_files(root, "", name, label, cfg, bad, None)]
+        return classes, entries
+    _check_root(root, "train/ and test/ folders (preprocess.split: folders)")
+    splits = _split_folders(root)
+    classes = _class_folders(root, "train", bad)
+    _enough_classes(shown_path(root, "train"), classes)
+    labels = {name: label for label, name in enumerate(classes)}
     entries = []
-    for label, name in enumerate(classes):
-        folder = os.path.join(root, name)
-        bad_before = len(bad.found)
-        found = [Entry(rel, path, label, split_key(cfg.seed, rel))
-                 for rel, path in _files(folder, name, real_root, frozenset({os.path.realpath(folder)}), bad, root)]
-        if not found and len(bad.found) == bad_before:
-            raise PipelineError(f"{shown_path(root, name)}: empty class folder: expected at least one image "
-                                "(remove the folder to drop the class)")
-        entries.extend(found)
+    for split in splits:
+        names = classes if split == "train" else _class_folders(root, split, bad)
+        for name in names:
+            if name not in labels:
+                raise PipelineError(
+                    f"{shown_path(root, f'{split}/{printable(name)}')}: a class train/ does not have: expected the "
+                    f"class folders of {shown_path(root, 'train')} ({_listed(classes)}), as a model learns only those")
+            entries.extend(_class_files(root, split, name, labels[name], cfg, bad, split))
     return classes, entries
 
 
-def _class_of(rel: str, classes: list[str]) -> str:
-    first = rel.split("/", 1)[0]
-    return first if "/" in rel and first in classes else ""
+def _listed(names: list[str], shown: int = SHOWN) -> str:
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(printable(n) for n in names[:shown]) + more
+
+
+def _class_of(rel: str, classes: list[str], cfg: PreprocessConfig) -> str:
+    """The class of a file left out, for its manifest row: '' when it sits outside every class folder."""
+    parts = rel.split("/")
+    if cfg.split == "folders":
+        parts = parts[1:]
+    return parts[0] if len(parts) > 1 and parts[0] in classes else ""
 
 
 def check_splits(root: str, classes: list[str], labels_splits: list[tuple[int, str]], cfg: PreprocessConfig,
                  after: str = "") -> None:
     """Every class needs a training image, and the test split at least one image."""
     counts = Counter(labels_splits)
+    by_folders = cfg.split == "folders"
     for label, name in enumerate(classes):
         total = sum(counts[(label, s)] for s in SPLITS)
+        where = shown_path(root, f"train/{name}" if by_folders else name)
         if total == 0:
-            raise PipelineError(f"{shown_path(root, name)}: no readable images left{after}: expected at least one "
-                                "image per class")
+            raise PipelineError(f"{where}: no readable images left{after}: expected at least one image per class")
+        if counts[(label, "train")] == 0 and by_folders:
+            raise PipelineError(f"{where}: no readable training images left{after}: expected at least one "
+                                "training image per class")
         if counts[(label, "train")] == 0:
             raise PipelineError(
-                f"{shown_path(root, name)}: none of its {total} images{after} falls in the training split "
+                f"{where}: none of its {total} images{after} falls in the training split "
                 f"(preprocess.test_fraction = {cfg.test_fraction:g}, val_fraction = {cfg.val_fraction:g}): "
                 "add images to this class or lower the fractions")
-    if not any(split == "test" for _, split in labels_splits):
-        raise PipelineError(f"{root}: no image falls in the test split (preprocess.test_fraction = "
-                            f"{cfg.test_fraction:g}): add images or raise the fraction")
+    if any(split == "test" for _, split in labels_splits):
+        return
+    if by_folders:
+        raise PipelineError(f"{shown_path(root, 'test')}: no test images{after}: expected at least one image in a "
+                            "class folder there")
+    raise PipelineError(f"{root}: no image falls in the test split (preprocess.test_fraction = "
+                        f"{cfg.test_fraction:g}): add images or raise the fraction")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +510,8 @@ def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: Prepro
     if chunk:
         _park(decoded, chunk, prepared)
     listed = {row[0] for row in found.rows}
-    found.rows.extend((rel, _class_of(rel, classes), SKIPPED, "", "") for rel, _ in bad.found if rel not in listed)
+    found.rows.extend((rel, _class_of(rel, classes, cfg), SKIPPED, "", "") for rel, _ in bad.found
+                      if rel not in listed)
     return found
 
 
@@ -445,10 +521,10 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
     bad = BadFiles(root, fail=cfg.bad_images == "fail")
     classes, entries = scan(root, cfg, bad)
     after = " after skipping unreadable files" if bad.found else ""
-    check_splits(root, classes, [(e.label, split_of(e.key, cfg)) for e in entries], cfg, after)
+    check_splits(root, classes, [(e.label, e.split) for e in entries], cfg, after)
     spec = PreparedSpec(Path(os.path.realpath(root)).name or "folder", tuple(classes),
                         (cfg.image_size, cfg.image_size), 3 if cfg.color == "rgb" else 1)
-    by_split = {split: sorted((e for e in entries if split_of(e.key, cfg) == split), key=lambda e: (e.key, e.rel))
+    by_split = {split: sorted((e for e in entries if e.split == split), key=lambda e: (e.key, e.rel))
                 for split in SPLITS}
     prepared = Path(prepared_dir)
     prepared.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,11 @@ from conftest import PROJECT_ROOT, subprocess_env
 from faultkit import write_raw
 from PIL import Image
 
+from mnist_pipeline.config import load_config, with_overrides
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.idx import parse_idx, read_idx
+from mnist_pipeline.imagefolder import prepare_folder
+from mnist_pipeline.prepared import split_paths
 
 
 def export(cwd: Path, *args: str, mirror: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,6 +83,26 @@ def test_split_all_reads_data_raw_without_a_mirror_and_names_train_and_test_apar
         # Lossy, and the test images are noise (JPEG's worst case): close on average, not exact.
         error = np.abs(np.asarray(image, dtype=np.int16) - train_images[0]).mean()
         assert error < 40, error
+
+
+def test_split_layout_puts_each_split_in_its_own_folder_that_preprocess_reads_as_its_splits(tmp_path: Path) -> None:
+    raw = tmp_path / "data/raw"
+    write_raw(raw / "mnist", train=12, test=8)
+    result = export(tmp_path, "--split", "all", "--layout", "splits", "--out", "data/images")
+    assert result.returncode == 0, result.stderr
+
+    out = tmp_path / "data/images"
+    assert sorted(p.name for p in out.iterdir()) == ["test", "train"]
+    for split, count in (("train", 12), ("test", 8)):
+        labels = read_idx(raw / "mnist" / raw_name(TRAIN_LABELS if split == "train" else TEST_LABELS), "labels")
+        expected: dict[str, list[str]] = {}
+        for index, label in enumerate(labels[:count]):
+            expected.setdefault(str(label), []).append(f"{split}-{index:05d}.png")
+        assert files_by_class(out / split) == {k: sorted(v) for k, v in sorted(expected.items())}
+    cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"preprocess.split": "folders"})
+    prepare_folder(str(out), tmp_path / "prepared", cfg.preprocess)
+    sizes = {split: len(np.load(split_paths(tmp_path / "prepared", split)[1])) for split in ("train", "val", "test")}
+    assert sizes == {"train": 12, "val": 0, "test": 8}
 
 
 def test_a_repeated_export_is_byte_identical_and_a_full_folder_needs_force(tmp_path: Path) -> None:

@@ -618,6 +618,117 @@ def test_stage_skips_bad_files_with_one_summary_line(tmp_path: Path, digits) -> 
                        "0/bad.png (truncated image), 1/notes.txt (not an image)"]
 
 
+# ---------------------------------------------------------------------------------------------
+# A folder that comes split already (preprocess.split: folders).
+
+
+def write_split_digits(root: Path, digits: tuple[np.ndarray, np.ndarray],
+                       splits: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Digits of the first classes as `<root>/<split>/<label>/<i>.png`, {split: (count, classes)}; no image is
+    in two splits. Returns {relative path: pixels}."""
+    images, labels = digits
+    written: dict[str, np.ndarray] = {}
+    used: set[int] = set()
+    for split, (count, classes) in splits.items():
+        chosen = [i for i in np.flatnonzero(labels < classes) if i not in used][:count]
+        used.update(chosen)
+        for i in chosen:
+            rel = f"{split}/{labels[i]}/{i:03d}.png"
+            (root / split / str(labels[i])).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(root / rel)
+            written[rel] = images[i]
+    return written
+
+
+def test_split_folders_keep_every_file_in_its_folders_split(tmp_path: Path, digits) -> None:
+    root = tmp_path / "images"
+    written = write_split_digits(root, digits, {"train": (30, 3), "val": (10, 3), "test": (12, 3)})
+    cfg = preprocess_cfg(split="folders")
+    spec = prepare_folder(str(root), tmp_path / "prepared", cfg)
+    assert spec.class_names == ("0", "1", "2")
+    rows = manifest(tmp_path / "prepared")
+    assert sorted(row["path"] for row in rows) == sorted(written)
+    assert all(row["split"] == row["path"].split("/")[0] and row["class"] == row["path"].split("/")[1] for row in rows)
+    loaded = {split: arrays(tmp_path / "prepared", split) for split in SPLITS}
+    assert {split: len(loaded[split][1]) for split in SPLITS} == {"train": 30, "val": 10, "test": 12}
+    for row in rows:
+        x, y = loaded[row["split"]]
+        expected = scale_images(written[row["path"]][None], cfg.scale, cfg.offset)[0]
+        np.testing.assert_array_equal(x[int(row["index"])], expected)
+        assert spec.class_names[y[int(row["index"])]] == row["class"]
+
+
+def test_split_folders_ignore_the_split_fractions(tmp_path: Path, digits) -> None:
+    root = tmp_path / "images"
+    write_split_digits(root, digits, {"train": (30, 3), "test": (12, 3)})
+    outputs = []
+    for name, fractions in {"a": (0.2, 0.0), "b": (0.5, 0.3)}.items():
+        cfg = preprocess_cfg(split="folders", test_fraction=fractions[0], val_fraction=fractions[1])
+        prepare_folder(str(root), tmp_path / name, cfg)
+        outputs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())})
+    assert outputs[0] == outputs[1]
+    assert len(arrays(tmp_path / "a", "val")[1]) == 0  # no val/ folder: no validation images
+
+
+def test_split_folders_may_lack_a_class_in_test(tmp_path: Path, digits) -> None:
+    root = tmp_path / "images"
+    write_split_digits(root, digits, {"train": (30, 3), "test": (12, 2)})
+    spec = prepare_folder(str(root), tmp_path / "prepared", preprocess_cfg(split="folders"))
+    assert spec.class_names == ("0", "1", "2")
+    assert set(arrays(tmp_path / "prepared", "test")[1].tolist()) == {0, 1}
+
+
+SPLIT_FOLDER_FAULTS = {
+    "no test folder": (lambda root: shutil.rmtree(root / "test"),
+                       "error: images: no test/ folder: with preprocess.split: folders, expected train/, test/ and "
+                       "optionally val/, each with one subfolder per class (or preprocess.split: hash for one folder "
+                       "per class)"),
+    "class folders at the top": (lambda root: (root / "7").mkdir(),
+                                 "error: images/7: a folder beside the split folders: with preprocess.split: folders, "
+                                 "expected only train/, test/ and optionally val/ at the top, each with one subfolder "
+                                 "per class"),
+    "a file beside the split folders": (lambda root: (root / "README.txt").write_text("my digits"),
+                                        "error: images/README.txt: a file beside the split folders: with "
+                                        "preprocess.split: folders, expected only train/, test/ and optionally val/ "
+                                        "at the top, each with one subfolder per class"),
+    "a test class train lacks": (lambda root: shutil.copytree(root / "test" / "0", root / "test" / "cat"),
+                                 "error: images/test/cat: a class train/ does not have: expected the class folders of "
+                                 "images/train (0, 1, 2), as a model learns only those"),
+    "an empty test folder": (lambda root: [shutil.rmtree(p) for p in (root / "test").iterdir()],
+                             "error: images/test: no test images: expected at least one image in a class folder there"),
+}
+
+
+@pytest.mark.parametrize("case", SPLIT_FOLDER_FAULTS)
+def test_stage_refuses_a_bad_split_layout_in_one_line(tmp_path: Path, digits, case: str) -> None:
+    make, expected = SPLIT_FOLDER_FAULTS[case]
+    root = tmp_path / "project" / "images"
+    write_split_digits(root, digits, {"train": (30, 3), "test": (12, 3)})
+    make(root)
+    project = stage_dir(tmp_path / "project", params={"data.dataset": "folder", "data.folder": "images",
+                                                       "preprocess.split": "folders"})
+    result = subprocess.run([sys.executable, "-m", "stages.preprocess", "images", "data/prepared"],
+                            cwd=project.path, env=project.env, capture_output=True, text=True, timeout=120)
+    assert error_line(result) == expected
+
+
+def test_split_folders_skip_bad_files_with_their_class_in_the_manifest(tmp_path: Path, digits, capsys) -> None:
+    root = tmp_path / "images"
+    write_split_digits(root, digits, {"train": (30, 3), "test": (12, 3)})
+    (root / "test" / "1" / "bad.png").write_bytes(truncated(encoded(digits[0][0], "PNG")))
+    prepare_folder(str(root), tmp_path / "prepared", preprocess_cfg(split="folders", bad_images="skip"))
+    skipped = [row for row in manifest(tmp_path / "prepared") if row["split"] == "skipped"]
+    assert [(row["path"], row["class"]) for row in skipped] == [("test/1/bad.png", "1")]
+    assert "test/1/bad.png (truncated image)" in capsys.readouterr().err
+
+
+def test_split_folders_need_two_classes_in_train(tmp_path: Path, digits) -> None:
+    root = tmp_path / "images"
+    write_split_digits(root, digits, {"train": (10, 1), "test": (12, 1)})
+    with pytest.raises(PipelineError, match=rf"^{root}/train: only one class folder \(0\): expected at least 2"):
+        prepare_folder(str(root), tmp_path / "prepared", preprocess_cfg(split="folders"))
+
+
 def test_camera_orientation_tag_is_applied(digits) -> None:
     digit = digits[0][0]
     exif = Image.Exif()

@@ -66,6 +66,10 @@ IDX_FIXED = {
 # preprocess alone, its bytes unchanged; here their effect reaches the model).
 FOLDER_KEYS = (*IDX_FIXED, "preprocess.test_fraction", "preprocess.val_fraction", "preprocess.bad_images",
                "preprocess.max_image_pixels")
+# Folder keys whose other value needs another layout of the folder: changed in their own case below.
+LAYOUT_KEYS = {
+    "preprocess.split": "folders reads train/ and test/ folders; the digit folder has its class folders at the top",
+}
 OTHER_DIGIT_FOLDER = "data/more-digits"  # the folder configuration's other data.folder: other digits
 FOLDER_PARAMS = {**BASE_PARAMS, "data.dataset": "folder", "data.folder": DIGIT_FOLDER}
 # Other values other_value() cannot make up: a path must name a folder the case holds.
@@ -245,8 +249,20 @@ def test_keys_only_a_folder_reads_are_changed_in_the_folder_configuration(
     mnist_reads = set().union(*project.read.values())  # type: ignore[attr-defined]
     folder_reads = set().union(*folder_project.read.values())  # type: ignore[attr-defined]
     assert folder_reads - mnist_reads, "the folder configuration reads no key of its own: is it a folder run?"
-    missing = folder_reads - mnist_reads - set(FOLDER_KEYS)
+    missing = folder_reads - mnist_reads - set(FOLDER_KEYS) - set(LAYOUT_KEYS)
     assert not missing, f"keys only the folder configuration reads, never changed there: {sorted(missing)}"
+
+
+def test_split_change_in_the_folder_configuration_reruns_preprocess_which_reads_the_other_layout(
+        folder_project: Project) -> None:
+    """`preprocess.split: folders` on the digit folder: preprocess reruns, as it declares the key, and refuses
+    class folders at the top in one line; no later stage runs on the failed preprocess."""
+    case = reset(folder_project)
+    case.set_params({"preprocess.split": "folders"})
+    result = case.dvc("repro", check=False)
+    assert result.returncode != 0
+    assert ran_stages(result.stdout + result.stderr) == ["preprocess"]
+    assert f"error: {DIGIT_FOLDER}/0: a folder beside the split folders" in result.stderr
 
 
 def test_second_repro_runs_nothing(project: Project) -> None:
