@@ -90,6 +90,7 @@ def test_split_layout_puts_each_split_in_its_own_folder_that_preprocess_reads_as
     write_raw(raw / "mnist", train=12, test=8)
     result = export(tmp_path, "--split", "all", "--layout", "splits", "--out", "data/images")
     assert result.returncode == 0, result.stderr
+    assert "export: 20 images in 10 classes, under train/ and test/: data/images" in result.stderr
 
     out = tmp_path / "data/images"
     assert sorted(p.name for p in out.iterdir()) == ["test", "train"]
