@@ -72,8 +72,10 @@ def run(names: list[str], seeds: list[int] | None) -> None:
 
 def table() -> None:
     records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    # A row run again (its preset retuned) replaces its earlier runs: the latest record per name and seed.
+    latest = {(r["name"], r["seed"]): r for r in records}
     for name in ROWS:
-        rows = [r for r in records if r["name"] == name]
+        rows = [r for (n, _), r in latest.items() if n == name]
         if not rows:
             continue
         acc = [r["accuracy"] for r in rows]
