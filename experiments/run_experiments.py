@@ -37,6 +37,8 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "mlp-512": ("$(python -m mnist_pipeline.presets mlp-512)", (0, 1, 2)),
     "cnn": ("$(python -m mnist_pipeline.presets cnn)", (0, 1, 2)),
     "cnn-fast": ("$(python -m mnist_pipeline.presets cnn-fast)", (0, 1, 2)),
+    "cnn-fast-5ep": ("$(python -m mnist_pipeline.presets cnn-fast) -S train.batch_size=250 -S train.epochs=5",
+                     (0, 1, 2)),
     "fashion-tutorial": ("-S data.dataset=fashion_mnist", (0, 1, 2)),
     "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
     "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),
