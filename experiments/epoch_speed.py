@@ -1,14 +1,15 @@
 """Relative epoch speed of CNN configurations, measured side by side in one process, alternating.
 
-    python experiments/epoch_speed.py [--images 12000] [--rounds 3] \
+    python experiments/epoch_speed.py [--images 12000] [--rounds 3] [--preset cnn] \
         "fast -S model.cnn.filters=[16,32] -S train.batch_size=256" "other -S ..."
 
-Each configuration is a name and `-S key=value` overrides on top of params.yaml plus the `cnn` preset
-(the reference, always measured first as `cnn`). Every round trains each configuration for two epochs
-on the first `--images` training images with the pipeline's own builders and compiled loop
+Each configuration is a name and `-S key=value` overrides on top of params.yaml plus a preset
+(`--preset`, `cnn` unless named: the reference, always measured first under the preset's name).
+Every round trains each configuration for two epochs on the first `--images` training images with the
+pipeline's own builders and compiled loop
 (mnist_pipeline.training / mnist_pipeline.loop) and times the second epoch (the first one traces).
 It prints each epoch's wall and CPU seconds, then per configuration the median seconds per 60,000
-images and the ratio to the `cnn` reference. On a shared machine wall times are inflated by the
+images and the ratio to the reference. On a shared machine wall times are inflated by the
 other processes; the ratio of configurations timed in alternation is the steadier number.
 """
 
@@ -51,11 +52,13 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", help="'name -S key=value ...'")
     parser.add_argument("--images", type=int, default=12000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--preset", default="cnn", help="the reference configuration, under every other one")
     args = parser.parse_args()
 
     params = PROJECT_ROOT / "params.yaml"
-    base = with_overrides(load_config(params), load_preset("cnn", params=str(params)))
-    configs = [("cnn", base)] + [parse_config(text, base) for text in args.configs]
+    base = with_overrides(load_config(params), load_preset(args.preset, params=str(params)))
+    reference = args.preset
+    configs = [(reference, base)] + [parse_config(text, base) for text in args.configs]
     x = np.load(PREPARED / "x_train.npy")[: args.images]
     y = np.load(PREPARED / "y_train.npy")[: args.images]
 
@@ -100,13 +103,13 @@ def main() -> None:
             seen[name].append((wall * scale, cpu * scale))
             print(f"round {round_} {name:12s} {model.count_params():7d} params: {wall * scale:6.1f} s wall, "
                   f"{cpu * scale:6.1f} s CPU per 60k images (load {os.getloadavg()[0]:.2f})", flush=True)
-    ref_wall = statistics.median(w for w, _ in seen["cnn"])
-    ref_cpu = statistics.median(c for _, c in seen["cnn"])
+    ref_wall = statistics.median(w for w, _ in seen[reference])
+    ref_cpu = statistics.median(c for _, c in seen[reference])
     for name, times in seen.items():
         wall, cpu = statistics.median(w for w, _ in times), statistics.median(c for _, c in times)
-        ratios = [w / rw for (w, _), (rw, _) in zip(times, seen["cnn"], strict=True)]
-        print(f"{name:12s} median {wall:6.1f} s wall, {cpu:6.1f} s CPU per 60k; wall/cnn {wall / ref_wall:.3f} "
-              f"(per round {', '.join(f'{r:.3f}' for r in ratios)}), CPU/cnn {cpu / ref_cpu:.3f}")
+        ratios = [w / rw for (w, _), (rw, _) in zip(times, seen[reference], strict=True)]
+        print(f"{name:12s} median {wall:6.1f} s wall, {cpu:6.1f} s CPU per 60k; wall/{reference} {wall / ref_wall:.3f} "
+              f"(per round {', '.join(f'{r:.3f}' for r in ratios)}), CPU/{reference} {cpu / ref_cpu:.3f}")
     print(f"# load {os.getloadavg()[0]:.2f} at end")
 
 
