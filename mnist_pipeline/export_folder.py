@@ -113,8 +113,8 @@ def export(dataset: str, splits: Sequence[str], limit: int, image_format: str, o
             for label, n in zip(*np.unique(labels, return_counts=True), strict=True):
                 counts[names[int(label)]] += int(n)
             progress.say(f"export: {spec.name} {split}: {len(images):,} {image_format.upper()} images written")
-    folders = "class folders" if layout == "classes" else f"classes, under {' and '.join(f'{s}/' for s in splits)}"
-    progress.say(f"export: {sum(counts.values()):,} images in {len(counts)} {folders}: {out}")
+    where = "class folders" if layout == "classes" else f"classes, under {' and '.join(f'{s}/' for s in splits)}"
+    progress.say(f"export: {sum(counts.values()):,} images in {len(counts)} {where}: {out}")
     return counts
 
 

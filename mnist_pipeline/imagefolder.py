@@ -110,11 +110,16 @@ class BadFiles:
     def summary(self) -> str | None:
         if not self.found:
             return None
-        listed = ", ".join(f"{rel} ({reason})" for rel, reason in sorted(self.found)[:SHOWN])
-        more = f", and {len(self.found) - SHOWN} more" if len(self.found) > SHOWN else ""
+        listed = first_few([f"{rel} ({reason})" for rel, reason in sorted(self.found)], SHOWN)
         count = len(self.found)
         return (f"preprocess: skipped {count} file{'s' * (count != 1)} in {self.root} (preprocess.bad_images: "
-                f"skip; listed in {MANIFEST}): {listed}{more}")
+                f"skip; listed in {MANIFEST}): {listed}")
+
+
+def first_few(texts: list[str], shown: int, unit: str = "") -> str:
+    """The first `shown` texts, comma-separated, then `, and N more<unit>`: one line however many there are."""
+    more = f", and {len(texts) - shown} more{unit}" if len(texts) > shown else ""
+    return ", ".join(texts[:shown]) + more
 
 
 def shown_path(root: str, rel: str) -> str:
@@ -296,16 +301,12 @@ def scan(root: str, cfg: PreprocessConfig, bad: BadFiles) -> tuple[list[str], li
         names = classes if split == "train" else _class_folders(root, split, bad)
         for name in names:
             if name not in labels:
+                known = first_few([printable(c) for c in classes], SHOWN)
                 raise PipelineError(
                     f"{shown_path(root, f'{split}/{printable(name)}')}: a class train/ does not have: expected the "
-                    f"class folders of {shown_path(root, 'train')} ({_listed(classes)}), as a model learns only those")
+                    f"class folders of {shown_path(root, 'train')} ({known}), as a model learns only those")
             entries.extend(_class_files(root, split, name, labels[name], cfg, bad, split))
     return classes, entries
-
-
-def _listed(names: list[str], shown: int = SHOWN) -> str:
-    more = f", and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(printable(n) for n in names[:shown]) + more
 
 
 def _class_of(rel: str, classes: list[str], cfg: PreprocessConfig) -> str:
@@ -450,10 +451,9 @@ def _duplicates_warning(found: dict[str, list[tuple[str, str]]]) -> str | None:
     if not groups:
         return None
     count = sum(len(files) for files in groups)
-    shown = ", ".join(" = ".join(f"{split}/{rel}" for rel, split in files) for files in groups[:SHOWN_DUPLICATES])
-    more = f", and {len(groups) - SHOWN_DUPLICATES} more groups" if len(groups) > SHOWN_DUPLICATES else ""
-    return (f"preprocess: warning: {count} images appear in more than one split (exact duplicates by content): "
-            f"{shown}{more}")
+    shown = first_few([" = ".join(f"{split}/{rel}" for rel, split in files) for files in groups], SHOWN_DUPLICATES,
+                      " groups")
+    return f"preprocess: warning: {count} images appear in more than one split (exact duplicates by content): {shown}"
 
 
 def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, str, str, str, str]]) -> Path:
