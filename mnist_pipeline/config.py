@@ -151,6 +151,7 @@ class CnnConfig(Section):
     dense: int = integer(0)
     dropout: float = number(0.0, 1.0)
     batch_norm: bool = Field(description="true or false")
+    batch_norm_first: bool = Field(description="true or false")
     augment_shift: float = number(0.0, 0.5)
     augment_rotation: float = number(0.0, 0.5)
     pool_first: bool = Field(description="true or false")

@@ -50,6 +50,7 @@ def build_cnn(
     augment_rotation: float = 0.0,
     pool_first: bool = False,
     strided_blocks: int = 0,
+    batch_norm_first: bool = True,
 ) -> keras.Model:
     """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, channels) itself.
 
@@ -60,6 +61,8 @@ def build_cnn(
     and parameters, but normalisation and activation (memory-bound, a large share of a small net's
     time on a CPU) run on a quarter of the values. The first `strided_blocks` blocks halve the image with a
     stride-2 convolution in place of the max-pool: a quarter of the convolution's work, same output shapes.
+    `batch_norm_first` false leaves the first block unnormalised (its convolution gets a bias): its maps
+    are the largest, so on a CPU that block's batch norm costs more than the others'.
     Augmentation layers are Keras' own: active in training only, identity at inference.
     """
     rows, cols, channels = image_shape
@@ -73,11 +76,12 @@ def build_cnn(
         layers.append(keras.layers.RandomRotation(augment_rotation, fill_mode="nearest"))
     for i, width in enumerate(filters):
         stride = 2 if i < strided_blocks else 1
-        layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same", use_bias=not batch_norm))
+        normed = batch_norm and (i > 0 or batch_norm_first)
+        layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same", use_bias=not normed))
         pool = stride == 1  # a strided convolution has halved the image already
         if pool and pool_first:
             layers.append(keras.layers.MaxPooling2D(2))
-        if batch_norm:
+        if normed:
             layers.append(keras.layers.BatchNormalization())
         layers.append(keras.layers.Activation(activation))
         if pool and not pool_first:
@@ -113,6 +117,7 @@ def build_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
             cnn.augment_rotation,
             cnn.pool_first,
             cnn.strided_blocks,
+            cnn.batch_norm_first,
         )
     return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
 

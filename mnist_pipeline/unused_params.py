@@ -25,6 +25,7 @@ TYPE_ONLY_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.cnn.dense": 128,
         "model.cnn.dropout": 0.25,
         "model.cnn.batch_norm": True,
+        "model.cnn.batch_norm_first": True,
         "model.cnn.augment_shift": 0.08,
         "model.cnn.augment_rotation": 0.0,
         "model.cnn.pool_first": False,

@@ -50,6 +50,8 @@ VARIANTS = {
     "pool-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True},
     "strided-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.strided_blocks": 1},
     "all-strided": {"model.cnn.filters": [16, 32], "model.cnn.strided_blocks": 2},
+    "first-block-unnormalised": {"model.cnn.filters": [16, 32], "model.cnn.kernel_size": 4,
+                                 "model.cnn.strided_blocks": 2, "model.cnn.batch_norm_first": False},
 }
 
 
@@ -66,15 +68,18 @@ def test_cnn_follows_its_params(name: str) -> None:
     strided = [i < cnn.strided_blocks for i in range(len(convs))]
     assert types.count("MaxPooling2D") == strided.count(False)
     assert [c.strides for c in convs] == [(2, 2) if s else (1, 1) for s in strided]
-    assert types.count("BatchNormalization") == (len(cnn.filters) if cnn.batch_norm else 0)
+    # Batch norm follows each convolution, the first one's only with batch_norm_first; the others get a bias.
+    normed = [cnn.batch_norm and (i > 0 or cnn.batch_norm_first) for i in range(len(convs))]
+    assert types.count("BatchNormalization") == normed.count(True)
+    assert [c.use_bias for c in convs] == [not n for n in normed]
     dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert dense == ([cnn.dense] if cnn.dense else []) + [10]
     assert ("RandomTranslation" in types) == (cnn.augment_shift > 0)
     assert ("RandomRotation" in types) == (cnn.augment_rotation > 0)
     # Each pooled block pools right after its convolution with pool_first, else after the activation.
     after_conv = [types[i + 1] for i, t in enumerate(types) if t == "Conv2D"]
-    normed = "BatchNormalization" if cnn.batch_norm else "Activation"
-    assert after_conv == ["MaxPooling2D" if cnn.pool_first and not s else normed for s in strided]
+    assert after_conv == ["MaxPooling2D" if cnn.pool_first and not s else "BatchNormalization" if n else "Activation"
+                          for s, n in zip(strided, normed, strict=True)]
     # It reads the pipeline's flat (N, 784) arrays and gives one probability row per image.
     out = model.predict(np.zeros((3, 784), np.float32), verbose=0)
     assert out.shape == (3, 10)
@@ -107,6 +112,7 @@ class BatchLosses(keras.callbacks.Callback):
 
 LEARNERS = {
     "defaults": VARIANTS["defaults"],
+    "first-block-unnormalised": VARIANTS["first-block-unnormalised"],
     "pool-first": VARIANTS["pool-first"],
     "strided-first": VARIANTS["strided-first"],
     "all-strided": VARIANTS["all-strided"],
