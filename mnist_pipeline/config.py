@@ -156,11 +156,22 @@ class CnnConfig(Section):
     augment_rotation: float = number(0.0, 0.5)
     pool_first: bool = Field(description="true or false")
     strided_blocks: int = integer(0, 4)
+    pool_blocks: list[int] = int_list(1, 0, 4)
 
     @field_validator("filters")
     @classmethod
     def _positive_widths(cls, widths: list[int]) -> list[int]:
         return _positive_ints(widths)
+
+    @field_validator("pool_blocks")
+    @classmethod
+    def _existing_blocks(cls, blocks: list[int], info: Any) -> list[int]:
+        """Block numbers count from 1, each once, and name a block that `filters` has."""
+        n_blocks = len(info.data.get("filters") or [])
+        if any(not 1 <= b <= n_blocks for b in blocks) or len(set(blocks)) < len(blocks):
+            raise ValueError(f"expected distinct block numbers in [1, {n_blocks}] (model.cnn.filters has "
+                             f"{n_blocks} blocks), or [] for every block that does not stride")
+        return blocks
 
 
 class ModelConfig(Section):

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ def build_cnn(
     pool_first: bool = False,
     strided_blocks: int = 0,
     batch_norm_first: bool = True,
+    pool_blocks: Sequence[int] = (),
 ) -> keras.Model:
     """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, channels) itself.
 
@@ -61,6 +63,9 @@ def build_cnn(
     and parameters, but normalisation and activation (memory-bound, a large share of a small net's
     time on a CPU) run on a quarter of the values. The first `strided_blocks` blocks halve the image with a
     stride-2 convolution in place of the max-pool: a quarter of the convolution's work, same output shapes.
+    `pool_blocks` names the blocks (1 = the first) that max-pool, strided or not; empty, every block that does
+    not stride pools. [1] with one strided block pools the first block's map, so the second convolution runs
+    on 7 x 7 instead of 14 x 14 pixels: a quarter of its work, and the same map (7 x 7) reaches the head.
     `batch_norm_first` false leaves the first block unnormalised (its convolution gets a bias): its maps
     are the largest, so on a CPU that block's batch norm costs more than the others'.
     Augmentation layers are Keras' own: active in training only, identity at inference.
@@ -78,7 +83,8 @@ def build_cnn(
         stride = 2 if i < strided_blocks else 1
         normed = batch_norm and (i > 0 or batch_norm_first)
         layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same", use_bias=not normed))
-        pool = stride == 1  # a strided convolution has halved the image already
+        # By default a strided convolution has halved the image already, so its block does not pool.
+        pool = i + 1 in pool_blocks if pool_blocks else stride == 1
         if pool and pool_first:
             layers.append(keras.layers.MaxPooling2D(2))
         if normed:
@@ -118,6 +124,7 @@ def build_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
             cnn.pool_first,
             cnn.strided_blocks,
             cnn.batch_norm_first,
+            cnn.pool_blocks,
         )
     return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
 

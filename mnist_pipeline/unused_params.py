@@ -30,6 +30,7 @@ TYPE_ONLY_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.cnn.augment_rotation": 0.0,
         "model.cnn.pool_first": False,
         "model.cnn.strided_blocks": 0,
+        "model.cnn.pool_blocks": [],
     },
 }
 

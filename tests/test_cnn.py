@@ -12,6 +12,7 @@ import pytest
 from mnist_pipeline.config import Config, load_config, with_overrides
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.models import build_model, load_model, make_learning_rate, make_optimizer, save_model_deterministic
 from mnist_pipeline.prepared import idx_spec
@@ -52,6 +53,8 @@ VARIANTS = {
     "all-strided": {"model.cnn.filters": [16, 32], "model.cnn.strided_blocks": 2},
     "first-block-unnormalised": {"model.cnn.filters": [16, 32], "model.cnn.kernel_size": 4,
                                  "model.cnn.strided_blocks": 2, "model.cnn.batch_norm_first": False},
+    "pooled-after-stride": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.strided_blocks": 1,
+                            "model.cnn.pool_blocks": [1]},
 }
 
 
@@ -64,9 +67,10 @@ def test_cnn_follows_its_params(name: str) -> None:
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == cnn.filters
     assert all(c.kernel_size == (cnn.kernel_size,) * 2 for c in convs)
-    # A strided block's convolution halves the image in place of its max-pool.
+    # A strided block's convolution halves the image in place of its max-pool, unless pool_blocks names the blocks.
     strided = [i < cnn.strided_blocks for i in range(len(convs))]
-    assert types.count("MaxPooling2D") == strided.count(False)
+    pooled = [i + 1 in cnn.pool_blocks if cnn.pool_blocks else not s for i, s in enumerate(strided)]
+    assert types.count("MaxPooling2D") == pooled.count(True)
     assert [c.strides for c in convs] == [(2, 2) if s else (1, 1) for s in strided]
     # Batch norm follows each convolution, the first one's only with batch_norm_first; the others get a bias.
     normed = [cnn.batch_norm and (i > 0 or cnn.batch_norm_first) for i in range(len(convs))]
@@ -78,12 +82,20 @@ def test_cnn_follows_its_params(name: str) -> None:
     assert ("RandomRotation" in types) == (cnn.augment_rotation > 0)
     # Each pooled block pools right after its convolution with pool_first, else after the activation.
     after_conv = [types[i + 1] for i, t in enumerate(types) if t == "Conv2D"]
-    assert after_conv == ["MaxPooling2D" if cnn.pool_first and not s else "BatchNormalization" if n else "Activation"
-                          for s, n in zip(strided, normed, strict=True)]
+    assert after_conv == ["MaxPooling2D" if cnn.pool_first and p else "BatchNormalization" if n else "Activation"
+                          for p, n in zip(pooled, normed, strict=True)]
     # It reads the pipeline's flat (N, 784) arrays and gives one probability row per image.
     out = model.predict(np.zeros((3, 784), np.float32), verbose=0)
     assert out.shape == (3, 10)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [[3], [0], [1, 1]])
+def test_pool_blocks_outside_the_filters_are_refused_in_one_line(blocks: list[int]) -> None:
+    with pytest.raises(PipelineError) as caught:
+        cnn_params(**{"model.cnn.filters": [16, 32], "model.cnn.pool_blocks": blocks})
+    message = str(caught.value)
+    assert "model.cnn.pool_blocks" in message and "in [1, 2]" in message and "\n" not in message
 
 
 def test_mlp_params_do_not_build_a_cnn() -> None:
@@ -112,6 +124,7 @@ class BatchLosses(keras.callbacks.Callback):
 
 LEARNERS = {
     "defaults": VARIANTS["defaults"],
+    "pooled-after-stride": VARIANTS["pooled-after-stride"],
     "first-block-unnormalised": VARIANTS["first-block-unnormalised"],
     "pool-first": VARIANTS["pool-first"],
     "strided-first": VARIANTS["strided-first"],
@@ -145,12 +158,13 @@ def test_cnn_learns_from_a_few_hundred_images(name: str, tiny: tuple[np.ndarray,
     assert accuracy > 0.5, f"{name}: held-out accuracy {accuracy:.3f} after {epochs} epochs on {N_TRAIN} images"
 
 
-@pytest.mark.parametrize("name", ["pool-first", "strided-first", "all-strided"])
+@pytest.mark.parametrize("name", ["pool-first", "strided-first", "all-strided", "pooled-after-stride"])
 def test_cheaper_blocks_keep_the_weights_and_feature_map_shapes(name: str) -> None:
-    """pool_first and strided_blocks move work, not capacity: the same weights and the same map reaches the head;
-    batch norm sees a quarter of the values in the first block."""
+    """pool_first, strided_blocks and pool_blocks move work, not capacity: the same weights and the same map reach
+    the head; batch norm sees a quarter of the values in the first block, or a sixteenth."""
     cheap = cnn_params(**VARIANTS[name])
-    plain = cnn_params(**{**VARIANTS[name], "model.cnn.pool_first": False, "model.cnn.strided_blocks": 0})
+    plain = cnn_params(**{**VARIANTS[name], "model.cnn.pool_first": False, "model.cnn.strided_blocks": 0,
+                          "model.cnn.pool_blocks": []})
     models = {key: build_model(params.model, MNIST) for key, params in (("cheap", cheap), ("plain", plain))}
     shapes = {key: [tuple(w.shape) for w in model.weights] for key, model in models.items()}
     assert shapes["cheap"] == shapes["plain"]
@@ -160,7 +174,8 @@ def test_cheaper_blocks_keep_the_weights_and_feature_map_shapes(name: str) -> No
     norms = {key: [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
              for key, model in models.items()}
     assert norms["plain"][0].input.shape[1:3] == (28, 28)
-    assert norms["cheap"][0].input.shape[1:3] == (14, 14)
+    # A strided block that also pools normalises a 7 x 7 map: the second convolution then runs on 7 x 7 too.
+    assert norms["cheap"][0].input.shape[1:3] == ((7, 7) if cheap.model.cnn.pool_blocks else (14, 14))
 
 
 def test_augmented_cnn_saves_and_loads_in_safe_mode(tiny: tuple[np.ndarray, ...], tmp_path: Path) -> None:
