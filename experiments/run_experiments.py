@@ -26,6 +26,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 EPOCH_LINE = re.compile(r"epoch \d+/\d+ - ([0-9.]+)s - ")
+CNN_FAST = "$(python -m mnist_pipeline.presets cnn-fast)"
 # name: (arguments after `dvc exp run`, seeds)
 ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "tutorial": ("", (0, 1, 2)),
@@ -39,6 +40,11 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "cnn-fast": ("$(python -m mnist_pipeline.presets cnn-fast)", (0, 1, 2)),
     "cnn-fast-5ep": ("$(python -m mnist_pipeline.presets cnn-fast) -S train.batch_size=250 -S train.epochs=5",
                      (0, 1, 2)),
+    # Cheaper networks tried for the one-minute budget (docs/experiments.md, "cnn-fast"):
+    "cnn-fast-4x4": (f"{CNN_FAST} -S model.cnn.kernel_size=4 -S model.cnn.strided_blocks=2 "
+                     "-S model.cnn.batch_norm_first=false -S train.batch_size=250", (0, 1, 2)),
+    "cnn-fast-24": (f"{CNN_FAST} -S 'model.cnn.filters=[16,24]' -S train.batch_size=250", (0, 1, 2)),
+    "cnn-fast-pool1": (f"{CNN_FAST} -S 'model.cnn.pool_blocks=[1]' -S train.batch_size=250", (0, 1, 2)),
     "fashion-tutorial": ("-S data.dataset=fashion_mnist", (0, 1, 2)),
     "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
     "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),
