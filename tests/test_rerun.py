@@ -100,7 +100,7 @@ def other_value(key: str, value: Any) -> Any:
     elif isinstance(value, float):
         candidates = [value * 2, value + 0.25, value / 2]
     elif isinstance(value, list):
-        candidates = [[value[0] + 1, *value[1:]]] if value else [[8]]
+        candidates = [[value[0] + 1, *value[1:]]] if value else [[8], [1]]  # [1]: a block number
     elif isinstance(value, dict):  # mirrors: one more (never reached) public URL per data set
         candidates = [{k: [*v, UNREACHABLE_MIRROR] for k, v in value.items()}]
     else:
