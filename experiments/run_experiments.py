@@ -37,9 +37,8 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "dropout-0.5": ("-S model.dropout=0.5", (0, 1, 2)),
     "mlp-512": ("$(python -m mnist_pipeline.presets mlp-512)", (0, 1, 2)),
     "cnn": ("$(python -m mnist_pipeline.presets cnn)", (0, 1, 2)),
-    "cnn-fast": ("$(python -m mnist_pipeline.presets cnn-fast)", (0, 1, 2)),
-    "cnn-fast-5ep": ("$(python -m mnist_pipeline.presets cnn-fast) -S train.batch_size=250 -S train.epochs=5",
-                     (0, 1, 2)),
+    "cnn-fast": (CNN_FAST, (0, 1, 2)),
+    "cnn-fast-5ep": (f"{CNN_FAST} -S train.batch_size=250 -S train.epochs=5", (0, 1, 2)),
     # Cheaper networks tried for the one-minute budget (docs/experiments.md, "cnn-fast"):
     "cnn-fast-4x4": (f"{CNN_FAST} -S model.cnn.kernel_size=4 -S model.cnn.strided_blocks=2 "
                      "-S model.cnn.batch_norm_first=false -S train.batch_size=250", (0, 1, 2)),
