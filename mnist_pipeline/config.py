@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
+from mnist_pipeline.cpu_kernels import CPU_KERNELS
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.distribute import STRATEGIES
 from mnist_pipeline.errors import PipelineError
@@ -195,6 +196,7 @@ class TrainConfig(Section):
     lr_schedule: Literal[LR_SCHEDULES] = choice(LR_SCHEDULES)  # type: ignore[valid-type]
     seed: int = integer(0, MAX_SEED)
     cpu_threads: int = integer(0, 64)
+    cpu_kernels: Literal[CPU_KERNELS] = choice(CPU_KERNELS)  # type: ignore[valid-type]
     strategy: StrategyName = choice(STRATEGIES)
     checkpoint: bool = Field(description="true or false")
     memory_budget_mb: int = integer(1)

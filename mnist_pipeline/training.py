@@ -20,6 +20,7 @@ from dvclive import Live
 
 from mnist_pipeline import progress
 from mnist_pipeline.checkpoint import Checkpoints, capture
+from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
@@ -158,6 +159,9 @@ def train_model(
             f"train.memory_budget_mb = {train_cfg.memory_budget_mb}, and only the default strategy streams them "
             "from disk: expected train.strategy default or a larger train.memory_budget_mb")
     set_cpu_threads(train_cfg.cpu_threads)
+    if not choose_cpu_kernels(train_cfg.cpu_kernels):
+        progress.say(f"train: train.cpu_kernels = {train_cfg.cpu_kernels} not applied: TensorFlow already started "
+                     "in this process with other kernels")
     epochs, batch_size = train_cfg.epochs, train_cfg.batch_size
     # Before any model: multi_worker sets up its collectives when created.
     strategy = make_strategy(train_cfg.strategy)
