@@ -3,8 +3,8 @@
     python benchmarks/time_to_accuracy.py [--configs mlp cnn cnn-fast]    (or `make bench-tta`)
 
 In one run on one machine it trains, one after the other and each in a fresh subprocess (a fresh
-TensorFlow, so each configuration's `train.cpu_threads` applies), the tutorial's MLP (the default
-params), the `cnn` preset and the `cnn-fast` preset with the pipeline's own `train_model` on all
+TensorFlow, so each configuration's `train.cpu_threads` and `train.cpu_kernels` apply), the tutorial's
+MLP (the default params), the `cnn` preset and the `cnn-fast` preset with the pipeline's own `train_model` on all
 60,000 training images, seed 0. Only here is the test set passed as the validation data, so the
 compiled loop scores it after every epoch; that scoring is timed apart (by wrapping
 `mnist_pipeline.loop.run_epoch` in the child process) and left out of the training seconds. Each
@@ -39,8 +39,8 @@ ERROR_TICKS = (0.005, 0.007, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9)
 
 def child(name: str) -> None:
     """Train one configuration on MNIST, prepared as the preprocess stage does, and print its per-epoch points."""
-    from mnist_pipeline import loop
     from mnist_pipeline.config import load_config, with_overrides
+    from mnist_pipeline.cpu_kernels import choose_cpu_kernels
     from mnist_pipeline.presets import load_preset
 
     params = PROJECT_ROOT / "params.yaml"
@@ -48,7 +48,9 @@ def child(name: str) -> None:
     if name != "mlp":
         cfg = with_overrides(cfg, load_preset(name, params=str(params)), f"presets/{name}.yaml")
     spec, splits = mirror_splits(cfg)
+    choose_cpu_kernels(cfg.train.cpu_kernels)  # before TensorFlow loads, as the train stage does
 
+    from mnist_pipeline import loop
     from mnist_pipeline.training import train_model
 
     # The loop runs the training epoch and then the scoring of the validation data (here: the test set)
@@ -77,7 +79,7 @@ def child(name: str) -> None:
               "scoring_s": round(scoring, 2), "total_s": round(total, 2),
               "images": len(splits["train"][1]), "epochs": cfg.train.epochs,
               "batch_size": cfg.train.batch_size, "cpu_threads": cfg.train.cpu_threads,
-              "params": model.count_params()}
+              "cpu_kernels": cfg.train.cpu_kernels, "params": model.count_params()}
     print(RESULT_TAG + json.dumps(record), flush=True)
 
 
@@ -150,7 +152,7 @@ def main() -> None:
         result = child_result(run["stdout"])
         results.append(result)
         say(f"\n## {name}: {result['params']} weights, {result['epochs']} epochs, batch {result['batch_size']}, "
-            f"cpu_threads {result['cpu_threads']}; process {run['wall_s']:.1f} s "
+            f"cpu_threads {result['cpu_threads']}, cpu_kernels {result['cpu_kernels']}; process {run['wall_s']:.1f} s "
             f"(train_model {result['total_s']:.1f} s, of which scoring the test set {result['scoring_s']:.1f} s)")
         for epoch, (seconds, accuracy) in enumerate(zip(result["train_s"], result["test_accuracy"], strict=True), 1):
             say(f"epoch {epoch:2d}: {seconds:7.1f} s  test accuracy {accuracy:.4f}")

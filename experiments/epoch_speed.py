@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from mnist_pipeline.config import Config, load_config, with_overrides
+from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.presets import load_preset
 
@@ -61,6 +62,8 @@ def main() -> None:
     configs = [(reference, base)] + [parse_config(text, base) for text in args.configs]
     x = np.load(PREPARED / "x_train.npy")[: args.images]
     y = np.load(PREPARED / "y_train.npy")[: args.images]
+    # One process, one TensorFlow: the reference's kernels are every configuration's.
+    choose_cpu_kernels(base.train.cpu_kernels)
 
     import keras
 

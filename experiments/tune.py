@@ -27,6 +27,7 @@ import yaml
 
 from mnist_pipeline.cli import run_command
 from mnist_pipeline.config import flatten, load_config, with_overrides
+from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.data import scale_images, stratified_split
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.errors import PipelineError
@@ -67,6 +68,7 @@ def tune(a: argparse.Namespace) -> None:
     train, val = stratified_split(y, a.val, pre.seed)
     x_train, y_train = scale_images(x[train], pre.scale, pre.offset), y[train]
     x_val, y_val = scale_images(x[val], pre.scale, pre.offset), y[val]
+    choose_cpu_kernels(cfg.train.cpu_kernels)  # before TensorFlow loads, as the train stage does
 
     import keras  # after the data is read: TensorFlow's import is slow
     import tensorflow as tf
