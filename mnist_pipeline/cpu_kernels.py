@@ -1,6 +1,6 @@
 """Which CPU kernels TensorFlow runs, chosen before it loads: it reads the choice once, when it starts.
 
-TensorFlow ships two sets of CPU kernels for convolutions, pooling and batch norm: its own (Eigen) and
+TensorFlow ships two sets of CPU kernels for convolutions, pooling and matrix products: its own (Eigen) and
 oneDNN's. It turns oneDNN on by itself only on CPUs with AVX-512 neural-network features (VNNI, BF16,
 AMX); on others, such as AVX2-only AMD EPYCs, its own kernels run, and a small CNN's step takes about
 1.5 times as long there (docs/performance.md). The environment variable TF_ENABLE_ONEDNN_OPTS overrides
