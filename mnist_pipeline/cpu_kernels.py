@@ -2,9 +2,10 @@
 
 TensorFlow ships two sets of CPU kernels for convolutions, pooling and matrix products: its own (Eigen) and
 oneDNN's. It turns oneDNN on by itself only on CPUs with AVX-512 neural-network features (VNNI, BF16,
-AMX); on others, such as AVX2-only AMD EPYCs, its own kernels run, and a small CNN's step takes about
-1.5 times as long there (docs/performance.md). The environment variable TF_ENABLE_ONEDNN_OPTS overrides
-that choice, but only if it is set before TensorFlow's import, hence this module without TensorFlow.
+AMX); on others, such as AVX2-only AMD EPYCs, its own kernels run, and the `cnn-fast` preset's epochs
+took 1.38 times as long with them on this project's machine (docs/performance.md). The environment
+variable TF_ENABLE_ONEDNN_OPTS overrides that choice, but only if it is set before TensorFlow's import,
+hence this module without TensorFlow.
 The two sets round differently, so the choice is a param (`train.cpu_kernels`) that reruns train.
 """
 
