@@ -4,8 +4,8 @@
 
 In one run on one machine it trains, one after the other and each in a fresh subprocess (a fresh
 TensorFlow, so each configuration's `train.cpu_threads` and `train.cpu_kernels` apply), the tutorial's
-MLP (the default params), the `cnn` preset and the `cnn-fast` preset with the pipeline's own `train_model` on all
-60,000 training images, seed 0. Only here is the test set passed as the validation data, so the
+MLP (the default params), the `cnn` preset and the `cnn-fast` preset with the pipeline's own
+`train_model` on all 60,000 training images, seed 0. Only here is the test set passed as the validation data, so the
 compiled loop scores it after every epoch; that scoring is timed apart (by wrapping
 `mnist_pipeline.loop.run_epoch` in the child process) and left out of the training seconds. Each
 epoch's point is (seconds since `train_model` started, minus the scoring so far; test accuracy):

@@ -17,6 +17,8 @@ from conftest import Project, make_project
 pytestmark = pytest.mark.slow
 
 ONEDNN_ON = "oneDNN custom operations are on"
+# run name: the stage's completed process and its model's md5
+Runs = dict[str, tuple[subprocess.CompletedProcess[str], str]]
 SMALL_CNN = {"model.type": "cnn", "model.cnn.filters": [4, 8], "model.cnn.dense": 16, "train.cpu_threads": 0}
 
 
@@ -36,17 +38,19 @@ def train_with(project: Project, kernels: str, run: str) -> tuple[subprocess.Com
     return result, hashlib.md5((project.path / out / "models" / "model.keras").read_bytes()).hexdigest()
 
 
-def test_onednn_kernels_are_on_when_chosen_and_off_for_eigen(project: Project) -> None:
-    onednn, _ = train_with(project, "onednn", "onednn")
-    eigen, _ = train_with(project, "eigen", "eigen")
-    assert ONEDNN_ON in onednn.stderr
-    assert ONEDNN_ON not in eigen.stderr
+@pytest.fixture(scope="module")
+def runs(project: Project) -> Runs:
+    """Three trainings both tests read: oneDNN twice, Eigen once."""
+    return {run: train_with(project, kernels, run)
+            for run, kernels in (("onednn", "onednn"), ("onednn-again", "onednn"), ("eigen", "eigen"))}
 
 
-def test_each_kernel_choice_gives_the_same_bytes_again_and_the_two_differ(project: Project) -> None:
+def test_onednn_kernels_are_on_when_chosen_and_off_for_eigen(runs: Runs) -> None:
+    assert ONEDNN_ON in runs["onednn"][0].stderr
+    assert ONEDNN_ON not in runs["eigen"][0].stderr
+
+
+def test_each_kernel_choice_gives_the_same_bytes_again_and_the_two_differ(runs: Runs) -> None:
     """Reproducible within a choice; a different arithmetic across them, which is why it is a param train reruns on."""
-    _, first = train_with(project, "onednn", "onednn-1")
-    _, second = train_with(project, "onednn", "onednn-2")
-    _, eigen = train_with(project, "eigen", "eigen-1")
-    assert first == second
-    assert eigen != first
+    assert runs["onednn"][1] == runs["onednn-again"][1]
+    assert runs["eigen"][1] != runs["onednn"][1]
