@@ -87,15 +87,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     """Test error (1 - accuracy) against seconds on a log scale, labelled as accuracy, better upwards, so
     the MLP's 94% and the CNNs' last tenths of a point are both readable; one line per configuration, the
     99.3% target and the one-minute budget dashed; no timestamp in the PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mnist_pipeline.plots import save_png
 
-    from mnist_pipeline.files import atomic_path
-    from mnist_pipeline.plots import PNG_METADATA
-
-    figure, ax = plt.subplots(figsize=(8, 5))
+    figure = Figure(figsize=(8, 5))
+    ax = figure.subplots()
     for result in results:
         ax.plot(result["train_s"], [1 - a for a in result["test_accuracy"]], marker="o", label=result["name"])
     ax.axhline(1 - TARGET, color="grey", linestyle="--", linewidth=1, label=f"{TARGET:.1%}")
@@ -113,9 +110,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax.legend(loc="lower right")
     ax.set_title(f"MNIST: test accuracy against training time, {os.cpu_count()} CPU cores")
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def main() -> None:

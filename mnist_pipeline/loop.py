@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_pipeline import progress
+from mnist_pipeline.files import TENSOR_ALIGNMENT
 
 # Updates of the live bar per epoch on a terminal; CI logs get one line per epoch and one call per epoch.
 BAR_UPDATES = 20
@@ -40,6 +41,14 @@ class Diverged(ArithmeticError):
         super().__init__(f"loss {loss} at step {step}")
         self.loss, self.step = loss, step
         self.epoch, self.steps = 0, 0  # filled in by fit_compiled
+
+
+def as_tensor(array: np.ndarray) -> tf.Tensor:
+    """The array as a tensor, sharing its memory where TensorFlow can (C order, aligned as `files.load_npy`
+    returns arrays), else copied. The training set is read by the graph loop, never written."""
+    if array.size and array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % TENSOR_ALIGNMENT == 0:
+        return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+    return tf.convert_to_tensor(array)
 
 
 def batch_plan(n: int, batch_size: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +174,7 @@ def fit_compiled(
     batch size, as fit's does. Callbacks get `on_train_begin`, `on_epoch_begin/end` with fit's log
     keys, and `on_train_end`; `model.stop_training` is honoured.
     """
-    tx, ty = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    tx, ty = as_tensor(x), as_tensor(y)
     # Build the loss and the optimizer's slots outside the graph loop (variables cannot be created inside it);
     # a training=False call changes no state and draws no random numbers.
     model.compute_loss(x=tx[:1], y=ty[:1], y_pred=model(tx[:1], training=False), training=False)
@@ -173,7 +182,7 @@ def fit_compiled(
     train_epoch = make_epoch_fn(model, tx, ty, batch_size, train=True)
     validate: Callable[[], dict[str, float]] | None = None
     if validation_data is not None and len(validation_data[1]):
-        xv, yv = (tf.convert_to_tensor(a) for a in validation_data)
+        xv, yv = (as_tensor(a) for a in validation_data)
         n_val = len(validation_data[1])
         val_epoch = make_epoch_fn(model, xv, yv, batch_size, train=False)
         val_batches, val_tail = batch_plan(n_val, batch_size, None)  # fit's validation batches: in order
