@@ -46,6 +46,7 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
                      "-S model.cnn.batch_norm_first=false -S train.batch_size=250", (0, 1, 2)),
     "cnn-fast-24": (f"{CNN_FAST_AUTO} -S 'model.cnn.filters=[16,24]' -S train.batch_size=250", (0, 1, 2)),
     "cnn-fast-pool1": (f"{CNN_FAST_AUTO} -S 'model.cnn.pool_blocks=[1]' -S train.batch_size=250", (0, 1, 2)),
+    "cnn-fast-whitened": (f"{CNN_FAST} -S model.cnn.first_conv=whitened", (0, 1, 2)),
     "fashion-tutorial": ("-S data.dataset=fashion_mnist", (0, 1, 2)),
     "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
     "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),

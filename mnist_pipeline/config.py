@@ -31,6 +31,7 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "sw
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad")
 LR_SCHEDULES = ("constant", "one_cycle")
 MODEL_TYPES = ("mlp", "cnn")
+FIRST_CONVS = ("trained", "whitened")  # model.cnn.first_conv: learned, or fixed to patch-whitening filters
 # Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1
 # Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
@@ -158,6 +159,7 @@ class CnnConfig(Section):
     pool_first: bool = Field(description="true or false")
     strided_blocks: int = integer(0, 4)
     pool_blocks: list[int] = int_list(1, 0, 4)
+    first_conv: Literal[FIRST_CONVS] = choice(FIRST_CONVS)  # type: ignore[valid-type]
 
     @field_validator("filters")
     @classmethod

@@ -53,6 +53,7 @@ def build_cnn(
     strided_blocks: int = 0,
     batch_norm_first: bool = True,
     pool_blocks: Sequence[int] = (),
+    first_conv: str = "trained",
 ) -> keras.Model:
     """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, channels) itself.
 
@@ -68,6 +69,9 @@ def build_cnn(
     on 7 x 7 instead of 14 x 14 pixels: a quarter of its work, and the same map (7 x 7) reaches the head.
     `batch_norm_first` false leaves the first block unnormalised (its convolution gets a bias): its maps
     are the largest, so on a CPU that block's batch norm costs more than the others'.
+    `first_conv` "whitened" makes the first convolution a fixed one (not trained, no bias, no batch norm),
+    whose filters the train stage sets to patch-whitening filters of the training images (`whitening.py`):
+    the gradient stops at the second convolution, so a step skips that convolution's input gradient.
     Augmentation layers are Keras' own: active in training only, identity at inference.
     """
     rows, cols, channels = image_shape
@@ -81,8 +85,10 @@ def build_cnn(
         layers.append(keras.layers.RandomRotation(augment_rotation, fill_mode="nearest"))
     for i, width in enumerate(filters):
         stride = 2 if i < strided_blocks else 1
-        normed = batch_norm and (i > 0 or batch_norm_first)
-        layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same", use_bias=not normed))
+        fixed = i == 0 and first_conv == "whitened"
+        normed = batch_norm and (i > 0 or batch_norm_first) and not fixed
+        layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same",
+                                          use_bias=not normed and not fixed, trainable=not fixed))
         # By default a strided convolution has halved the image already, so its block does not pool.
         pool = i + 1 in pool_blocks if pool_blocks else stride == 1
         if pool and pool_first:
@@ -125,6 +131,7 @@ def build_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
             cnn.strided_blocks,
             cnn.batch_norm_first,
             cnn.pool_blocks,
+            cnn.first_conv,
         )
     return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
 

@@ -26,6 +26,7 @@ from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
 from mnist_pipeline.models import build_model, make_optimizer
 from mnist_pipeline.prepared import read_rows
+from mnist_pipeline.whitening import SAMPLE_IMAGES, patch_whitening_filters
 
 if TYPE_CHECKING:
     from mnist_pipeline.config import ModelConfig, TrainConfig
@@ -131,6 +132,17 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.eye(n_classes, dtype=np.float32)[labels]
 
 
+def whitened_first_conv(model_cfg: ModelConfig, spec: PreparedSpec, x_train: np.ndarray) -> np.ndarray | None:
+    """The fixed first convolution's filters (`model.cnn.first_conv: whitened`), from the first training
+    images (read, not mapped: a memory-mapped split stays out of memory), or None when it is trained."""
+    if model_cfg.type != "cnn" or model_cfg.cnn.first_conv != "whitened":
+        return None
+    cnn = model_cfg.cnn
+    stride = 2 if cnn.strided_blocks >= 1 else 1
+    sample = read_rows(x_train, 0, SAMPLE_IMAGES)
+    return patch_whitening_filters(sample, spec.array_shape, cnn.kernel_size, stride, cnn.filters[0])
+
+
 def train_model(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -167,8 +179,11 @@ def train_model(
     strategy = make_strategy(train_cfg.strategy)
     make_deterministic(train_cfg.seed)
     total_steps = epochs * math.ceil(len(y_train) / batch_size)
+    fixed_filters = whitened_first_conv(model_cfg, spec, x_train)
     with strategy.scope():
         model = build_model(model_cfg, spec)
+        if fixed_filters is not None:
+            next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).set_weights([fixed_filters])
         model.compile(
             optimizer=make_optimizer(train_cfg.optimizer, train_cfg.learning_rate, train_cfg.lr_schedule, total_steps),
             loss="categorical_crossentropy",

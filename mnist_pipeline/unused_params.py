@@ -31,6 +31,7 @@ TYPE_ONLY_DEFAULTS: dict[str, dict[str, Any]] = {
         "model.cnn.pool_first": False,
         "model.cnn.strided_blocks": 0,
         "model.cnn.pool_blocks": [],
+        "model.cnn.first_conv": "trained",
     },
 }
 

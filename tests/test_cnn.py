@@ -55,6 +55,8 @@ VARIANTS = {
                                  "model.cnn.strided_blocks": 2, "model.cnn.batch_norm_first": False},
     "pooled-after-stride": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.strided_blocks": 1,
                             "model.cnn.pool_blocks": [1]},
+    "whitened-first": {"model.cnn.filters": [16, 32], "model.cnn.pool_first": True, "model.cnn.strided_blocks": 1,
+                       "model.cnn.first_conv": "whitened"},
 }
 
 
@@ -72,10 +74,13 @@ def test_cnn_follows_its_params(name: str) -> None:
     pooled = [i + 1 in cnn.pool_blocks if cnn.pool_blocks else not s for i, s in enumerate(strided)]
     assert types.count("MaxPooling2D") == pooled.count(True)
     assert [c.strides for c in convs] == [(2, 2) if s else (1, 1) for s in strided]
+    # A whitened first convolution is fixed: not trained, no bias, no batch norm.
+    fixed = [i == 0 and cnn.first_conv == "whitened" for i in range(len(convs))]
+    assert [c.trainable for c in convs] == [not f for f in fixed]
     # Batch norm follows each convolution, the first one's only with batch_norm_first; the others get a bias.
-    normed = [cnn.batch_norm and (i > 0 or cnn.batch_norm_first) for i in range(len(convs))]
+    normed = [cnn.batch_norm and (i > 0 or cnn.batch_norm_first) and not f for i, f in enumerate(fixed)]
     assert types.count("BatchNormalization") == normed.count(True)
-    assert [c.use_bias for c in convs] == [not n for n in normed]
+    assert [c.use_bias for c in convs] == [not n and not f for n, f in zip(normed, fixed, strict=True)]
     dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert dense == ([cnn.dense] if cnn.dense else []) + [10]
     assert ("RandomTranslation" in types) == (cnn.augment_shift > 0)
