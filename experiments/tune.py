@@ -74,6 +74,7 @@ def tune(a: argparse.Namespace) -> None:
     import tensorflow as tf
 
     from mnist_pipeline.models import build_model, make_optimizer
+    from mnist_pipeline.training import whitened_first_conv
 
     start = time.monotonic()
     if a.loop == "compiled":
@@ -84,6 +85,9 @@ def tune(a: argparse.Namespace) -> None:
         keras.utils.set_random_seed(cfg.train.seed)
         tf.config.experimental.enable_op_determinism()
         model = build_model(cfg.model, spec)
+        fixed_filters = whitened_first_conv(cfg.model, spec, x_train)  # as train_model sets them
+        if fixed_filters is not None:
+            next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).set_weights([fixed_filters])
         steps = cfg.train.epochs * math.ceil(len(y_train) / cfg.train.batch_size)
         model.compile(optimizer=make_optimizer(cfg.train.optimizer, cfg.train.learning_rate, cfg.train.lr_schedule,
                                                steps),
