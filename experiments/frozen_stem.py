@@ -3,8 +3,9 @@
 With the first convolution left untrained (its seeded random weights, or patch-whitening filters) and
 no batch norm after it, the gradient stops at the second convolution, whose input gradient is the
 largest op of a step. Scored on the 10,000-image stratified validation split of `experiments/tune.py
---val 10000`, never on the test set; the loop and optimizer are the train stage's. Not a pipeline param
-(yet): docs/experiments.md has the results. Run from the project root, oneDNN's kernels as the preset has:
+--val 10000`, never on the test set; the loop and optimizer are the train stage's. The screen that led to
+`model.cnn.first_conv: whitened`; docs/experiments.md has the results. Run from the project root, oneDNN's
+kernels as the preset has:
 
     DATASET_MIRROR=/path/to/datasets python experiments/frozen_stem.py random --seed 0 --epochs 6
 """
@@ -32,7 +33,10 @@ VAL_IMAGES = 10_000
 
 def whitening_filters(images: np.ndarray, n_directions: int = 8, eps: float = 1e-3) -> np.ndarray:
     """3x3 stride-2 filters that whiten the images' patches: the leading eigenvectors of the patches'
-    second moments, scaled by 1/sqrt(eigenvalue), each with both signs so the ReLU after keeps them all."""
+    second moments, scaled by 1/sqrt(eigenvalue), each with both signs so the ReLU after keeps them all.
+
+    The screen's own version, kept so its recorded runs reproduce: it pads with the background value, where
+    the pipeline's `whitening.patch_whitening_filters` pads with zeros, as the convolution does."""
     maps = images[:10_000].reshape(-1, 28, 28)
     padded = np.pad(maps, ((0, 0), (0, 1), (0, 1)), constant_values=float(maps.min()))  # "same" at stride 2
     patches = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))[:, ::2, ::2].reshape(-1, 9)
