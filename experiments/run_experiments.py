@@ -49,6 +49,7 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "cnn-fast-pool1": (f"{CNN_FAST_AUTO} -S 'model.cnn.pool_blocks=[1]' -S train.batch_size=250", (0, 1, 2)),
     "cnn-fast-whitened": (f"{CNN_FAST} -S model.cnn.first_conv=whitened", (0, 1, 2)),
     "cnn-fast-trained": (CNN_FAST_TRAINED, (0, 1, 2)),  # the preset before its first convolution was whitened
+    "cnn-fast-nodrop": (f"{CNN_FAST} -S model.cnn.dropout=0", (0, 1, 2)),
     "fashion-tutorial": ("-S data.dataset=fashion_mnist", (0, 1, 2)),
     "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
     "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),
