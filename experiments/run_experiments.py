@@ -50,6 +50,7 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "cnn-fast-whitened": (f"{CNN_FAST} -S model.cnn.first_conv=whitened", (0, 1, 2)),
     "cnn-fast-trained": (CNN_FAST_TRAINED, (0, 1, 2)),  # the preset before its first convolution was whitened
     "cnn-fast-nodrop": (f"{CNN_FAST} -S model.cnn.dropout=0", (0, 1, 2)),
+    "cnn-fast-nodrop-ls": (f"{CNN_FAST} -S model.cnn.dropout=0 -S train.label_smoothing=0.1", (0, 1, 2)),
     "fashion-tutorial": ("-S data.dataset=fashion_mnist", (0, 1, 2)),
     "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
     "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),

@@ -82,6 +82,9 @@ def tune(a: argparse.Namespace) -> None:
 
         model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, None)
     else:
+        if cfg.train.label_smoothing:
+            raise PipelineError("train.label_smoothing: the Keras-fit path trains on integer labels, which "
+                                "Keras' sparse loss does not smooth; use --loop compiled")
         keras.utils.set_random_seed(cfg.train.seed)
         tf.config.experimental.enable_op_determinism()
         model = build_model(cfg.model, spec)

@@ -196,6 +196,7 @@ class TrainConfig(Section):
     optimizer: Literal[OPTIMIZERS] = choice(OPTIMIZERS)  # type: ignore[valid-type]
     learning_rate: float = number(0.0, low_open=True)
     lr_schedule: Literal[LR_SCHEDULES] = choice(LR_SCHEDULES)  # type: ignore[valid-type]
+    label_smoothing: float = number(0.0, 1.0)
     seed: int = integer(0, MAX_SEED)
     cpu_threads: int = integer(0, 64)
     cpu_kernels: Literal[CPU_KERNELS] = choice(CPU_KERNELS)  # type: ignore[valid-type]

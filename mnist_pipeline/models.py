@@ -160,6 +160,14 @@ def make_optimizer(
     return type(keras.optimizers.get(name))(learning_rate=rate)
 
 
+def make_loss(label_smoothing: float) -> str | keras.losses.Loss:
+    """Cross-entropy on one-hot targets, smoothed by Keras' own loss when asked. Unsmoothed it stays the
+    tutorial's loss by name, which is what model.keras records: the default model keeps its bytes."""
+    if label_smoothing == 0:
+        return "categorical_crossentropy"
+    return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+
 def _renumber_shared_ids(config: Any, ids: dict[int, int]) -> Any:
     """Keras writes `id()` of shared objects (a memory address) as `shared_object_id`, so the
     same model saved by two processes differs; number them 1, 2, ... in order of appearance instead.

@@ -24,7 +24,7 @@ from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
-from mnist_pipeline.models import build_model, make_optimizer
+from mnist_pipeline.models import build_model, make_loss, make_optimizer
 from mnist_pipeline.prepared import read_rows
 from mnist_pipeline.whitening import SAMPLE_IMAGES, patch_whitening_filters
 
@@ -186,7 +186,7 @@ def train_model(
             next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).set_weights([fixed_filters])
         model.compile(
             optimizer=make_optimizer(train_cfg.optimizer, train_cfg.learning_rate, train_cfg.lr_schedule, total_steps),
-            loss="categorical_crossentropy",
+            loss=make_loss(train_cfg.label_smoothing),
             metrics=["accuracy"],
         )
     if exceeds_budget(train_cfg, x_train, x_val):

@@ -28,6 +28,7 @@ BAD_VALUES = [
     ("train.learning_rate", float("inf"), "train.learning_rate = inf: expected a number > 0"),
     ("model.dropout", 1.0, "model.dropout = 1.0: expected a number in [0, 1)"),
     ("model.dropout", -0.1, "model.dropout = -0.1: expected a number in [0, 1)"),
+    ("train.label_smoothing", 1.0, "train.label_smoothing = 1.0: expected a number in [0, 1)"),
     ("train.batch_size", 0, "train.batch_size = 0: expected an integer >= 1"),
     ("train.batch_size", True, "train.batch_size = True: expected an integer >= 1"),
     ("evaluate.batch_size", -1, "evaluate.batch_size = -1: expected an integer >= 1"),

@@ -121,6 +121,24 @@ def test_dropout_schedule_and_other_optimizer(tmp_path: Path, splits: dict) -> N
     assert history["loss"][1] < history["loss"][0]
 
 
+def smoothed_target_entropy(smoothing: float, n_classes: int) -> float:
+    """The entropy of a smoothed one-hot target: no prediction's cross-entropy against it can be lower."""
+    other = smoothing / n_classes
+    return float(-(1 - smoothing + other) * np.log(1 - smoothing + other) - (n_classes - 1) * other * np.log(other))
+
+
+def test_label_smoothing_keeps_the_loss_above_the_smoothed_targets_entropy(tmp_path: Path, splits: dict) -> None:
+    """With smoothing the loop trains against softened targets: the epoch loss cannot fall below their entropy,
+    which the same training with plain one-hot targets does fall below."""
+    values = {"train.epochs": 3, "train.learning_rate": 0.003}
+    floor = smoothed_target_entropy(0.3, MNIST.n_classes)
+    _, plain, _ = train(tmp_path, splits, "plain", **values)
+    _, smoothed, _ = train(tmp_path, splits, "smoothed", **values, **{"train.label_smoothing": 0.3})
+    assert plain["loss"][-1] < floor
+    assert min(smoothed["loss"] + smoothed["val_loss"]) >= floor
+    assert smoothed["accuracy"][-1] > 0.8  # it still learns the digits
+
+
 def test_cnn_with_batch_norm_trains(tmp_path: Path, splits: dict) -> None:
     """Batch-norm moving statistics are updated by the loop (they would stay 0/1 otherwise)."""
     values = {"model.type": "cnn", "model.cnn.filters": [4], "model.cnn.dense": 8, "train.epochs": 1}
