@@ -133,10 +133,17 @@ def test_label_smoothing_keeps_the_loss_above_the_smoothed_targets_entropy(tmp_p
     values = {"train.epochs": 3, "train.learning_rate": 0.003}
     floor = smoothed_target_entropy(0.3, MNIST.n_classes)
     _, plain, _ = train(tmp_path, splits, "plain", **values)
-    _, smoothed, _ = train(tmp_path, splits, "smoothed", **values, **{"train.label_smoothing": 0.3})
+    model, smoothed, _ = train(tmp_path, splits, "smoothed", **values, **{"train.label_smoothing": 0.3})
     assert plain["loss"][-1] < floor
     assert min(smoothed["loss"] + smoothed["val_loss"]) >= floor
     assert smoothed["accuracy"][-1] > 0.8  # it still learns the digits
+    # Saved with its smoothed loss object, the model loads as the stages load it, and predicts the same.
+    from mnist_pipeline.models import load_model, save_model_deterministic
+
+    save_model_deterministic(model, tmp_path / "model.keras")
+    x_val = splits["val"][0][:50]
+    np.testing.assert_array_equal(load_model(tmp_path / "model.keras", MNIST).predict(x_val, verbose=0),
+                                  model.predict(x_val, verbose=0))
 
 
 def test_cnn_with_batch_norm_trains(tmp_path: Path, splits: dict) -> None:
