@@ -29,8 +29,7 @@ def main() -> None:
     y_train = read_idx(folder / "train-labels-idx1-ubyte.gz", "labels")
     x_test = scale_images(read_idx(folder / "t10k-images-idx3-ubyte.gz", "images"), 255.0, 0.5)
     y_test = read_idx(folder / "t10k-labels-idx1-ubyte.gz", "labels")
-    import keras
-    import tensorflow as tf
+    from mnist_pipeline.tensorflow_runtime import keras, tf
 
     if threads := os.environ.get("THREADS"):
         inter, intra = map(int, threads.split(","))

@@ -77,7 +77,7 @@ def child_result(stdout: str) -> dict[str, Any]:
 
 def child_tutorial(seed: int) -> None:
     """The tutorial script as written, seeded, with its fit and evaluate calls timed from outside."""
-    import keras
+    from mnist_pipeline.tensorflow_runtime import keras
 
     keras.utils.set_random_seed(seed)
     record: dict[str, Any] = {}

@@ -1,7 +1,8 @@
 """The "Keras for beginners" MNIST tutorial (victorzhou.com), as written, for benchmarks/train_speed.py.
 
-Two changes, both marked: the images come from our raw IDX files instead of the `mnist` package
-(whose download URL is gone), and the weights file ends in `.weights.h5`, which Keras 3 requires.
+Three changes, each marked: the images come from our raw IDX files instead of the `mnist` package
+(whose download URL is gone), and the weights file ends in `.weights.h5`, which Keras 3 requires,
+and TensorFlow loads with the project's fixed CPU kernels and thread counts, so its bytes are the same on every CPU.
 Run from the project root: `python benchmarks/tutorial.py` (after `dvc repro download`), or set
 MNIST_IDX_DIR to a folder holding the four IDX files (.gz or not), e.g. $DATASET_MIRROR/mnist.
 """
@@ -11,12 +12,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+# --- changed: TensorFlow loads with the project's fixed CPU kernels and threads, as every process of it does ---
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mnist_pipeline.tensorflow_runtime  # noqa: F401
+
+# isort: split
 from keras.layers import Dense
 from keras.models import Sequential
 from keras.utils import to_categorical
 
 # --- changed: load the IDX files with this project's reader instead of `import mnist` ---
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mnist_pipeline.idx import read_idx
 
 IDX_DIR = Path(os.environ.get("MNIST_IDX_DIR", "data/raw/mnist"))

@@ -65,12 +65,11 @@ def main() -> None:
     # One process, one TensorFlow: the reference's kernels are every configuration's.
     choose_cpu_kernels(base.train.cpu_kernels)
 
-    import keras
-
     from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.loop import fit_compiled
     from mnist_pipeline.models import build_model, make_optimizer
     from mnist_pipeline.prepared import idx_spec
+    from mnist_pipeline.tensorflow_runtime import keras
     from mnist_pipeline.training import make_deterministic, one_hot, set_cpu_threads
 
     spec = idx_spec(DATASETS["mnist"])

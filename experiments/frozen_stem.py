@@ -60,11 +60,11 @@ def main() -> None:
     x_train, y_train = scale_images(x[train], 255.0, 0.5), y[train]  # x/255 - 0.5, as params.yaml
     x_val, y_val = scale_images(x[val], 255.0, 0.5), y[val]
 
-    import keras
     from keras import layers
 
     from mnist_pipeline.loop import fit_compiled
     from mnist_pipeline.models import make_optimizer
+    from mnist_pipeline.tensorflow_runtime import keras
     from mnist_pipeline.training import make_deterministic, one_hot
 
     make_deterministic(a.seed)

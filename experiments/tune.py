@@ -70,10 +70,11 @@ def tune(a: argparse.Namespace) -> None:
     x_val, y_val = scale_images(x[val], pre.scale, pre.offset), y[val]
     choose_cpu_kernels(cfg.train.cpu_kernels)  # before TensorFlow loads, as the train stage does
 
-    import keras  # after the data is read: TensorFlow's import is slow
-    import tensorflow as tf
-
     from mnist_pipeline.models import build_model, make_optimizer
+    from mnist_pipeline.tensorflow_runtime import (
+        keras,  # after the data is read: TensorFlow's import is slow
+        tf,
+    )
     from mnist_pipeline.training import whitened_first_conv
 
     start = time.monotonic()

@@ -91,9 +91,28 @@ def run_command(main: Callable[[], int | None]) -> NoReturn:
     _exit(status)
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse's usage errors as one `error:` line, exit 2, like every other fault of a command."""
+
+    def error(self, message: str) -> NoReturn:
+        # A param that dvc.yaml puts in the command (a folder with a space) splits it: name the param instead.
+        from mnist_pipeline.config import load_config
+
+        try:
+            load_config()
+        except PipelineError as e:
+            fail(e)
+            sys.exit(EXIT_FAULT)
+        fail(f"{self.prog}: {message} (usage: {' '.join(self.format_usage().split()[1:])})")
+        sys.exit(EXIT_FAULT)
+
+
 def run_stage(main: Callable[..., None], description: str | None, *arg_names: str) -> NoReturn:
-    """Parse the positional path arguments named in dvc.yaml's `cmd` and run `main` with them."""
-    parser = argparse.ArgumentParser(description=description)
+    """Parse the positional path arguments named in dvc.yaml's `cmd` and run `main` with them.
+
+    dvc.yaml puts `--` before the arguments, so a path that a param fills in is never read as an option.
+    """
+    parser = OneLineArgumentParser(description=description)
     for name in arg_names:
         parser.add_argument(name)
     args = parser.parse_args()

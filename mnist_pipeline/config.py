@@ -17,9 +17,12 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, ScalarEvent
 
 from mnist_pipeline.cpu_kernels import CPU_KERNELS
 from mnist_pipeline.datasets import DATASETS
@@ -37,7 +40,6 @@ MAX_SEED = 2**32 - 1
 # Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
 MAX_TIMEOUT_S = 1e6
 _FOLDER_TEXT = re.compile(r"[A-Za-z0-9._/-]+")
-_FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 # A folder of the user's own images, one subfolder per class, read by preprocess from `data.folder`.
 FOLDER = "folder"
@@ -79,11 +81,9 @@ class Section(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _yaml_float_text(cls, value: Any, info: Any) -> Any:
-        """PyYAML (YAML 1.1) reads `1e-3` as a string; a float field takes it as the number meant."""
+    def _int_as_float(cls, value: Any, info: Any) -> Any:
+        """`learning_rate: 1` is the number 1.0 (DVC records 1); a string, even '1e-3', is not a number."""
         field = cls.model_fields[info.field_name]
-        if field.annotation is float and isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
-            return float(value)
         if field.annotation is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value
@@ -92,7 +92,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     dataset: DatasetName = choice(DATASET_NAMES)
     folder: str = Field(min_length=1, description="a folder inside the project named with letters, digits, "
-                        "'.', '_', '-' and '/' (e.g. data/images)")
+                        "'.', '_', '-' and '/', not starting with '-' (e.g. data/images)")
 
     @field_validator("folder")
     @classmethod
@@ -100,7 +100,8 @@ class DataConfig(Section):
         """dvc.yaml puts it in preprocess's command line and deps: DVC tracks paths inside the project only,
         and a space or a shell character would split or change the command."""
         parts = folder.split("/")
-        if not _FOLDER_TEXT.fullmatch(folder) or folder.startswith("/") or ".." in parts:
+        # A leading '-' would make the stage's command read the folder as an option (`-h`, `--version`).
+        if not _FOLDER_TEXT.fullmatch(folder) or folder.startswith("/") or ".." in parts or folder.startswith("-"):
             raise ValueError("not such a path")
         return folder
 
@@ -198,7 +199,7 @@ class TrainConfig(Section):
     lr_schedule: Literal[LR_SCHEDULES] = choice(LR_SCHEDULES)  # type: ignore[valid-type]
     label_smoothing: float = number(0.0, 1.0)
     seed: int = integer(0, MAX_SEED)
-    cpu_threads: int = integer(0, 64)
+    cpu_threads: int = integer(1, 64)
     cpu_kernels: Literal[CPU_KERNELS] = choice(CPU_KERNELS)  # type: ignore[valid-type]
     strategy: StrategyName = choice(STRATEGIES)
     checkpoint: bool = Field(description="true or false")
@@ -371,43 +372,34 @@ def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading the file: plain YAML only, no duplicate keys, bounded work, regular files only.
+# Reading the file: as DVC reads it, plain values only, bounded work, regular files only.
 
 
-class StrictSafeLoader(yaml.SafeLoader):
-    """`yaml.safe_load`'s loader (plain values only, never Python objects) that also refuses duplicate
-    keys, which PyYAML would otherwise resolve silently, and aliases, whose expansion is unbounded."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(
-                None, None, f"alias '*{event.anchor}' is not allowed: params hold plain values, written out",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
+def _plain_values_only(yaml: YAML, text: str) -> None:
+    """Refuse what DVC reads but a params file should not hold: aliases, whose expansion is unbounded,
+    and merge keys (`<<`), which hide which value wins and which `dvc exp run -S` does not rewrite."""
+    for event in yaml.parse(text):
+        if isinstance(event, AliasEvent):
+            raise MarkedYAMLError(problem=f"alias '*{event.anchor}' is not allowed: params hold plain values, "
+                                  "written out", problem_mark=event.start_mark)
+        if isinstance(event, ScalarEvent) and event.value == "<<" and event.style is None:
+            raise MarkedYAMLError(problem="merge key '<<' is not allowed: params hold plain values, written out "
+                                  "in each section", problem_mark=event.start_mark)
 
 
-def _construct_unique_mapping(loader: StrictSafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, (str, int, float, bool)):
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (YAML would silently keep only the last one)",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+def parse_yaml(text: str) -> Any:
+    """Plain YAML values, read exactly as DVC reads params.yaml for `dvc params` and dvc.lock.
+
+    DVC parses with ruamel.yaml's safe loader, which speaks YAML 1.2: `010` is 10, `1:30` and `yes` are
+    strings, `1e3` is a float. PyYAML speaks YAML 1.1 and reads each of those otherwise (8, 90, True and a
+    string), so a stage reading with it would train on values dvc.lock does not record.
+    """
+    yaml = YAML(typ="safe")  # DVC's own call (dvc.utils.serialize.parse_yaml)
+    _plain_values_only(yaml, text)
+    return yaml.load(text)
 
 
-StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
-def _yaml_problem(e: yaml.YAMLError, path: str) -> PipelineError:
+def _yaml_problem(e: YAMLError, path: str) -> PipelineError:
     """One line: where in the file, and what is wrong there."""
     mark = getattr(e, "problem_mark", None)
     where = f" line {mark.line + 1}" if mark else ""
@@ -415,10 +407,12 @@ def _yaml_problem(e: yaml.YAMLError, path: str) -> PipelineError:
     tag = re.search(r"constructor for the tag '([^']+)'", problem)
     if tag:
         shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
-        return PipelineError(
-            f"{path}:{where}: tag '{shown}' is not allowed: params hold plain YAML values only (yaml.safe_load)"
-        )
-    if problem.startswith(("duplicate key", "alias")):
+        return PipelineError(f"{path}:{where}: tag '{shown}' is not allowed: params hold plain YAML values only")
+    if isinstance(e, DuplicateKeyError):
+        key = re.search(r'duplicate key "([^"]*)"', problem)
+        shown = key.group(1) if key else "?"
+        return PipelineError(f"{path}:{where}: duplicate key '{shown}' (DVC refuses the file; write each key once)")
+    if problem.startswith(("alias", "merge key")):
         return PipelineError(f"{path}:{where}: {problem}")
     return PipelineError(f"{path}:{where} is not valid YAML: {' '.join(problem.split())}")
 
@@ -442,11 +436,11 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
 
 
 def load_yaml(path: str | os.PathLike[str]) -> Any:
-    """Plain YAML values from a file, read with the strict loader; errors name the file and line."""
+    """Plain YAML values from a file, read as DVC reads it; errors name the file and line."""
     text = read_text(path, "YAML file")
     try:
-        return yaml.load(text, Loader=StrictSafeLoader)  # a SafeLoader: plain values only
-    except yaml.YAMLError as e:
+        return parse_yaml(text)
+    except YAMLError as e:
         raise _yaml_problem(e, str(path)) from None
 
 

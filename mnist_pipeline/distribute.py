@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from mnist_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
-    import tensorflow as tf
+    from mnist_pipeline.tensorflow_runtime import tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 TF_CONFIG_ENV = "TF_CONFIG"
@@ -75,7 +75,7 @@ def is_chief(environ: Mapping[str, str] | None = None) -> bool:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy named by `train.strategy`. Create it before building models: multi_worker sets up collectives."""
-    import tensorflow as tf
+    from mnist_pipeline.tensorflow_runtime import tf
 
     if name == "default":
         return tf.distribute.get_strategy()
@@ -111,7 +111,7 @@ def _keras_multi_worker_strategy() -> tf.distribute.Strategy:
     step; with two or more workers TF rejects both (keras-team/keras#20585). Reducing each
     element on its own, over replicas only for scalars, is what both callers mean.
     """
-    import tensorflow as tf
+    from mnist_pipeline.tensorflow_runtime import tf
 
     class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         def reduce(self, reduce_op: Any, value: Any, axis: int | None) -> Any:

@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from mnist_pipeline import progress
 from mnist_pipeline.files import TENSOR_ALIGNMENT
+from mnist_pipeline.tensorflow_runtime import keras, tf
 
 # Updates of the live bar per epoch on a terminal; CI logs get one line per epoch and one call per epoch.
 BAR_UPDATES = 20

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
 from mnist_pipeline.prepared import read_rows
+from mnist_pipeline.tensorflow_runtime import keras
 
 if TYPE_CHECKING:
     from mnist_pipeline.config import ModelConfig

@@ -46,7 +46,7 @@ from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, pr
 from mnist_pipeline.prepared import idx_spec
 
 if TYPE_CHECKING:
-    import keras
+    from mnist_pipeline.tensorflow_runtime import keras
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -193,7 +193,7 @@ class Predictor:
     """The model, loaded once, behind a lock: one inference at a time."""
 
     def __init__(self, model: keras.Model, scale: float, offset: float, class_names: tuple[str, ...], md5: str):
-        import tensorflow as tf  # already loaded with the model
+        from mnist_pipeline.tensorflow_runtime import tf  # already loaded with the model
 
         # The model called directly, as one compiled graph: an eager call of the tutorial's MLP costs
         # about 8 ms of CPU, the graph under 1 ms; Keras' `predict` builds a data pipeline per call.

@@ -13,19 +13,17 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 from dvclive import Live
 
-from mnist_pipeline import progress
+from mnist_pipeline import cpu_kernels, progress
 from mnist_pipeline.checkpoint import Checkpoints, capture
-from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
 from mnist_pipeline.models import build_model, make_loss, make_optimizer
 from mnist_pipeline.prepared import read_rows
+from mnist_pipeline.tensorflow_runtime import keras, set_threads, tf
 from mnist_pipeline.whitening import SAMPLE_IMAGES, patch_whitening_filters
 
 if TYPE_CHECKING:
@@ -34,17 +32,13 @@ if TYPE_CHECKING:
 
 
 def set_cpu_threads(threads: int) -> None:
-    """TensorFlow's thread pools; 0 keeps its default (one thread per core).
+    """TensorFlow's thread pools, as `train.cpu_threads` says.
 
-    Small ops run faster inline than handed to a pool. The setting only takes effect before
-    TensorFlow's first op in a process; later (a second training in one process) it is left alone.
+    A sum split over another number of threads rounds differently, so the count is a param, never the
+    core count. It takes effect only before TensorFlow's first op in a process; later (a second training
+    in one process) it is left alone, and said.
     """
-    if threads <= 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
+    if not set_threads(threads):
         progress.say(f"train: train.cpu_threads = {threads} not applied: TensorFlow already started in this process")
 
 
@@ -171,7 +165,7 @@ def train_model(
             f"train.memory_budget_mb = {train_cfg.memory_budget_mb}, and only the default strategy streams them "
             "from disk: expected train.strategy default or a larger train.memory_budget_mb")
     set_cpu_threads(train_cfg.cpu_threads)
-    if not choose_cpu_kernels(train_cfg.cpu_kernels):
+    if not cpu_kernels.choose(train_cfg.cpu_kernels, train_cfg.cpu_threads):
         progress.say(f"train: train.cpu_kernels = {train_cfg.cpu_kernels} not applied: TensorFlow already started "
                      "in this process with other kernels")
     epochs, batch_size = train_cfg.epochs, train_cfg.batch_size

@@ -1,10 +1,10 @@
 """Stage train: fit the model described by params on the prepared training set."""
 
 
+from mnist_pipeline import cpu_kernels
 from mnist_pipeline.checkpoint import Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
-from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.distribute import is_chief
 from mnist_pipeline.files import atomic_dir, save_json, sweep_leftovers
 from mnist_pipeline.plots import plot_training_curves
@@ -29,8 +29,11 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     data_digest = digest_arrays_in_background(arrays) if cfg.train.checkpoint and is_chief() else None
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes; and its CPU
-    # kernels can still be chosen, which it reads once, when it loads.
-    choose_cpu_kernels(cfg.train.cpu_kernels)
+    # kernels and threads are still to be fixed, which it reads once, when it loads.
+    cpu_kernels.choose(cfg.train.cpu_kernels, cfg.train.cpu_threads)
+    warning = cpu_kernels.bytes_warning()
+    if warning:
+        say(f"train: warning: {warning}")
     from mnist_pipeline.models import save_model_deterministic, save_weights
     from mnist_pipeline.training import train_model
 

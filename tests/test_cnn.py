@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pytest
 
@@ -16,6 +15,7 @@ from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.models import build_model, load_model, make_learning_rate, make_optimizer, save_model_deterministic
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.tensorflow_runtime import keras
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST = idx_spec(DATASETS["mnist"])

@@ -95,7 +95,7 @@ def test_unknown_strategy_names_the_choices() -> None:
 
 
 def test_default_is_one_replica_and_mirrored_is_one_per_local_gpu() -> None:
-    import tensorflow as tf
+    from mnist_pipeline.tensorflow_runtime import tf
 
     assert make_strategy("default").num_replicas_in_sync == 1
     # Every local GPU, or the CPU alone when there is none.
@@ -120,8 +120,8 @@ from mnist_pipeline.distribute import check_batch_size, is_chief, make_strategy
 mirror, out_dir, strategy_name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 strategy = make_strategy(strategy_name)  # first: MultiWorkerMirroredStrategy must precede other TF ops
 
-import keras
-import tensorflow as tf
+from mnist_pipeline.tensorflow_runtime import keras
+from mnist_pipeline.tensorflow_runtime import tf
 
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.idx import read_idx

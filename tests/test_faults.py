@@ -255,7 +255,7 @@ def test_download_every_mirror_fails(project: StageDir, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A valid model, one with a Python Lambda layer, and one with the wrong input shape."""
-    import keras
+    from mnist_pipeline.tensorflow_runtime import keras
 
     folder = tmp_path_factory.mktemp("models")
     dense = [keras.layers.Dense(10, activation="softmax")]

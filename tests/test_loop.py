@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
@@ -22,6 +20,7 @@ from mnist_pipeline.idx import read_idx
 from mnist_pipeline.loop import batch_plan, fit_compiled
 from mnist_pipeline.models import build_cnn, build_mlp
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.tensorflow_runtime import keras, tf
 
 MNIST = idx_spec(DATASETS["mnist"])
 N_TRAIN, N_VAL, BATCH, EPOCHS = 300, 100, 32, 2

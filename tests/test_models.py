@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pytest
 
@@ -26,6 +25,7 @@ from mnist_pipeline.models import (
     save_weights,
 )
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.tensorflow_runtime import keras
 from mnist_pipeline.training import train_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -132,7 +132,7 @@ def test_flat_pictures_keep_the_plain_recipe_and_photos_do_not(
 def test_photos_classified_nearly_as_well_as_the_clean_digits(
     trained: tuple[Path, float], digits: tuple[np.ndarray, np.ndarray], tmp_path: Path  # noqa: F811
 ) -> None:
-    import keras
+    from mnist_pipeline.tensorflow_runtime import keras
 
     model_path, _ = trained
     images, labels = digits

@@ -45,7 +45,7 @@ def read_json(project: Project, path: str) -> Any:
 @pytest.fixture(scope="module")
 def test_probabilities(project: Project) -> np.ndarray:
     """The trained model's class probabilities for the test images, computed here with Keras itself."""
-    import keras
+    from mnist_pipeline.tensorflow_runtime import keras
 
     model = keras.saving.load_model(project.path / "models" / "model.keras")
     return model.predict(np.load(project.path / "data" / "prepared" / "x_test.npy"), verbose=0)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pytest
 
@@ -21,6 +20,7 @@ from mnist_pipeline.data import prepare
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.tensorflow_runtime import keras
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
 MNIST = idx_spec(DATASETS["mnist"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import pytest
 
@@ -15,6 +14,7 @@ from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.tensorflow_runtime import keras
 from mnist_pipeline.training import train_model
 from mnist_pipeline.whitening import patch_whitening_filters
 
