@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 ONEDNN_ON = "oneDNN custom operations are on"
 # run name: the stage's completed process and its model's md5
 Runs = dict[str, tuple[subprocess.CompletedProcess[str], str]]
-SMALL_CNN = {"model.type": "cnn", "model.cnn.filters": [4, 8], "model.cnn.dense": 16, "train.cpu_threads": 0}
+SMALL_CNN = {"model.type": "cnn", "model.cnn.filters": [4, 8], "model.cnn.dense": 16, "train.cpu_threads": 2}
 
 
 @pytest.fixture(scope="module")

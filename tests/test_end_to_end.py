@@ -4,7 +4,8 @@ Guards the tutorial's result (test accuracy >= 0.95, first five predictions 7 2 
 checks that what it produced is byte for byte what the project commits: every `outs` md5 in
 dvc.lock and every file under metrics/. A mismatch names the output that changed: either the
 code changed results without the committed results being regenerated, or a run is not
-reproducible. In CI (`CI=true`) a missing mirror fails instead of skipping (see conftest).
+reproducible, or the CPU computes otherwise than an x86-64 CPU with AVX2 and FMA (the message names the
+CPU's features). In CI (`CI=true`) a missing mirror fails instead of skipping (see conftest).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, TINY_PARAMS, Project, make_project
+
+from mnist_pipeline.cpu_kernels import describe_cpu
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +86,7 @@ def test_outputs_match_the_committed_dvc_lock(project: Project) -> None:
         for (stage, path), md5 in sorted(expected.items())
         if produced.get((stage, path)) != md5
     ]
-    assert not changed, "outputs differ from the committed dvc.lock:\n" + "\n".join(changed)
+    assert not changed, f"outputs differ from the committed dvc.lock on this {describe_cpu()}:\n" + "\n".join(changed)
 
 
 def test_metrics_files_match_the_committed_ones(project: Project) -> None:
@@ -95,4 +98,4 @@ def test_metrics_files_match_the_committed_ones(project: Project) -> None:
     problems += [f"{name}: produced but not committed" for name in produced if name not in expected]
     problems += [f"{name}: bytes differ" for name in expected
                  if name in produced and (project.path / name).read_bytes() != committed(name)]
-    assert not problems, "metrics/ differs from the committed files:\n" + "\n".join(problems)
+    assert not problems, f"metrics/ differs from the committed files on this {describe_cpu()}:\n" + "\n".join(problems)

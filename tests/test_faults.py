@@ -97,10 +97,10 @@ PARAMS_FAULTS: list[tuple[str, dict[str, Any] | Callable[[str], str | bytes], st
     ("bad indentation", lambda t: t.replace(EPOCHS_LINE, "    epochs: 1"),
      "error: params.yaml: line {next} is not valid YAML: expected <block end>, but found '<block mapping start>'"),
     ("duplicate key", lambda t: t.replace(EPOCHS_LINE, EPOCHS_LINE + "\n  epochs: 10"),
-     "error: params.yaml: line {next}: duplicate key 'epochs' (YAML would silently keep only the last one)"),
+     "error: params.yaml: line {next}: duplicate key 'epochs' (DVC refuses the file; write each key once)"),
     ("python object tag", lambda t: t.replace(EPOCHS_LINE, "  epochs: !!python/object/apply:os.system ['touch pwned']"),
      "error: params.yaml: line {line}: tag '!!python/object/apply:os.system' is not allowed: params hold plain YAML "
-     "values only (yaml.safe_load)"),
+     "values only"),
     ("empty file", lambda t: "",
      "error: params.yaml: the file is empty: expected a YAML mapping of sections (data, train, ...)"),
     ("not UTF-8", lambda t: t.encode() + b"# caf\xe9\n",

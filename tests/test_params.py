@@ -114,7 +114,7 @@ BAD_FILES = [
      "error: params.yaml: expected a YAML mapping of sections (data, train, ...), got list ['data', 'train']"),
     ("empty file", lambda t: "", "error: params.yaml: the file is empty: expected a YAML mapping of sections"),
     ("duplicate key", lambda t: t.replace("  epochs: 1", "  epochs: 1\n  epochs: 10"),
-     "duplicate key 'epochs' (YAML would silently keep only the last one)"),
+     "duplicate key 'epochs' (DVC refuses the file; write each key once)"),
     ("top-level dotted key", lambda t: t + "train.epochs: 1\n",
      "error: params.yaml: top-level key 'train.epochs' is not read: set it inside the 'train' section (only the "
      "nested layout counts, as DVC reads it)"),
@@ -128,7 +128,7 @@ BAD_FILES = [
      "CYRILLIC SMALL LETTER A) where 'a' is meant)"),
     ("python object tag",
      lambda t: t.replace("  epochs: 1", "  epochs: !!python/object/apply:os.system ['touch pwned']"),
-     "tag '!!python/object/apply:os.system' is not allowed: params hold plain YAML values only (yaml.safe_load)"),
+     "tag '!!python/object/apply:os.system' is not allowed: params hold plain YAML values only"),
 ]
 
 

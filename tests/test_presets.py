@@ -86,7 +86,7 @@ def test_bad_presets_name_the_key_and_value(tmp_path: Path, text: str, message: 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"train:\n  epochs: 1\n  epochs: 10\n", "duplicate key 'epochs' (YAML would silently keep only the last one)"),
+        (b"train:\n  epochs: 1\n  epochs: 10\n", "duplicate key 'epochs' (DVC refuses the file; write each key once)"),
         (b"# caf\xe9\ntrain:\n  epochs: 1\n", "not UTF-8 text (byte 5: invalid continuation byte)"),
         (b"a: &x [1]\ntrain:\n  epochs: *x\n", "alias '*x' is not allowed"),
     ],
