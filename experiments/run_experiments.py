@@ -31,7 +31,7 @@ CNN_FAST = "$(python -m mnist_pipeline.presets cnn-fast)"
 # convolution: as they were measured.
 CNN_FAST_DROPOUT = f"{CNN_FAST} -S model.cnn.dropout=0.1 -S train.label_smoothing=0"
 CNN_FAST_TRAINED = f"{CNN_FAST_DROPOUT} -S model.cnn.first_conv=trained"
-CNN_FAST_AUTO = f"{CNN_FAST_TRAINED} -S train.cpu_kernels=auto"
+CNN_FAST_EIGEN = f"{CNN_FAST_TRAINED} -S train.cpu_kernels=eigen"
 # name: (arguments after `dvc exp run`, seeds)
 ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "tutorial": ("", (0, 1, 2)),
@@ -43,12 +43,12 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "mlp-512": ("$(python -m mnist_pipeline.presets mlp-512)", (0, 1, 2)),
     "cnn": ("$(python -m mnist_pipeline.presets cnn)", (0, 1, 2)),
     "cnn-fast": (CNN_FAST, (0, 1, 2)),
-    "cnn-fast-5ep": (f"{CNN_FAST_AUTO} -S train.batch_size=250 -S train.epochs=5", (0, 1, 2)),
+    "cnn-fast-5ep": (f"{CNN_FAST_EIGEN} -S train.batch_size=250 -S train.epochs=5", (0, 1, 2)),
     # Cheaper networks tried for the one-minute budget (docs/experiments.md, "cnn-fast"):
-    "cnn-fast-4x4": (f"{CNN_FAST_AUTO} -S model.cnn.kernel_size=4 -S model.cnn.strided_blocks=2 "
+    "cnn-fast-4x4": (f"{CNN_FAST_EIGEN} -S model.cnn.kernel_size=4 -S model.cnn.strided_blocks=2 "
                      "-S model.cnn.batch_norm_first=false -S train.batch_size=250", (0, 1, 2)),
-    "cnn-fast-24": (f"{CNN_FAST_AUTO} -S 'model.cnn.filters=[16,24]' -S train.batch_size=250", (0, 1, 2)),
-    "cnn-fast-pool1": (f"{CNN_FAST_AUTO} -S 'model.cnn.pool_blocks=[1]' -S train.batch_size=250", (0, 1, 2)),
+    "cnn-fast-24": (f"{CNN_FAST_EIGEN} -S 'model.cnn.filters=[16,24]' -S train.batch_size=250", (0, 1, 2)),
+    "cnn-fast-pool1": (f"{CNN_FAST_EIGEN} -S 'model.cnn.pool_blocks=[1]' -S train.batch_size=250", (0, 1, 2)),
     "cnn-fast-whitened": (f"{CNN_FAST_DROPOUT} -S model.cnn.first_conv=whitened", (0, 1, 2)),
     "cnn-fast-trained": (CNN_FAST_TRAINED, (0, 1, 2)),  # the preset before its first convolution was whitened
     "cnn-fast-nodrop": (f"{CNN_FAST} -S train.label_smoothing=0", (0, 1, 2)),  # neither dropout nor smoothing
