@@ -31,7 +31,10 @@ def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, f
     denominator = 1 + z2 / total
     center = (p + z2 / (2 * total)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
-    return max(0.0, center - half), min(1.0, center + half)
+    # At 0 or all correct one end is exactly 0 or 1; floating point would leave it a hair off.
+    low = 0.0 if correct == 0 else max(0.0, center - half)
+    high = 1.0 if correct == total else min(1.0, center + half)
+    return low, high
 
 
 def half_width(correct: int, total: int) -> float:
