@@ -2,22 +2,19 @@
 `tools/compare.py` on real commits, branches, a `dvc exp` experiment and the workspace of a temporary git + DVC
 repo whose per-image results carry planted flips of known count.
 
-The repo's one stage writes metrics/per_image.csv and metrics/accuracy_interval.json the way evaluate lays
-them out: 100 images, labels i % 10, images 0-19 wrong in the base. Its params plant the flips: the first
-`right_to_wrong` images of 20-99 turn wrong, the first `wrong_to_right` of 0-19 turn right. No training:
-the flips, and so the p-values, are known exactly.
+The repo (tests/plantkit.py) has no training: its one stage writes per-image results with flips planted by
+its params, so the flips, and so the p-values, are known exactly.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import PROJECT_ROOT, Project
+from plantkit import make_planted_repo, plant
 
 from mnist_pipeline.significance import (
     Comparison,
@@ -107,64 +104,16 @@ def test_pairing_counts_flips_each_way_image_by_image() -> None:
 
 # --- tools/compare.py on real commits ----------------------------------------------------------------------------
 
-PLANT = textwrap.dedent('''\
-    """Per-image results with planted flips, laid out as evaluate writes them."""
-    import json
-    import yaml
-
-    p = yaml.safe_load(open("params.yaml"))
-    order = list(range(100))
-    if p["reverse"]:
-        order.reverse()
-    correct = {i: i >= 20 for i in range(100)}
-    for i in range(20, 20 + p["right_to_wrong"]):
-        correct[i] = False
-    for i in range(p["wrong_to_right"]):
-        correct[i] = True
-    rows = ["image,label,predicted,confidence"]
-    for i in order:
-        label = i % 10
-        rows.append(f"{i},{label},{label if correct[i] else (label + 1) % 10},0.90")
-    open("metrics/per_image.csv", "w").write("\\n".join(rows) + "\\n")
-    json.dump({"test_set_sha256": p["test_set"]}, open("metrics/accuracy_interval.json", "w"))
-''')
-DVC_YAML = {"stages": {"evaluate": {
-    "cmd": "python plant.py",
-    "deps": ["plant.py"],
-    "params": ["right_to_wrong", "wrong_to_right", "reverse", "test_set"],
-    "outs": [{"metrics/per_image.csv": {"cache": False}}, {"metrics/accuracy_interval.json": {"cache": False}}],
-}}}
-BASE = {"right_to_wrong": 0, "wrong_to_right": 0, "reverse": False, "test_set": "same"}
-
-
 def run_compare(project: Project, *revs: str) -> tuple[int, list[str], list[str]]:
     result = project.run("python", str(COMPARE), *revs, check=False)
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, result.stdout.splitlines(), result.stderr.splitlines()
 
 
-def plant(project: Project, **params: object) -> None:
-    """Set the planted flips and reproduce the stage in the workspace."""
-    (project.path / "params.yaml").write_text(yaml.safe_dump({**BASE, **params}))
-    project.dvc("repro", "-q")
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Project:
     """main: the base (80 of 100 right); branch `worse9`: 9 right -> wrong and 1 wrong -> right, committed."""
-    path = tmp_path_factory.mktemp("compare") / "repo"
-    path.mkdir()
-    project = Project(path, None)
-    project.git("init", "-q", "-b", "main")
-    project.git("config", "user.email", "test@example.com")
-    project.git("config", "user.name", "test")
-    project.dvc("init", "-q")
-    (path / "plant.py").write_text(PLANT)
-    (path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
-    (path / "metrics").mkdir()
-    plant(project)
-    project.git("add", "-A")
-    project.git("commit", "-q", "-m", "base")
+    project = make_planted_repo(tmp_path_factory.mktemp("compare") / "repo")
     project.git("checkout", "-q", "-b", "worse9")
     plant(project, right_to_wrong=9, wrong_to_right=1)
     project.git("commit", "-q", "-am", "9 right -> wrong, 1 wrong -> right")

@@ -40,6 +40,10 @@ WORKSPACE = "workspace"
 DEFAULT_LEVEL = 0.05
 
 
+class NotFound(PipelineError):
+    """A revision without the file: evaluated before per-image results were tracked, or not evaluated."""
+
+
 @dataclass(frozen=True)
 class Side:
     """One revision's per-image results and the hash of the test arrays they were scored on."""
@@ -60,7 +64,7 @@ def read_at(path: str, rev: str | None, root: str | Path = ".") -> str:
         try:
             return (Path(root) / path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise PipelineError(f"{WORKSPACE}: {path}: not found (run dvc repro first)") from None
+            raise NotFound(f"{WORKSPACE}: {path}: not found (run dvc repro first)") from None
     import dvc.api
     from dvc.exceptions import DvcException, PathMissingError
     from dvc.scm import RevError
@@ -71,7 +75,7 @@ def read_at(path: str, rev: str | None, root: str | Path = ".") -> str:
         raise PipelineError(f"{rev}: not a revision of this repository: expected a commit, branch, tag or "
                             "`dvc exp` experiment name") from None
     except PathMissingError:
-        raise PipelineError(f"{rev}: {path}: not found at this revision (evaluated before per-image results were "
+        raise NotFound(f"{rev}: {path}: not found at this revision (evaluated before per-image results were "
                             "tracked? check it out and run dvc repro)") from None
     except DvcException as e:
         raise PipelineError(f"{rev}: {path}: DVC cannot read it ({e})") from None
