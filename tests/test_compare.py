@@ -189,5 +189,17 @@ def test_compare_names_an_unknown_revision_in_one_line(repo: Project) -> None:
     status, out, err = run_compare(repo, "no-such-branch")
     assert (status, out) == (2, [])
     assert err == ["error: no-such-branch: not a revision of this repository: expected a commit, branch, tag or "
-                   "`dvc exp` experiment name"]
+                   "the name of a dvc experiment"]
+
+
+@pytest.mark.slow
+def test_compare_names_a_revision_evaluated_before_per_image_results_were_tracked(workspace: Project) -> None:
+    workspace.git("checkout", "-q", "-b", "old")
+    workspace.git("rm", "-q", "metrics/per_image.csv")
+    workspace.git("commit", "-q", "-m", "before per-image results were tracked")
+    workspace.git("checkout", "-q", "main")
+    status, out, err = run_compare(workspace, "old")
+    assert (status, out) == (2, [])
+    assert err == ["error: old: metrics/per_image.csv: not found at this revision (evaluated before per-image "
+                   "results were tracked? check it out and run dvc repro)"]
 

@@ -73,7 +73,7 @@ def read_at(path: str, rev: str | None, root: str | Path = ".") -> str:
         return dvc.api.read(path, repo=str(root), rev=rev, encoding="utf-8")
     except RevError:
         raise PipelineError(f"{rev}: not a revision of this repository: expected a commit, branch, tag or "
-                            "`dvc exp` experiment name") from None
+                            "the name of a dvc experiment") from None
     except PathMissingError:
         raise NotFound(f"{rev}: {path}: not found at this revision (evaluated before per-image results were "
                             "tracked? check it out and run dvc repro)") from None
