@@ -16,11 +16,14 @@ import pytest
 from conftest import PROJECT_ROOT, Project
 from plantkit import make_planted_repo, plant
 
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.significance import (
     Comparison,
     compare_correct,
     images_for_half_width,
     mcnemar_exact,
+    parse_per_image,
+    per_image_text,
     small_test_set_warning,
     wilson_interval,
 )
@@ -203,3 +206,17 @@ def test_compare_names_a_revision_evaluated_before_per_image_results_were_tracke
     assert err == ["error: old: metrics/per_image.csv: not found at this revision (evaluated before per-image "
                    "results were tracked? check it out and run dvc repro)"]
 
+
+
+def test_per_image_file_with_another_header_is_one_line_naming_it() -> None:
+    with pytest.raises(PipelineError) as raised:
+        parse_per_image("index,label\n0,7\n", "main: metrics/per_image.csv")
+    assert str(raised.value) == ("main: metrics/per_image.csv: expected the header image,label,predicted,confidence, "
+                                 "found index,label")
+
+
+def test_per_image_text_round_trips_and_rounds_confidence_to_two_decimals() -> None:
+    text = per_image_text(["7", "2"], ["7", "1"], [0.99871, 0.50449])
+    assert text == "image,label,predicted,confidence\n0,7,7,1.00\n1,2,1,0.50\n"
+    parsed = parse_per_image(text, "x")
+    assert parsed.correct == [True, False] and parsed.images == ("0", "1")
