@@ -10,12 +10,18 @@ and metrics/):
 Each result line, appended to experiments/results.jsonl next to this script, records the exact command, the
 test accuracy from metrics/evaluate.json, the training time (the sum of the epoch times the train stage
 prints), the wall time of `dvc exp run` and the 1-minute load average at its start and end.
+
+The table gives each row's test accuracy as mean +- standard deviation over its seeds (min-max), and says
+whether its mean differs from its baseline's (`baseline_of`: the tutorial's) beyond seed noise: a
+two-sided Welch t-test at 5% over the seeds' accuracies. A seed changes the weights and the order of the
+batches, so this is the noise a rerun brings; the test images' own noise is `tools/compare.py`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -58,6 +64,41 @@ ROWS: dict[str, tuple[str, tuple[int, ...]]] = {
     "fashion-mlp": ("$(python -m mnist_pipeline.presets fashion-mlp)", (0, 1, 2)),
     "fashion-cnn": ("$(python -m mnist_pipeline.presets fashion-cnn)", (0, 1, 2)),
 }
+# Two-sided 95% quantiles of Student's t for 1-30 degrees of freedom (more: the value for 30, a little wide).
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def baseline_of(name: str) -> str:
+    """The row a row is judged against: the tutorial's model and params on the same data set; for the
+    variants of the fast CNN, the fast CNN."""
+    if name.startswith("fashion"):
+        return "fashion-tutorial"
+    return "cnn-fast" if name.startswith("cnn-fast-") else "tutorial"
+
+
+def beyond_seed_noise(a: list[float], b: list[float]) -> bool:
+    """Welch's t-test at 5%, two-sided: do the means of two rows' seeds differ by more than seeds do?"""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"beyond_seed_noise: {len(a)} and {len(b)} seeds: expected at least 2 on each side")
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    difference = abs(statistics.mean(a) - statistics.mean(b))
+    if va + vb == 0:
+        return difference > 0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    critical = T_975[min(max(int(df), 1), len(T_975)) - 1]  # df rounded down: the wider quantile
+    return difference / math.sqrt(va + vb) > critical
+
+
+def noise_note(name: str, accuracies: dict[str, list[float]]) -> str:
+    base = baseline_of(name)
+    if name == base:
+        return "baseline"
+    if base not in accuracies or len(accuracies[base]) < 2 or len(accuracies[name]) < 2:
+        return f"no {base} seeds to compare with"
+    delta = (statistics.mean(accuracies[name]) - statistics.mean(accuracies[base])) * 100
+    verdict = "beyond seed noise" if beyond_seed_noise(accuracies[name], accuracies[base]) else "within seed noise"
+    return f"{delta:+.2f} points against {base}: {verdict}"
 
 
 def run(names: list[str], seeds: list[int] | None) -> None:
@@ -91,17 +132,20 @@ def table() -> None:
     records = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
     # A row run again (its preset retuned) replaces its earlier runs: the latest record per name and seed.
     latest = {(r["name"], r["seed"]): r for r in records}
+    accuracies = {name: [r["accuracy"] for (n, _), r in latest.items() if n == name] for name in ROWS}
     for name in ROWS:
         rows = [r for (n, _), r in latest.items() if n == name]
         if not rows:
             continue
-        acc = [r["accuracy"] for r in rows]
+        acc = accuracies[name]
+        spread = f" +- {statistics.stdev(acc):.4f}" if len(acc) > 1 else ""
         train = [r["train_s"] for r in rows]
         seeds = ",".join(str(r["seed"]) for r in rows)
         args = ROWS[name][0]
         command = " ".join(["dvc exp run", *([args] if args else []), "-S train.seed=S"])
         load = statistics.mean(r["load_start"] for r in rows)
-        print(f"| {name} | `{command}` (S={seeds}) | {statistics.mean(acc):.4f} ({min(acc):.4f}-{max(acc):.4f}) "
+        accuracy = f"{statistics.mean(acc):.4f}{spread} ({min(acc):.4f}-{max(acc):.4f})"
+        print(f"| {name} | `{command}` (S={seeds}) | {accuracy} | {noise_note(name, accuracies)} "
               f"| {statistics.mean(train):.0f} s ({min(train):.0f}-{max(train):.0f}), load {load:.1f} |")
 
 

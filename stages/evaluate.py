@@ -1,6 +1,8 @@
 """Stage evaluate: test-set metrics, the confusion matrix and the most confidently wrong images."""
 
 import csv
+import hashlib
+import sys
 
 import numpy as np
 
@@ -9,9 +11,19 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.files import atomic_open, save_json
 from mnist_pipeline.metrics import classification_report
 from mnist_pipeline.plots import image_grid, plot_confusion
-from mnist_pipeline.prepared import load_spec, load_split
+from mnist_pipeline.prepared import load_spec, load_split, split_paths
+from mnist_pipeline.significance import interval_report, per_image_text, small_test_set_warning
 
 WRONG_SHOWN = 15
+
+
+def test_set_sha256(prepared_dir: str) -> str:
+    """The test arrays' hash: two runs' per-image results pair up only when it is the same."""
+    digest = hashlib.sha256()
+    for path in split_paths(prepared_dir, "test"):
+        with open(path, "rb") as f:
+            hashlib.file_digest(f, lambda: digest)
+    return digest.hexdigest()
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
@@ -39,6 +51,12 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         writer.writerow(("actual", "predicted"))
         writer.writerows((class_names[a], class_names[p]) for a, p in zip(y_test, predicted, strict=True))
     plot_confusion(confusion, class_names, f"{out_dir}/confusion.png")
+    top = probabilities[np.arange(len(predicted)), predicted]
+    with atomic_open(f"{out_dir}/per_image.csv", "w") as f:
+        f.write(per_image_text([class_names[t] for t in y_test], [class_names[p] for p in predicted],
+                               top.tolist()))
+    correct = int(np.count_nonzero(predicted == y_test))
+    save_json(f"{out_dir}/accuracy_interval.json", interval_report(correct, len(y_test), test_set_sha256(prepared_dir)))
 
     wrong = np.flatnonzero(predicted != y_test)
     confidence = probabilities[wrong, predicted[wrong]]
@@ -53,6 +71,9 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     )
     print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} "
           f"on {report['test_images']} images")
+    warning = small_test_set_warning(correct, len(y_test))
+    if warning:
+        print(f"evaluate: {warning}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,44 @@ def test_predictions_json_is_the_models_top_class_and_its_probability(
     assert [r["label"] for r in rows] == [7, 2, 1, 0, 4]
 
 
+def test_per_image_csv_is_each_test_images_label_prediction_and_confidence(
+    project: Project, test_probabilities: np.ndarray
+) -> None:
+    with open(project.path / "metrics" / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.load(project.path / "data" / "prepared" / "y_test.npy")
+    assert [row["image"] for row in rows] == [str(i) for i in range(TEST_N)]
+    assert [row["label"] for row in rows] == [str(label) for label in labels.tolist()]
+    assert [row["predicted"] for row in rows] == [str(p) for p in test_probabilities.argmax(axis=1).tolist()]
+    # Two decimals: what other CPUs' last bits cannot change (but at a rounding boundary).
+    assert all(len(row["confidence"].split(".")[1]) == 2 for row in rows)
+    assert [float(row["confidence"]) for row in rows] == pytest.approx(test_probabilities.max(axis=1), abs=0.005 + 1e-6)
+
+
+def test_accuracy_interval_is_the_wilson_interval_of_the_test_sets_count_right(project: Project) -> None:
+    interval = read_json(project, "metrics/accuracy_interval.json")
+    correct = round(read_json(project, "metrics/evaluate.json")["accuracy"] * TEST_N)
+    assert (interval["correct"], interval["test_images"]) == (correct, TEST_N)
+    # Wilson, from the textbook formula: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n).
+    z, n, p = 1.959964, TEST_N, correct / TEST_N
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert interval["interval_95"] == pytest.approx([(centre - half) / (1 + z * z / n),
+                                                     (centre + half) / (1 + z * z / n)], abs=1e-5)
+    prepared = project.path / "data" / "prepared"
+    digest = hashlib.sha256((prepared / "x_test.npy").read_bytes() + (prepared / "y_test.npy").read_bytes())
+    assert interval["test_set_sha256"] == digest.hexdigest()
+
+
+def test_evaluate_warns_in_one_line_that_200_test_images_are_too_few(project: Project, tmp_path: Path) -> None:
+    """Run again into another folder, so the project's outputs stay as dvc repro left them."""
+    result = project.run("python", "-m", "stages.evaluate", "models/model.keras", "data/prepared", str(tmp_path))
+    correct = read_json(project, "metrics/accuracy_interval.json")["correct"]
+    (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warning.startswith(f"evaluate: warning: {TEST_N} test images give accuracy {correct / TEST_N:.4f} +-")
+    assert warning.endswith(" test images would bring it to +-1 point")
+    assert (tmp_path / "per_image.csv").read_bytes() == (project.path / "metrics" / "per_image.csv").read_bytes()
+
+
 @pytest.mark.parametrize("path", PNGS)
 def test_pngs_are_valid(project: Project, path: str) -> None:
     with Image.open(project.path / path) as image:
