@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m stages.<name>`: put the venv first on PATH so dvc finds its python.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)"
 
-.PHONY: setup repro test lint bench bench-tta bench-scale
+.PHONY: setup repro test test-fast lint bench bench-tta bench-scale
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ repro: setup
 
 test: setup
 	$(RUN) python -m pytest
+
+# Before every commit: the in-process tests, no stage, DVC or git process (tests/in_process_only.py).
+test-fast: setup
+	$(RUN) python -m pytest -m "not slow" --in-process-only -q -rfE
 
 lint: setup
 	$(RUN) ruff check .

@@ -24,9 +24,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, ScalarEvent
 
-from mnist_pipeline.cpu_kernels import CPU_KERNELS
 from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.distribute import STRATEGIES
 from mnist_pipeline.errors import PipelineError
 
 PARAMS_FILE = "params.yaml"
@@ -34,6 +32,10 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "sw
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad")
 LR_SCHEDULES = ("constant", "one_cycle")
 MODEL_TYPES = ("mlp", "cnn")
+# The names of the choices that runtime modules act on are owned here, so that the schema, which every stage
+# imports, imports none of them: editing the strategy or kernel code reruns only the stages that run it.
+STRATEGIES = ("default", "mirrored", "multi_worker")  # train.strategy: mnist_pipeline/distribute.py runs each
+CPU_KERNELS = ("eigen", "onednn")  # train.cpu_kernels: mnist_pipeline/cpu_kernels.py sets each before TensorFlow
 FIRST_CONVS = ("trained", "whitened")  # model.cnn.first_conv: learned, or fixed to patch-whitening filters
 # Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1

@@ -28,8 +28,7 @@ from pathlib import Path
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
 ONEDNN_ISA = "ONEDNN_MAX_CPU_ISA"
 ISA = "AVX2"  # the widest instruction set every CPU this project reproduces on has
-# `train.cpu_kernels` values and what each sets TF_ENABLE_ONEDNN_OPTS to.
-CPU_KERNELS = ("eigen", "onednn")
+# What each `train.cpu_kernels` value (config.CPU_KERNELS) sets TF_ENABLE_ONEDNN_OPTS to.
 _SWITCH_VALUES = {"onednn": "1", "eigen": "0"}
 # Thread counts of the processes that only predict: the two of this project's reference machines, whose
 # committed metrics they reproduce.

@@ -19,12 +19,12 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from mnist_pipeline.config import STRATEGIES
 from mnist_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     from mnist_pipeline.tensorflow_runtime import tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
 TF_CONFIG_ENV = "TF_CONFIG"
 _EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
 

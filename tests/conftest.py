@@ -28,6 +28,18 @@ pytest_plugins = ["big_diffs"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes") or os.environ.get("MNIST_PIPELINE_TESTS_IN_CI") == "1"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--in-process-only", action="store_true",
+                     help="skip each test at its first new process (the fast tier: tests/in_process_only.py)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--in-process-only"):
+        import in_process_only
+
+        config.pluginmanager.register(in_process_only, "in_process_only")
+
+
 def find_mirror() -> Path | None:
     """$DATASET_MIRROR, else ../shared/datasets next to the project, else None."""
     candidates = [os.environ.get("DATASET_MIRROR"), str(PROJECT_ROOT.parent / "shared" / "datasets")]

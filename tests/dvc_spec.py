@@ -43,9 +43,11 @@ class Stage:
 
     @property
     def path_args(self) -> list[str]:
-        """The arguments after the module: by convention (design.md) they are all paths."""
+        """The arguments after the module (and after `--`, which keeps a param-made path from being an option):
+        by convention (design.md) they are all paths."""
         words = shlex.split(self.cmd)
-        return words[words.index("-m") + 2 :]
+        args = words[words.index("-m") + 2 :]
+        return args[1:] if args[:1] == ["--"] else args
 
     @property
     def code_deps(self) -> set[str]:
