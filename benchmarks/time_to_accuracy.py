@@ -39,8 +39,8 @@ ERROR_TICKS = (0.005, 0.007, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9)
 
 def child(name: str) -> None:
     """Train one configuration on MNIST, prepared as the preprocess stage does, and print its per-epoch points."""
+    from mnist_pipeline import cpu_kernels
     from mnist_pipeline.config import load_config, with_overrides
-    from mnist_pipeline.cpu_kernels import choose_cpu_kernels
     from mnist_pipeline.presets import load_preset
 
     params = PROJECT_ROOT / "params.yaml"
@@ -48,7 +48,7 @@ def child(name: str) -> None:
     if name != "mlp":
         cfg = with_overrides(cfg, load_preset(name, params=str(params)), f"presets/{name}.yaml")
     spec, splits = mirror_splits(cfg)
-    choose_cpu_kernels(cfg.train.cpu_kernels)  # before TensorFlow loads, as the train stage does
+    cpu_kernels.choose(cfg.train.cpu_kernels, cfg.train.cpu_threads)  # before TensorFlow loads, as the train stage does
 
     from mnist_pipeline import loop
     from mnist_pipeline.training import train_model

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mnist_pipeline import cpu_kernels
 from mnist_pipeline.config import Config, load_config, with_overrides
-from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.presets import load_preset
 
@@ -63,7 +63,7 @@ def main() -> None:
     x = np.load(PREPARED / "x_train.npy")[: args.images]
     y = np.load(PREPARED / "y_train.npy")[: args.images]
     # One process, one TensorFlow: the reference's kernels are every configuration's.
-    choose_cpu_kernels(base.train.cpu_kernels)
+    cpu_kernels.choose(base.train.cpu_kernels, base.train.cpu_threads)
 
     from mnist_pipeline.datasets import DATASETS
     from mnist_pipeline.loop import fit_compiled

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_pipeline import cpu_kernels
 from mnist_pipeline.cli import run_command
-from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.data import scale_images, stratified_split
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
@@ -53,19 +53,19 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--width", type=int, default=32, help="filters of the second convolution")
     a = p.parse_args()
-    choose_cpu_kernels("onednn")
+    cpu_kernels.choose("onednn", 2)
     folder = Path(os.environ.get("DATASET_MIRROR", "../shared/datasets")) / DATASETS["mnist"].mirror_dir
     x, y = read_idx(folder / TRAIN_IMAGES, "images"), read_idx(folder / TRAIN_LABELS, "labels")
     train, val = stratified_split(y, VAL_IMAGES, 0)
     x_train, y_train = scale_images(x[train], 255.0, 0.5), y[train]  # x/255 - 0.5, as params.yaml
     x_val, y_val = scale_images(x[val], 255.0, 0.5), y[val]
 
-    from keras import layers
-
     from mnist_pipeline.loop import fit_compiled
     from mnist_pipeline.models import make_optimizer
     from mnist_pipeline.tensorflow_runtime import keras
     from mnist_pipeline.training import make_deterministic, one_hot
+
+    layers = keras.layers
 
     make_deterministic(a.seed)
     frozen = a.stem != "trained"

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mnist_pipeline import cpu_kernels
 from mnist_pipeline.cli import run_command
 from mnist_pipeline.config import flatten, load_config, with_overrides
-from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.data import scale_images, stratified_split
 from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.errors import PipelineError
@@ -68,7 +68,7 @@ def tune(a: argparse.Namespace) -> None:
     train, val = stratified_split(y, a.val, pre.seed)
     x_train, y_train = scale_images(x[train], pre.scale, pre.offset), y[train]
     x_val, y_val = scale_images(x[val], pre.scale, pre.offset), y[val]
-    choose_cpu_kernels(cfg.train.cpu_kernels)  # before TensorFlow loads, as the train stage does
+    cpu_kernels.choose(cfg.train.cpu_kernels, cfg.train.cpu_threads)  # before TensorFlow loads, as the train stage does
 
     from mnist_pipeline.models import build_model, make_optimizer
     from mnist_pipeline.tensorflow_runtime import (

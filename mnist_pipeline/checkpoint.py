@@ -138,6 +138,9 @@ class TrainingState:
 def _global_seed_variable(create: bool) -> Any:
     """The state variable of Keras' global SeedGenerator: None when no unseeded random op made one
     (and `create` is false). Keras has no public accessor for it; this is where keras.random keeps it."""
+    import mnist_pipeline.tensorflow_runtime  # noqa: F401 - Keras loads through the door, if not yet loaded
+
+    # isort: split
     from keras.src.backend.common import global_state
     from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR, global_seed_generator
 
