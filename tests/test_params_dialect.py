@@ -90,7 +90,7 @@ def test_a_param_takes_dvcs_value_or_is_refused_in_one_line(key: str, scalar: st
     ("a: &x 1\nb: *x\n", "alias '*x' is not allowed"),
     ("train:\n  epochs: 5\n  epochs: 6\n", "duplicate key 'epochs'"),
     ("train: !!python/object:os.system x\n", "tag '!!python/object:os.system' is not allowed"),
-])
+], ids=["merge key", "alias", "duplicate key", "python tag"])
 def test_yaml_that_hides_its_values_is_refused_with_file_and_line(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(text)
