@@ -33,6 +33,41 @@ NPY_MAGIC = b"\x93NUMPY"
 _LEFTOVER = r"\.tmp-(?:old-)?[a-z0-9_]{8,12}-"
 
 
+class NotRegularFile(Exception):
+    """A path that is a FIFO, device, socket or folder: refused before a byte of it is read."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
+        self.path, self.mode, self.kind = path, mode, file_kind(mode)
+        super().__init__(f"{path}: not a regular file ({self.kind})")
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, for messages: 'a FIFO', 'a character device', ..."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """The one way the pipeline opens a file it reads: only a regular file, checked on the open file.
+
+    A FIFO would block `open()` until a writer comes and /dev/zero never ends. O_NONBLOCK makes the
+    open of a FIFO return at once, and fstat of the opened file leaves no gap for a swap in between.
+    Raises NotRegularFile, or the OSError of the open (FileNotFoundError, PermissionError, ...).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -222,11 +257,12 @@ def load_npy(
     """
     want = "(N" + "".join(f", {d}" for d in trailing) + ")"
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
-            raise PipelineError(f"{path}: {kind}: expected a .npy array")
-        with open(path, "rb") as f:
+        try:
+            opened = open_regular(path)
+        except NotRegularFile as e:
+            kind = "a folder" if stat.S_ISDIR(e.mode) else "not a regular file (a FIFO, device or socket)"
+            raise PipelineError(f"{path}: {kind}: expected a .npy array") from None
+        with opened as f:
             shape, found, fortran = _header(f, path)
             if found.hasobject:
                 raise PipelineError(

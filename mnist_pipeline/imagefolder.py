@@ -40,7 +40,6 @@ import contextlib
 import csv
 import hashlib
 import os
-import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ from mnist_pipeline.config import PreprocessConfig
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_open
+from mnist_pipeline.files import NotRegularFile, atomic_open, file_kind, open_regular
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
 
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
@@ -152,14 +151,6 @@ def split_of(key: float, cfg: PreprocessConfig) -> str:
     if key < cfg.test_fraction + cfg.val_fraction:
         return "val"
     return "train"
-
-
-def file_kind(mode: int) -> str:
-    """What a stat mode says a path is: 'a FIFO', 'a socket', ... (here, not imported from the picture
-    preparation of mnist-predict, so editing that module does not rerun preprocess)."""
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"))
-    return next((kind for test, kind in kinds if test(mode)), "not a file or folder")
 
 
 def _inside(path: str, real_root: str) -> bool:
@@ -435,8 +426,10 @@ def pixel_limit() -> Iterator[None]:
 
 def _read(entry: Entry, cfg: PreprocessConfig) -> tuple[str, np.ndarray]:
     try:
-        with open(entry.path, "rb") as f:
+        with open_regular(entry.path) as f:
             return _sha256(f), decode(f, cfg)
+    except NotRegularFile as e:  # swapped for a FIFO or a folder since the folder was listed
+        raise BadImage("not a regular file", e.kind) from None
     except OSError as e:
         raise BadImage("unreadable file", (e.strerror or str(e)).lower()) from None
 

@@ -19,12 +19,13 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import NotRegularFile, open_regular
 
 FORMATS = ("PNG", "JPEG")
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -86,34 +87,18 @@ def _greyscale(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1.0 - alpha)
 
 
-def _open_regular(path: str | os.PathLike[str], name: str) -> io.BufferedReader:
-    """Open for reading, refusing anything but a regular file before a byte is read.
-
-    A FIFO would block until a writer comes and /dev/zero never ends; O_NONBLOCK makes the open of a
-    FIFO return at once, and fstat of the opened file leaves no gap for a swap in between.
-    """
+def _open_regular(path: str | os.PathLike[str], name: str) -> IO[bytes]:
+    """files.open_regular, its refusals worded for a picture."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_regular(path)
     except FileNotFoundError:
         raise PipelineError(f"{name}: file not found") from None
+    except NotRegularFile as e:
+        if stat.S_ISDIR(e.mode):
+            raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file") from None
+        raise PipelineError(f"{name}: not a regular file ({e.kind}): expected a PNG or JPEG file") from None
     except OSError as e:
         raise PipelineError(f"{name}: cannot open: {(e.strerror or str(e)).lower()}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file")
-        raise PipelineError(f"{name}: not a regular file ({file_kind(mode)}): expected a PNG or JPEG file")
-    if hasattr(os, "O_NONBLOCK"):
-        os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
-def file_kind(mode: int) -> str:
-    """What a stat mode says a path is, for messages: 'a FIFO', 'a character device', ..."""
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"))
-    return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
 def _jpeg_scale(image: Image.Image, max_pixels: int) -> int:

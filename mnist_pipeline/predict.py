@@ -30,7 +30,8 @@ from mnist_pipeline.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.imageprep import expand_paths, file_kind, prepare_with_warnings, read_image
+from mnist_pipeline.files import NotRegularFile, file_kind, open_regular
+from mnist_pipeline.imageprep import expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 
 DEFAULT_MODEL = "models/model.keras"
@@ -139,10 +140,12 @@ def prepare_folder_picture(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     from mnist_pipeline.imagefolder import BadImage, decode, pixel_limit
 
     try:
-        with open(path, "rb") as f, pixel_limit():
+        with open_regular(path) as f, pixel_limit():
             return decode(f, cfg)
     except BadImage as e:
         raise PipelineError(f"{path}: {e}") from None
+    except NotRegularFile as e:
+        raise PipelineError(f"{path}: not a regular file ({e.kind}): expected an image file") from None
     except OSError as e:
         raise PipelineError(f"{path}: cannot read ({(e.strerror or str(e)).lower()})") from None
 

@@ -42,6 +42,7 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import open_regular
 from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, prepare_picture, settings
 from mnist_pipeline.prepared import idx_spec
 
@@ -70,7 +71,7 @@ CONFUSION_FILE = "confusion.png"
 def md5_of(path: Path) -> str:
     """The md5 DVC records for a file (DVC 3 hashes a file's bytes as they are)."""
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()

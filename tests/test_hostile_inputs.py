@@ -1,0 +1,88 @@
+"""Hostile inputs that once gave a silent wrong result, a hang or a traceback: each now ends in one
+line or a correct result. Quick, in-process tests on real files, FIFOs and arrays."""
+
+from __future__ import annotations
+
+import ast
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnist_pipeline.config import load_config
+from mnist_pipeline.predict import prepare_images
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "mnist_pipeline"
+
+
+def finishes(call: Callable[[], Any], fifo: Path) -> Any:
+    """`call()`'s result, failing (not hanging) when it blocks on `fifo`: a writer then releases it."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:
+            outcome["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    if worker.is_alive():
+        with open(fifo, "wb"):  # the blocked reader gets end of file and returns
+            pass
+        worker.join()
+        pytest.fail(f"blocked opening the FIFO {fifo}")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@pytest.mark.parametrize(("model", "expected"), [("mnist", "not a regular file (a FIFO): expected a PNG or JPEG file"),
+                                               ("folder", "not a regular file (a FIFO): expected an image file")],
+                         ids=["mnist", "folder"])
+def test_mnist_predict_refuses_a_fifo_for_either_kind_of_model(tmp_path: Path, model: str, expected: str) -> None:
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    folder = load_config(ROOT / "params.yaml").preprocess if model == "folder" else None
+    files, images, errors = finishes(lambda: prepare_images([str(fifo)], folder), fifo)
+    assert (files, images) == ([], [])
+    assert len(errors) == 1 and errors[0]["file"] == str(fifo)
+    assert errors[0]["error"] == f"{fifo}: {expected}"
+
+
+def _reading_opens(tree: ast.AST) -> list[int]:
+    """Lines of builtin open() calls that read (no mode, or a mode without w, x or a)."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"),
+                                                                 None)
+            text = mode.value if isinstance(mode, ast.Constant) else "r"
+            if not set(str(text)) & set("wxa"):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_picture_reader_opens_files_through_the_one_regular_file_check() -> None:
+    """A module that hands files to Pillow reads them only through files.open_regular."""
+    readers = [p for p in sorted(PACKAGE.glob("*.py")) if "from PIL import" in p.read_text(encoding="utf-8")]
+    assert {"imageprep.py", "imagefolder.py", "predict.py", "serve.py"} <= {p.name for p in readers}
+    found = {p.name: lines for p in readers if (lines := _reading_opens(ast.parse(p.read_text(encoding="utf-8"))))}
+    assert found == {}, f"builtin open() for reading, not files.open_regular: {found}"
+
+
+def test_open_regular_names_what_a_path_is_instead_of_reading_it(tmp_path: Path) -> None:
+    from mnist_pipeline.files import NotRegularFile, open_regular
+
+    with pytest.raises(NotRegularFile, match=r"not a regular file \(a directory\)"):
+        open_regular(tmp_path)
+    with pytest.raises(NotRegularFile, match=r"not a regular file \(a character device\)"):
+        open_regular("/dev/zero")
+    with pytest.raises(FileNotFoundError):
+        open_regular(tmp_path / "missing.png")
