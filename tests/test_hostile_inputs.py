@@ -86,3 +86,21 @@ def test_open_regular_names_what_a_path_is_instead_of_reading_it(tmp_path: Path)
         open_regular("/dev/zero")
     with pytest.raises(FileNotFoundError):
         open_regular(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("classes", [10, 30, 31, 150, 1000])
+def test_confusion_plot_is_bounded_in_pixels_whatever_the_class_count(tmp_path: Path, classes: int) -> None:
+    """Past 30 classes the most frequent confusions are drawn, not a matrix growing with the square."""
+    import numpy as np
+    from PIL import Image
+
+    from mnist_pipeline.plots import TOP_CONFUSIONS, plot_confusion
+
+    rng = np.random.default_rng(classes)
+    confusion = rng.integers(0, 4, (classes, classes))
+    np.fill_diagonal(confusion, 40)
+    names = [f"a class with a rather long name number {i}" for i in range(classes)]
+    plot_confusion(confusion, names, tmp_path / "confusion.png")
+    with Image.open(tmp_path / "confusion.png") as png:
+        assert png.width <= 1200 and png.height <= 1200, png.size
+    assert TOP_CONFUSIONS <= 30
