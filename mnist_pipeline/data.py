@@ -125,6 +125,12 @@ def held_out(train_labels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarra
 CHUNK_BYTES = 32 << 20
 
 
+def chunk_rows(spec: PreparedSpec) -> int:
+    """Images per chunk of prepared output: CHUNK_BYTES of float32 whatever the image size and colour
+    (at least one image), so memory is bounded by bytes, never by an image count."""
+    return max(1, CHUNK_BYTES // (4 * spec.n_pixels))
+
+
 def write_splits(
     raw: dict[str, np.ndarray | IdxItems], cfg: PreprocessConfig, prepared_dir: str | Path, spec: PreparedSpec,
     chunk_images: int | None = None,
@@ -134,7 +140,7 @@ def write_splits(
 
     Returns each split's image count and images file."""
     table = scale_table(cfg.scale, cfg.offset)
-    chunk = chunk_images or max(1, CHUNK_BYTES // (4 * spec.n_pixels))
+    chunk = chunk_images or chunk_rows(spec)
     n_train = min(len(raw["train_labels"]), cfg.train_limit or len(raw["train_labels"]))
     n_test = min(len(raw["test_labels"]), cfg.test_limit or len(raw["test_labels"]))
     train_labels, test_labels = raw["train_labels"][:n_train], raw["test_labels"][:n_test]

@@ -52,7 +52,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline import progress
 from mnist_pipeline.config import PreprocessConfig
-from mnist_pipeline.data import scale_images
+from mnist_pipeline.data import chunk_rows, scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import NotRegularFile, atomic_open, file_kind, open_regular
@@ -62,8 +62,6 @@ FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "class", "split", "index", "sha256")
 SKIPPED = "skipped"
-# Images decoded, then scaled and written, at a time: memory stays at one chunk.
-CHUNK = 4096
 # Files named in the skip summary and duplicate groups in the duplicates warning before "and N more".
 SHOWN = 10
 SHOWN_DUPLICATES = 5
@@ -459,10 +457,11 @@ def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, s
     return path
 
 
-def _park(decoded: BinaryIO, chunk: list[np.ndarray], prepared: Path) -> None:
-    """Append decoded images to the temporary file; a full disk names the folder, not just errno."""
+def _park(decoded: BinaryIO, pixels: np.ndarray, prepared: Path) -> None:
+    """Append one decoded image to the temporary file (buffered: memory holds no stack of images, however
+    large they are); a full disk names the folder, not just errno."""
     try:
-        decoded.write(np.stack(chunk).tobytes())
+        decoded.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
     except OSError as e:
         raise PipelineError(f"{prepared}: cannot write the decoded images ({e.strerror or e})") from None
 
@@ -481,7 +480,6 @@ def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: Prepro
                decoded: BinaryIO, prepared: Path) -> Decoded:
     """Pass 1: each file read once, hashed and decoded; its pixels appended to `decoded` in split order."""
     found = Decoded()
-    chunk: list[np.ndarray] = []
     total = sum(len(entries) for entries in by_split.values())
     with progress.bar(total, "preprocess: reading images", unit="img") as bar, pixel_limit():
         for split in SPLITS:
@@ -495,13 +493,8 @@ def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: Prepro
                     found.rows.append((entry.rel, classes[entry.label], split, str(len(found.kept[split])), sha))
                     found.hashes.setdefault(sha, []).append((entry.rel, split))
                     found.kept[split].append(entry)
-                    chunk.append(pixels)
-                    if len(chunk) == CHUNK:
-                        _park(decoded, chunk, prepared)
-                        chunk = []
+                    _park(decoded, pixels, prepared)
                 bar.update()
-    if chunk:
-        _park(decoded, chunk, prepared)
     listed = {row[0] for row in found.rows}
     found.rows.extend((rel, _class_of(rel, classes, cfg), SKIPPED, "", "") for rel, _ in bad.found
                       if rel not in listed)
@@ -531,13 +524,15 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
         warning = _duplicates_warning(found.hashes)
         if warning:
             progress.say(warning)
-        # Pass 2: the pixels back, a chunk at a time, scaled and streamed into each split's arrays.
+        # Pass 2: the pixels back, a chunk of CHUNK_BYTES of output at a time, scaled and streamed into
+        # each split's arrays: 2 images at image_size 1024 in RGB, thousands at 28.
         decoded.seek(0)
+        rows = chunk_rows(spec)
         for split in SPLITS:
             labels = np.array([e.label for e in found.kept[split]], dtype=np.int64)
             with split_writer(prepared, split, len(labels), spec) as writer:
-                for start in range(0, len(labels), CHUNK):
-                    count = min(CHUNK, len(labels) - start)
+                for start in range(0, len(labels), rows):
+                    count = min(rows, len(labels) - start)
                     raw = np.frombuffer(decoded.read(count * spec.n_pixels), dtype=np.uint8)
                     writer.write(scale_images(raw.reshape(count, spec.n_pixels), cfg.scale, cfg.offset),
                                  labels[start : start + count])

@@ -104,3 +104,35 @@ def test_confusion_plot_is_bounded_in_pixels_whatever_the_class_count(tmp_path: 
     with Image.open(tmp_path / "confusion.png") as png:
         assert png.width <= 1200 and png.height <= 1200, png.size
     assert TOP_CONFUSIONS <= 30
+
+
+def test_folder_preprocess_holds_a_chunk_of_bytes_not_of_images(tmp_path: Path) -> None:
+    """At image_size 1024 in RGB an image is 12 MB of float32: a chunk counted in images (4,096 of them)
+    once asked for 6.5 GiB. Memory now stays near CHUNK_BYTES whatever the image size."""
+    import tracemalloc
+
+    import numpy as np
+    from PIL import Image
+
+    from mnist_pipeline.data import CHUNK_BYTES
+    from mnist_pipeline.imagefolder import prepare_folder
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (images / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / name / f"{i}.png")
+    cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 1024, "color": "rgb"})
+    tracemalloc.start()
+    try:
+        spec = prepare_folder(str(images), tmp_path / "prepared", cfg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_image = 4 * spec.n_pixels
+    assert spec.n_pixels == 1024 * 1024 * 3
+    assert peak < CHUNK_BYTES + 4 * one_image, f"peak {peak / 2**20:.0f} MiB for {one_image / 2**20:.0f} MiB images"
+    x_train = np.load(tmp_path / "prepared" / "x_train.npy", mmap_mode="r")
+    x_test = np.load(tmp_path / "prepared" / "x_test.npy", mmap_mode="r")
+    assert len(x_train) + len(x_test) == 12
