@@ -66,7 +66,7 @@ SKIPPED = "skipped"
 SHOWN = 10
 SHOWN_DUPLICATES = 5
 HASH_BLOCK = 1 << 20
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
@@ -348,10 +348,16 @@ def _sha256(f: BinaryIO) -> str:
 def _eight_bit(image: Image.Image) -> np.ndarray:
     """The image as uint8 (H, W) grey or (H, W, 3) colour, 16-bit values rounded and alpha on black."""
     if image.mode in SIXTEEN_BIT_MODES:
-        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        wide = np.asarray(image).astype(np.int64)
         return ((wide * 255 + 32767) // 65535).astype(np.uint8)
     if image.mode == "F":
         raise BadImage("unsupported pixels", "32-bit floating-point pixels: expected 8- or 16-bit integer images")
+    if image.mode.startswith("I"):
+        # Signed or 32-bit integers (a TIFF's mode I): no fixed range maps them to 0-255. Clipping at 65535
+        # would silently merge grey levels, and stretching each image to its own range would change its
+        # contrast against the others: refused, as floating-point pixels are.
+        raise BadImage("unsupported pixels", f"{'signed or 32-bit' if image.mode == 'I' else image.mode} integer "
+                       "pixels: expected 8- or 16-bit unsigned integer images (save it as 16-bit)")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode == "1":

@@ -68,11 +68,15 @@ PIECE_FRACTION = 0.02
 NEAR_FRACTION = 0.3
 
 
-def _greyscale(image: Image.Image) -> np.ndarray:
+def _greyscale(image: Image.Image, name: str) -> np.ndarray:
     """Luminance as float64 0-255; transparent areas become a background that contrasts with the ink."""
-    if image.mode.startswith("I"):
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         # 16-bit greyscale PNGs: Pillow's convert("L") would clip 0-65535 to 0-255 instead of rescaling.
         return np.asarray(image.convert("I"), dtype=np.float64) / 257.0
+    if image.mode.startswith("I") or image.mode == "F":
+        # No fixed range maps signed or 32-bit values to 0-255: refused rather than clipped.
+        raise PipelineError(f"{name}: {image.mode} pixels (signed, 32-bit or floating-point): expected an 8- or "
+                            "16-bit image")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -133,7 +137,7 @@ def read_image(
                 image.draft(image.mode, (image.width // scale, image.height // scale))
             image = ImageOps.exif_transpose(image)
             image.load()
-            return _greyscale(image)
+            return _greyscale(image, name)
     except FileNotFoundError:
         raise PipelineError(f"{name}: file not found") from None
     except IsADirectoryError:

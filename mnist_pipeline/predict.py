@@ -143,7 +143,7 @@ def prepare_folder_picture(path: Path, cfg: PreprocessConfig) -> np.ndarray:
         with open_regular(path) as f, pixel_limit():
             return decode(f, cfg)
     except BadImage as e:
-        raise PipelineError(f"{path}: {e}") from None
+        raise PipelineError(f"{path}: {e.reason}" + (f": {e.detail}" if e.detail else "")) from None
     except NotRegularFile as e:
         raise PipelineError(f"{path}: not a regular file ({e.kind}): expected an image file") from None
     except OSError as e:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mnist_pipeline.config import load_config
+from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.predict import prepare_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +137,39 @@ def test_folder_preprocess_holds_a_chunk_of_bytes_not_of_images(tmp_path: Path) 
     x_train = np.load(tmp_path / "prepared" / "x_train.npy", mmap_mode="r")
     x_test = np.load(tmp_path / "prepared" / "x_test.npy", mmap_mode="r")
     assert len(x_train) + len(x_test) == 12
+
+
+def _tiff(path: Path, values: list[list[int]], dtype: str) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.array(values, dtype=dtype)).save(path, format="TIFF")
+    return path
+
+
+def test_32_bit_integer_tiff_is_refused_not_clipped(tmp_path: Path) -> None:
+    """Mode I holds values up to 2**31: clipped at 65535, 100000 and 70000 would both become white."""
+    from mnist_pipeline.imagefolder import BadImage, decode, pixel_limit
+    from mnist_pipeline.predict import prepare_folder_picture
+
+    cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 4})
+    wide = _tiff(tmp_path / "wide.tif", [[0, 70000], [100000, 2**31 - 1]], "int32")
+    expected = ("unsupported pixels: signed or 32-bit integer pixels: expected 8- or 16-bit unsigned integer "
+                "images (save it as 16-bit)")
+    with open(wide, "rb") as f, pixel_limit(), pytest.raises(BadImage) as caught:
+        decode(f, cfg)
+    assert f"{caught.value.reason}: {caught.value.detail}" == expected
+    with pytest.raises(PipelineError) as refused:
+        prepare_folder_picture(wide, cfg)
+    assert str(refused.value) == f"{wide}: {expected}"
+
+
+def test_16_bit_tiff_is_still_scaled_by_its_full_range(tmp_path: Path) -> None:
+    import numpy as np
+
+    from mnist_pipeline.imagefolder import decode, pixel_limit
+
+    cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 2})
+    deep = _tiff(tmp_path / "deep.tif", [[0, 257], [32896, 65535]], "uint16")
+    with open(deep, "rb") as f, pixel_limit():
+        assert decode(f, cfg).tolist() == np.array([[0, 1], [128, 255]]).tolist()
