@@ -173,3 +173,33 @@ def test_16_bit_tiff_is_still_scaled_by_its_full_range(tmp_path: Path) -> None:
     deep = _tiff(tmp_path / "deep.tif", [[0, 257], [32896, 65535]], "uint16")
     with open(deep, "rb") as f, pixel_limit():
         assert decode(f, cfg).tolist() == np.array([[0, 1], [128, 255]]).tolist()
+
+
+def _count_keys() -> list[str]:
+    """Every params key that holds an integer or a list of integers, from the config's own schema."""
+    from mnist_pipeline.config import leaf_keys
+
+    return sorted(key for key, field in leaf_keys().items() if field.annotation in (int, list[int]))
+
+
+@pytest.mark.parametrize("key", _count_keys())
+def test_every_count_param_has_an_upper_bound(key: str) -> None:
+    """10**20 in any count (train.epochs with lr_schedule one_cycle once ended in a TypeError) is one line."""
+    import copy
+
+    import yaml
+
+    from mnist_pipeline.config import leaf_keys, set_dotted, validate
+
+    tree = yaml.safe_load((ROOT / "params.yaml").read_text())
+    tree = copy.deepcopy(tree)
+    set_dotted(tree, "train.lr_schedule", "one_cycle")
+    huge = [10**20] if leaf_keys()[key].annotation == list[int] else 10**20
+    set_dotted(tree, key, huge)
+    with pytest.raises(PipelineError) as refused:
+        validate(tree)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"params.yaml: {key} = {huge}: expected ")
+    assert "in [" in message, message  # the allowed range, with its upper end
+    if key == "train.epochs":
+        assert message == "params.yaml: train.epochs = 100000000000000000000: expected an integer in [1, 100000]"
