@@ -65,6 +65,8 @@ SKIPPED = "skipped"
 # Files named in the skip summary and duplicate groups in the duplicates warning before "and N more".
 SHOWN = 10
 SHOWN_DUPLICATES = 5
+# Folders below a class folder that are searched for images (subfolders of a class belong to it).
+MAX_DEPTH = 32
 HASH_BLOCK = 1 << 20
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
@@ -227,8 +229,15 @@ def _split_folders(root: str) -> list[str]:
 
 
 def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad: BadFiles,
-           root: str) -> Iterator[tuple[str, str]]:
-    """(rel, path) of every file under `folder`, in name order, following links that stay inside the root."""
+           root: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """(rel, path) of every file under `folder`, in name order, following links that stay inside the root.
+
+    At most MAX_DEPTH folders below the class folder: deeper nesting is a bad file (one line, or skipped),
+    not a RecursionError, and the work per file stays bounded."""
+    if depth > MAX_DEPTH:
+        bad.add(rel, BadImage("folder nested too deep", f"over {MAX_DEPTH} folders below its class folder: "
+                              "expected images at most that deep"))
+        return
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
@@ -243,7 +252,7 @@ def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad
             if (real := os.path.realpath(entry.path)) in ancestors:
                 bad.add(here, BadImage("link loop", "a link to a folder that contains it"))
                 continue
-            yield from _files(entry.path, here, real_root, ancestors | {real}, bad, root)
+            yield from _files(entry.path, here, real_root, ancestors | {real}, bad, root, depth + 1)
         elif entry.is_file():
             yield here, entry.path
         else:

@@ -203,3 +203,40 @@ def test_every_count_param_has_an_upper_bound(key: str) -> None:
     assert "in [" in message, message  # the allowed range, with its upper end
     if key == "train.epochs":
         assert message == "params.yaml: train.epochs = 100000000000000000000: expected an integer in [1, 100000]"
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_class_folder_nested_1200_deep_is_one_line_not_a_recursion_error(tmp_path: Path, policy: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from mnist_pipeline.imagefolder import MAX_DEPTH, BadFiles, scan
+
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        (images / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / name / f"{i}.png")
+    fd = os.open(images / "a", os.O_RDONLY)
+    try:  # 1,200 levels: created relative to an open folder, as no path that long could name them
+        for _ in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(f"/proc/self/fd/{fd}/deep.png")
+    finally:
+        os.close(fd)
+    cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"bad_images": policy, "image_size": 8})
+    bad = BadFiles(str(images), fail=policy == "fail")
+    too_deep = "a/" + "/".join(["d"] * (MAX_DEPTH + 1))
+    if policy == "fail":
+        with pytest.raises(PipelineError) as refused:
+            scan(str(images), cfg, bad)
+        assert str(refused.value) == (f"{images}/{too_deep}: folder nested too deep (over {MAX_DEPTH} folders below "
+                                      "its class folder: expected images at most that deep): fix or remove it, or "
+                                      "set preprocess.bad_images: skip to leave such files out")
+    else:
+        classes, entries = scan(str(images), cfg, bad)
+        assert classes == ["a", "b"] and len(entries) == 6
+        assert bad.found == [(too_deep, "folder nested too deep")]
