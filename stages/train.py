@@ -7,6 +7,7 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.distribute import is_chief
 from mnist_pipeline.files import atomic_dir, save_json, sweep_leftovers
+from mnist_pipeline.footprint import check_fits
 from mnist_pipeline.plots import plot_training_curves
 from mnist_pipeline.prepared import load_spec, load_split, nbytes
 from mnist_pipeline.progress import say
@@ -20,6 +21,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
         say(f"train: warning: {line}")
     spec = load_spec(prepared_dir)
+    check_fits(cfg.model, cfg.train, spec)  # before the data is read or TensorFlow builds anything
     # Past the memory budget the images stay on disk, memory-mapped, and training streams them.
     mapped = nbytes(prepared_dir, "train", "val") > cfg.train.memory_budget_mb << 20
     x_train, y_train = load_split(prepared_dir, "train", spec, mmap=mapped)

@@ -210,8 +210,6 @@ def test_class_folder_nested_1200_deep_is_one_line_not_a_recursion_error(tmp_pat
     import numpy as np
     from PIL import Image
 
-    from mnist_pipeline.imagefolder import MAX_DEPTH, BadFiles, scan
-
     images = tmp_path / "images"
     for name in ("a", "b"):
         (images / name).mkdir(parents=True)
@@ -227,6 +225,32 @@ def test_class_folder_nested_1200_deep_is_one_line_not_a_recursion_error(tmp_pat
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(f"/proc/self/fd/{fd}/deep.png")
     finally:
         os.close(fd)
+    try:
+        _scan_deep(images, policy)
+    finally:
+        _remove_chain(images / "a", "d", 1200)  # shutil.rmtree itself recurses: pytest could not remove it
+
+
+def _remove_chain(top: Path, name: str, depth: int) -> None:
+    """Remove `top/name/name/...` (depth levels, each holding at most files) from the bottom up, by fds."""
+    fds = [os.open(top, os.O_RDONLY)]
+    try:
+        for _ in range(depth):
+            fds.append(os.open(name, os.O_RDONLY, dir_fd=fds[-1]))
+        while len(fds) > 1:
+            inner = fds.pop()
+            for entry in os.listdir(inner):
+                os.unlink(entry, dir_fd=inner)
+            os.close(inner)
+            os.rmdir(name, dir_fd=fds[-1])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _scan_deep(images: Path, policy: str) -> None:
+    from mnist_pipeline.imagefolder import MAX_DEPTH, BadFiles, scan
+
     cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"bad_images": policy, "image_size": 8})
     bad = BadFiles(str(images), fail=policy == "fail")
     too_deep = "a/" + "/".join(["d"] * (MAX_DEPTH + 1))
@@ -240,3 +264,43 @@ def test_class_folder_nested_1200_deep_is_one_line_not_a_recursion_error(tmp_pat
         classes, entries = scan(str(images), cfg, bad)
         assert classes == ["a", "b"] and len(entries) == 6
         assert bad.found == [(too_deep, "folder nested too deep")]
+
+
+def _spec(size: int = 28, channels: int = 1, classes: int = 10) -> Any:
+    from mnist_pipeline.prepared import PreparedSpec
+
+    return PreparedSpec("test", tuple(str(i) for i in range(classes)), (size, size), channels)
+
+
+def test_a_model_too_big_for_memory_is_refused_before_building_in_one_line() -> None:
+    """model.hidden [1000000, 1000000]: a trillion weights; TensorFlow took minutes to a 40-line error."""
+    from mnist_pipeline.footprint import check_fits
+
+    cfg = load_config(ROOT / "params.yaml")
+    model = cfg.model.model_copy(update={"hidden": [1000000, 1000000]})
+    with pytest.raises(PipelineError) as refused:
+        check_fits(model, cfg.train, _spec(), available=64 << 30)
+    assert str(refused.value) == (
+        "params.yaml: model.hidden = [1000000, 1000000], train.batch_size = 32, train.optimizer = adam: training "
+        "needs at least 14.6 TiB (1,000,796,000,010 weights with their gradients and 2 optimizer slots, 244.1 MiB "
+        "of layer outputs per batch), more than the 64.0 GiB of memory here: expected a smaller model or batch")
+    huge_batch = cfg.model.model_copy(update={"type": "cnn"})
+    train = cfg.train.model_copy(update={"batch_size": 65536})
+    with pytest.raises(PipelineError, match=r"^params.yaml: model.cnn.filters = \[32, 64\], model.cnn.dense = 128, "
+                                            r"train.batch_size = 65536, .* of layer outputs per batch\), more than"):
+        check_fits(huge_batch, train, _spec(size=256, channels=3), available=64 << 30)
+    check_fits(cfg.model, cfg.train, _spec(), available=64 << 20)  # the tutorial's model fits in 64 MiB
+
+
+@pytest.mark.parametrize("update", [{}, {"type": "cnn"}, {"type": "cnn", "cnn.first_conv": "whitened"},
+                                    {"type": "cnn", "cnn.batch_norm_first": False, "cnn.strided_blocks": 1}])
+def test_memory_estimate_counts_the_weights_keras_builds(update: dict[str, Any]) -> None:
+    """The estimate follows the builders: its weight count is Keras' own count_params of the built model."""
+    from mnist_pipeline.footprint import estimate
+    from mnist_pipeline.models import build_model
+
+    cfg = load_config(ROOT / "params.yaml")
+    cnn = cfg.model.cnn.model_copy(update={k[4:]: v for k, v in update.items() if k.startswith("cnn.")})
+    model = cfg.model.model_copy(update={"cnn": cnn, **{k: v for k, v in update.items() if "." not in k}})
+    spec = _spec(size=20, channels=3)
+    assert estimate(model, cfg.train, spec).parameters == build_model(model, spec).count_params()
