@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.errors import PipelineError, redact
 from mnist_pipeline.quiet import silence_native_stderr
 
 EXIT_FAULT = 2
@@ -39,8 +39,9 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 
 
 def one_line(message: object) -> str:
-    """Messages quoted from libraries can span lines; a user and a CI log get exactly one."""
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    """Messages quoted from libraries can span lines; a user and a CI log get exactly one, with any
+    credentials of a URL in it redacted."""
+    return redact(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
 
 
 def fail(message: object) -> None:

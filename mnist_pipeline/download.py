@@ -33,7 +33,7 @@ from typing import IO, Any
 from mnist_pipeline import progress
 from mnist_pipeline.config import DownloadConfig
 from mnist_pipeline.datasets import DatasetSpec, FileSpec, raw_name
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.errors import PipelineError, redact
 from mnist_pipeline.files import NotRegularFile, atomic_path, open_regular
 
 MIRROR_ENV = "DATASET_MIRROR"
@@ -96,10 +96,10 @@ def mirrors_for(spec: DatasetSpec, public: list[str], env_root: str | None) -> l
             roots = tuple(env_root.rstrip("/") + f"/{folder}/" for folder in folders)
         else:
             roots = tuple((Path(env_root).resolve() / folder).as_uri() + "/" for folder in folders)
-        found.append(Mirror(f"${MIRROR_ENV}={env_root}", roots))
+        found.append(Mirror(f"${MIRROR_ENV}={redact(env_root)}", roots))
     for url in public:
         root = url if url.endswith("/") else url + "/"
-        found.append(Mirror(root, (root,)))
+        found.append(Mirror(redact(root), (root,)))
     return found
 
 
@@ -111,7 +111,7 @@ def file_deadline(file: FileSpec, timeout_s: float) -> float:
 def shown(url: str) -> str:
     """A local file as its path, anything else as its URL."""
     parts = urllib.parse.urlsplit(url)
-    return urllib.request.url2pathname(parts.path) if parts.scheme == "file" else url
+    return urllib.request.url2pathname(parts.path) if parts.scheme == "file" else redact(url)
 
 
 def url_problem(url: str) -> str | None:
@@ -347,7 +347,7 @@ def fetch_file(
             return mirror
         except FetchError as e:
             failures.append(f"{mirror.label}: {e}")
-    raise PipelineError(f"{file.name}: every mirror failed: " + "; ".join(failures))
+    raise PipelineError(redact(f"{file.name}: every mirror failed: " + "; ".join(failures)))
 
 
 def download_dataset(
