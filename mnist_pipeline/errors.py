@@ -15,5 +15,13 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(r"\1***@", text)
 
 
+def printable(text: str) -> str:
+    """A file or class name as one line of text: a newline, a tab, a terminal escape or another control
+    character as its escape (`a\\nb.png`), bytes that are not UTF-8 as `\\xNN`: a name can neither split
+    an output line nor drive the terminal."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class PipelineError(Exception):
     """A fault the user can act on; the message names the file, key or URL and what was expected."""

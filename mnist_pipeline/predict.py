@@ -29,7 +29,7 @@ from mnist_pipeline.cli import EXIT_FAULT, fail, one_line, run_command
 from mnist_pipeline.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.errors import PipelineError, printable
 from mnist_pipeline.files import NotRegularFile, file_kind, open_regular
 from mnist_pipeline.imageprep import expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
@@ -112,8 +112,8 @@ def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[st
 
 def format_text(record: dict[str, Any]) -> str:
     """`digit.png: 7 (98.1%)   top-3: 7 98.1%, 9 1.2%, 1 0.4%`"""
-    ranked = ", ".join(f"{t['name']} {t['probability']:.1%}" for t in record["top"])
-    return (f"{record['file']}: {record['predicted_name']} ({record['probability']:.1%})   "
+    ranked = ", ".join(f"{printable(t['name'])} {t['probability']:.1%}" for t in record["top"])
+    return (f"{printable(record['file'])}: {printable(record['predicted_name'])} ({record['probability']:.1%})   "
             f"top-{len(record['top'])}: {ranked}")
 
 
@@ -143,11 +143,11 @@ def prepare_folder_picture(path: Path, cfg: PreprocessConfig) -> np.ndarray:
         with open_regular(path) as f, pixel_limit():
             return decode(f, cfg)
     except BadImage as e:
-        raise PipelineError(f"{path}: {e.reason}" + (f": {e.detail}" if e.detail else "")) from None
+        raise PipelineError(f"{printable(str(path))}: {e.reason}" + (f": {e.detail}" if e.detail else "")) from None
     except NotRegularFile as e:
-        raise PipelineError(f"{path}: not a regular file ({e.kind}): expected an image file") from None
+        raise PipelineError(f"{printable(str(path))}: not a regular file ({e.kind}): expected an image file") from None
     except OSError as e:
-        raise PipelineError(f"{path}: cannot read ({(e.strerror or str(e)).lower()})") from None
+        raise PipelineError(f"{printable(str(path))}: cannot read ({(e.strerror or str(e)).lower()})") from None
 
 
 def prepare_images(
@@ -171,7 +171,7 @@ def prepare_images(
         for file in found:
             try:
                 if folder is None:
-                    image, doubts = prepare_picture(file, str(file))
+                    image, doubts = prepare_picture(file, printable(str(file)))
                 else:
                     image, doubts = prepare_folder_picture(file, folder), []
             except PipelineError as e:

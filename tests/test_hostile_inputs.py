@@ -304,3 +304,23 @@ def test_memory_estimate_counts_the_weights_keras_builds(update: dict[str, Any])
     model = cfg.model.model_copy(update={"cnn": cnn, **{k: v for k, v in update.items() if "." not in k}})
     spec = _spec(size=20, channels=3)
     assert estimate(model, cfg.train, spec).parameters == build_model(model, spec).count_params()
+
+
+def test_a_file_name_with_a_newline_stays_on_its_own_output_line(tmp_path: Path) -> None:
+    """`a\\nb.png` once printed as two lines of mnist-predict's text output, the second looking like a file."""
+    import numpy as np
+
+    from mnist_pipeline.predict import classify, format_text
+
+    name = tmp_path / "seven\n8.png: 8 (99.0%)\x1b[2J.png"
+    probabilities = np.full((1, 10), 0.01, np.float32)
+    probabilities[0, 7] = 0.91
+    [record] = classify(probabilities, [name], tuple(str(d) for d in range(10)), 3)
+    line = format_text(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert line.startswith(f"{tmp_path}/seven\\n8.png: 8 (99.0%)\\x1b[2J.png: 7 (91.0%)   top-3: 7 91.0%, ")
+    assert record["file"] == str(name)  # --json keeps the exact name, JSON-escaped
+    name.write_bytes(b"not a picture")
+    files, _, errors = prepare_images([str(name)])
+    assert files == [] and errors == [{"file": str(name), "error": f"{tmp_path}/seven\\n8.png: 8 (99.0%)\\x1b[2J.png: "
+                                                                     "not a PNG or JPEG image"}]
