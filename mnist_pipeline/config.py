@@ -176,6 +176,15 @@ class CnnConfig(Section):
     def _positive_widths(cls, widths: list[int]) -> list[int]:
         return _ints_within(widths, 1, MAX_WIDTH)
 
+    @field_validator("strided_blocks")
+    @classmethod
+    def _existing_strided_blocks(cls, strided: int, info: Any) -> int:
+        """Strided blocks are the first N of `filters`: no more than there are."""
+        n_blocks = len(info.data.get("filters") or [])
+        if info.data.get("filters") is not None and strided > n_blocks:
+            raise ValueError(f"expected an integer in [0, {n_blocks}] (model.cnn.filters has {n_blocks} blocks)")
+        return strided
+
     @field_validator("pool_blocks")
     @classmethod
     def _existing_blocks(cls, blocks: list[int], info: Any) -> list[int]:
@@ -354,13 +363,28 @@ def _message(error: Any, tree: dict[str, Any], path: str) -> PipelineError:
     value = _dig(tree, key)
     options = choices(key)
     close = difflib.get_close_matches(value, options, n=1) if isinstance(value, str) and options else []
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = f" (did you mean '{close[0]}'?{_lookalike(value, close[0])})" if close else ""
     return PipelineError(f"{path}: {key} = {_shown(value)}: expected {expected}{hint}")
 
 
 def _first_error(errors: list[Any]) -> Any:
     """Unknown keys first (a typo also makes its key 'missing'), then in the file's section order."""
     return min(errors, key=lambda e: e["type"] != "extra_forbidden")
+
+
+def _check_key_names(tree: dict[Any, Any], model: type[BaseModel], prefix: str, path: str) -> None:
+    """A key that is not text inside a section (`~: 1` is a null key, `1: 2` a number) is named as such,
+    not reported as the whole section being no mapping."""
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            null = " (YAML reads ~, null or an empty key as null)" if key is None else ""
+            allowed = ", ".join(f"{prefix}{name}" for name in model.model_fields)
+            where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
+            raise PipelineError(f"{path}: key {_shown(key)} {where}{null}: expected a key name, one of {allowed}")
+        field = model.model_fields.get(key)
+        section = _section_type(field) if field is not None else None
+        if section is not None and isinstance(value, dict):
+            _check_key_names(value, section, f"{prefix}{key}.", path)
 
 
 def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
@@ -374,6 +398,7 @@ def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
     for key in tree:
         if not isinstance(key, str):
             raise PipelineError(f"{path}: key {_shown(key)} at the top level: expected a section name")
+    _check_key_names(tree, Config, "", path)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

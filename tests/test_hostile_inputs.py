@@ -324,3 +324,31 @@ def test_a_file_name_with_a_newline_stays_on_its_own_output_line(tmp_path: Path)
     files, _, errors = prepare_images([str(name)])
     assert files == [] and errors == [{"file": str(name), "error": f"{tmp_path}/seven\\n8.png: 8 (99.0%)\\x1b[2J.png: "
                                                                      "not a PNG or JPEG image"}]
+
+
+def _params_with(tmp_path: Path, old: str, new: str) -> Path:
+    """The project's params.yaml with one line changed, as a user would edit it."""
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  strided_blocks: 0 ", "  strided_blocks: 3 ",
+     "params.yaml: model.cnn.strided_blocks = 3: expected an integer in [0, 2] (model.cnn.filters has 2 blocks)"),
+    ("  activation: relu ", "  activation: r\u0435lu ",
+     "params.yaml: model.activation = 'r\u0435lu': expected one of relu, sigmoid, tanh, elu, selu, gelu, softplus, "
+     "swish, linear (did you mean 'relu'?; it has '\u0435' (U+0435 CYRILLIC SMALL LETTER IE) where 'e' is meant)"),
+    ("  epochs: 5\n", "  epochs: 5\n  ~: 1\n",
+     "params.yaml: key None in 'train' (YAML reads ~, null or an empty key as null): expected a key name, one of "
+     "train.epochs, train.batch_size, train.optimizer, train.learning_rate, train.lr_schedule, "
+     "train.label_smoothing, train.seed, train.cpu_threads, train.cpu_kernels, train.strategy, train.checkpoint, "
+     "train.memory_budget_mb"),
+], ids=["strided_blocks above the blocks", "look-alike letter in a value", "null key in a section"])
+def test_odd_params_get_a_line_that_names_the_real_problem(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    path = _params_with(tmp_path, old, new)
+    with pytest.raises(PipelineError) as refused:
+        load_config(path)
+    assert str(refused.value) == expected.replace("params.yaml", str(path), 1)
