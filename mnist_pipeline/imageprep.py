@@ -469,15 +469,21 @@ def prepare_file(path: str | os.PathLike[str]) -> np.ndarray:
     return prepare_array(read_image(path), str(path))
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given; a directory stands for its PNG and JPEG files, sorted by name."""
+def expand_paths(paths: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
+    """Files as given; a directory stands for its files named `*.png`, `*.jpg` (or `suffixes`), sorted by name.
+
+    Every such name is kept unless it is a folder: a dangling link, a link loop or a FIFO is then refused
+    on its own line by the open that follows, not passed over in silence."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and not p.is_dir())
             if not images:
-                raise PipelineError(f"{path}: no PNG or JPEG files in this directory (expected *.png, *.jpg)")
+                if suffixes == SUFFIXES:
+                    raise PipelineError(f"{path}: no PNG or JPEG files in this directory (expected *.png, *.jpg)")
+                wanted = ", ".join(f"*{s}" for s in suffixes)
+                raise PipelineError(f"{path}: no image files in this directory (expected {wanted})")
             found.extend(images)
         else:
             found.append(path)

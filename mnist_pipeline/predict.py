@@ -31,7 +31,7 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError, printable
 from mnist_pipeline.files import NotRegularFile, file_kind, open_regular
-from mnist_pipeline.imageprep import expand_paths, prepare_with_warnings, read_image
+from mnist_pipeline.imageprep import SUFFIXES, expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 
 DEFAULT_MODEL = "models/model.keras"
@@ -43,6 +43,8 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 255.0, 0.5
 # Larger pictures are refused from their header (a PNG) or decoded at 1/2, 1/4 or 1/8 of their size
 # (a JPEG): a 141 KB PNG can declare 10000x10000 pixels, gigabytes once decoded. The same as mnist-serve's.
 MAX_PIXELS = 12_000_000
+# A folder model's pictures in a directory argument: the formats preprocess reads a folder in.
+FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -163,7 +165,7 @@ def prepare_images(
     errors: list[dict[str, str]] = []
     for argument in given:
         try:
-            found = expand_paths([argument])
+            found = expand_paths([argument], SUFFIXES if folder is None else FOLDER_SUFFIXES)
         except PipelineError as e:
             fail(e)
             errors.append({"file": argument, "error": one_line(e)})

@@ -352,3 +352,22 @@ def test_odd_params_get_a_line_that_names_the_real_problem(tmp_path: Path, old: 
     with pytest.raises(PipelineError) as refused:
         load_config(path)
     assert str(refused.value) == expected.replace("params.yaml", str(path), 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_links_to_nothing_loops_and_fifos_in_a_directory_argument_are_reported_not_skipped(tmp_path: Path) -> None:
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    (folder / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    os.mkfifo(folder / "pipe.png")
+    (folder / "notes.txt").write_text("not named as a picture: passed over")
+    files, _, errors = finishes(lambda: prepare_images([str(folder)]), folder / "pipe.png")
+    assert files == []
+    assert errors == [
+        {"file": str(folder / "dangling.png"), "error": f"{folder}/dangling.png: file not found"},
+        {"file": str(folder / "loop.png"),
+         "error": f"{folder}/loop.png: cannot open: too many levels of symbolic links"},
+        {"file": str(folder / "pipe.png"),
+         "error": f"{folder}/pipe.png: not a regular file (a FIFO): expected a PNG or JPEG file"},
+    ]
