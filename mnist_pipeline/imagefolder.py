@@ -451,15 +451,25 @@ def _read(entry: Entry, cfg: PreprocessConfig) -> tuple[str, np.ndarray]:
 # The whole stage's work for a folder.
 
 
-def _duplicates_warning(found: dict[str, list[tuple[str, str]]]) -> str | None:
-    """One line naming images whose exact bytes are in more than one split (test images seen in training)."""
-    groups = [files for files in found.values() if len({split for _, split in files}) > 1]
-    if not groups:
-        return None
-    count = sum(len(files) for files in groups)
-    shown = first_few([" = ".join(f"{split}/{rel}" for rel, split in files) for files in groups], SHOWN_DUPLICATES,
-                      " groups")
-    return f"preprocess: warning: {count} images appear in more than one split (exact duplicates by content): {shown}"
+def _duplicates_warnings(found: dict[str, list[tuple[str, str, str]]]) -> list[str]:
+    """One line naming images whose exact bytes are in more than one split (test images seen in training),
+    and one naming those filed under more than one class: the same picture taught as two answers."""
+    lines = []
+    groups = [files for files in found.values() if len({split for _, split, _ in files}) > 1]
+    if groups:
+        count = sum(len(files) for files in groups)
+        shown = first_few([" = ".join(f"{split}/{rel}" for rel, split, _ in files) for files in groups],
+                          SHOWN_DUPLICATES, " groups")
+        lines.append(f"preprocess: warning: {count} images appear in more than one split (exact duplicates by "
+                     f"content): {shown}")
+    conflicts = [files for files in found.values() if len({label for _, _, label in files}) > 1]
+    if conflicts:
+        count = sum(len(files) for files in conflicts)
+        shown = first_few([" = ".join(f"{rel} (class {label})" for rel, _, label in files) for files in conflicts],
+                          SHOWN_DUPLICATES, " groups")
+        lines.append(f"preprocess: warning: {count} images have the same bytes under different classes "
+                     f"(conflicting labels: one picture, two answers): {shown}")
+    return lines
 
 
 def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, str, str, str, str]]) -> Path:
@@ -488,7 +498,7 @@ class Decoded:
 
     kept: dict[str, list[Entry]] = field(default_factory=lambda: {split: [] for split in SPLITS})
     rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    hashes: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # (rel, split, class)
 
 
 def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: PreprocessConfig, bad: BadFiles,
@@ -506,7 +516,7 @@ def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: Prepro
                     found.rows.append((entry.rel, classes[entry.label], SKIPPED, "", ""))
                 else:
                     found.rows.append((entry.rel, classes[entry.label], split, str(len(found.kept[split])), sha))
-                    found.hashes.setdefault(sha, []).append((entry.rel, split))
+                    found.hashes.setdefault(sha, []).append((entry.rel, split, classes[entry.label]))
                     found.kept[split].append(entry)
                     _park(decoded, pixels, prepared)
                 bar.update()
@@ -536,8 +546,7 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
             progress.say(summary)
         after = " after skipping unreadable files" if bad.found else ""
         check_splits(root, classes, [(e.label, s) for s in SPLITS for e in found.kept[s]], cfg, after)
-        warning = _duplicates_warning(found.hashes)
-        if warning:
+        for warning in _duplicates_warnings(found.hashes):
             progress.say(warning)
         # Pass 2: the pixels back, a chunk of CHUNK_BYTES of output at a time, scaled and streamed into
         # each split's arrays: 2 images at image_size 1024 in RGB, thousands at 28.

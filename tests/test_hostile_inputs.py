@@ -371,3 +371,25 @@ def test_links_to_nothing_loops_and_fifos_in_a_directory_argument_are_reported_n
         {"file": str(folder / "pipe.png"),
          "error": f"{folder}/pipe.png: not a regular file (a FIFO): expected a PNG or JPEG file"},
     ]
+
+
+def test_same_bytes_under_two_classes_are_reported_as_conflicting_labels(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only duplicates across splits were warned of; the same picture as a cat and as a dog was not."""
+    import numpy as np
+    from PIL import Image
+
+    from mnist_pipeline.imagefolder import prepare_folder
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(1)
+    for name in ("cat", "dog"):
+        (images / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / name / f"{i}.png")
+    (images / "dog" / "same.png").write_bytes((images / "cat" / "3.png").read_bytes())
+    cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 8})
+    prepare_folder(str(images), tmp_path / "prepared", cfg)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "different classes" in line]
+    assert warnings == ["preprocess: warning: 2 images have the same bytes under different classes (conflicting "
+                        "labels: one picture, two answers): cat/3.png (class cat) = dog/same.png (class dog)"]
