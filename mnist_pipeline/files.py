@@ -139,9 +139,99 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, final)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.filename is None:  # EFBIG under `ulimit -f`, a full disk in a library's write: say which output
+            e.filename = str(final)
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def check_output_paths(*outputs: str | os.PathLike[str]) -> None:
+    """Before any work: every output's folder is a folder, or can be made one. A regular file named
+    `models` or `.cache` would otherwise fail the stage after all its epochs, and on every rerun."""
+    for output in outputs:
+        final = Path(output)
+        for folder in reversed([final.parent, *final.parent.parents]):
+            try:
+                mode = os.stat(folder).st_mode
+            except FileNotFoundError:
+                break  # made when the output is written
+            except OSError as e:
+                raise PipelineError(f"{folder}: cannot use it as the folder of {final} "
+                                    f"({(e.strerror or str(e)).lower()})") from None
+            if not stat.S_ISDIR(mode):
+                raise PipelineError(f"{folder}: {file_kind(mode)}, not a folder: expected a folder for {final} "
+                                    "(move it away, then rerun)")
+        if final.is_dir() and not final.is_symlink() and final.suffix:
+            raise PipelineError(f"{final}: a folder: expected the file written there (move it away, then rerun)")
+
+
+@contextlib.contextmanager
+def output_group(*outputs: str | os.PathLike[str]) -> Iterator[list[Path]]:
+    """Temporary paths for several outputs that must change together (a stage's metrics and plots).
+
+    The block writes each temporary; only when it succeeds are the old outputs renamed aside, the new
+    ones renamed in (signals held off between), and the old ones deleted. A failure or a kill while
+    writing leaves every old output as it was; a rename that fails puts back the old ones. A kill that no
+    code sees (SIGKILL) leaves temporaries that `sweep_leftovers` removes."""
+    finals = [Path(o) for o in outputs]
+    for final in finals:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(final)
+    temps = [f.parent / f".tmp-{uuid.uuid4().hex[:12]}-{f.name}" for f in finals]
+
+    def final_names(text: str) -> str:  # a message names the output, not its temporary name
+        for tmp, final in zip(temps, finals, strict=True):
+            text = text.replace(str(tmp), str(final))
+        return text
+
+    try:
+        try:
+            yield temps
+        except OSError as e:
+            if e.filename:
+                e.filename = final_names(str(e.filename))
+            else:  # a library's or a file object's write (EFBIG, ENOSPC): the output written last
+                written = [(t.stat().st_mtime_ns, i) for i, t in enumerate(temps) if t.exists()]
+                e.filename = str(finals[max(written)[1]]) if written else ", ".join(map(str, finals))
+            raise
+        except PipelineError as e:
+            raise PipelineError(final_names(str(e))) from None
+        for tmp, final in zip(temps, finals, strict=True):
+            if not tmp.is_file():
+                raise PipelineError(f"{final}: was not written")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _swap_in(temps, finals)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _swap_in(temps: list[Path], finals: list[Path]) -> None:
+    asides: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    with _signals_deferred():
+        try:
+            for final in finals:
+                if final.exists():
+                    aside = final.parent / f".tmp-old-{uuid.uuid4().hex[:12]}-{final.name}"
+                    os.replace(final, aside)
+                    asides.append((final, aside))
+            for tmp, final in zip(temps, finals, strict=True):
+                os.replace(tmp, final)
+                placed.append(final)
+        except BaseException:
+            for final in placed:
+                final.unlink(missing_ok=True)
+            for final, aside in asides:
+                os.replace(aside, final)
+            raise
+    for _, aside in asides:
+        aside.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

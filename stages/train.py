@@ -1,12 +1,12 @@
 """Stage train: fit the model described by params on the prepared training set."""
 
 
-from mnist_pipeline.checkpoint import Checkpoints, digest_arrays_in_background, run_key
+from mnist_pipeline.checkpoint import CHECKPOINT_DIR, Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
 from mnist_pipeline.cpu_kernels import choose_cpu_kernels
 from mnist_pipeline.distribute import is_chief
-from mnist_pipeline.files import atomic_dir, save_json, sweep_leftovers
+from mnist_pipeline.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
 from mnist_pipeline.footprint import check_fits
 from mnist_pipeline.plots import plot_training_curves
 from mnist_pipeline.prepared import load_spec, load_split, nbytes
@@ -16,6 +16,9 @@ from mnist_pipeline.unused_params import ignored_changes
 
 def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) -> None:
     cfg = load_config()
+    # A file where a folder belongs (`models`, `.cache`) is one line now, not after every epoch.
+    check_output_paths(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", f"{live_dir}/curves.png",
+                       summary_path, *([CHECKPOINT_DIR / "run"] if cfg.train.checkpoint else []))
     # Temporary files of a run killed outright (SIGKILL) go now, not hours later at the first write.
     sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", live_dir, summary_path)
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely

@@ -393,3 +393,74 @@ def test_same_bytes_under_two_classes_are_reported_as_conflicting_labels(
     warnings = [line for line in capsys.readouterr().err.splitlines() if "different classes" in line]
     assert warnings == ["preprocess: warning: 2 images have the same bytes under different classes (conflicting "
                         "labels: one picture, two answers): cat/3.png (class cat) = dog/same.png (class dog)"]
+
+
+GROUP_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from mnist_pipeline.cli import run_command
+from mnist_pipeline.files import output_group, save_json
+
+out = sys.argv[1]
+
+def main():
+    with output_group(f"{out}/evaluate.json", f"{out}/per_class.csv", f"{out}/confusion.png") as (a, b, c):
+        save_json(a, {"accuracy": 0.5})
+        if sys.argv[2] == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        with open(b, "w") as f:
+            f.write("y" * 100_000)
+        c.write_bytes(b"new")
+
+run_command(main)
+"""
+
+
+@pytest.mark.parametrize(("how", "status", "line"), [
+    ("ulimit", 2, "error: {out}/per_class.csv: File too large"),
+    ("sigterm", 143, "error: terminated (SIGTERM); no partial output was kept"),
+])
+def test_evaluate_outputs_change_together_or_not_at_all(tmp_path: Path, how: str, status: int, line: str) -> None:
+    """SIGTERM between evaluate's writes once replaced evaluate.json alone; `ulimit -f 40` replaced 4 of 5."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "metrics"
+    out.mkdir()
+    old = {"evaluate.json": "old metrics", "per_class.csv": "old table", "confusion.png": "old picture"}
+    for name, text in old.items():
+        (out / name).write_text(text)
+
+    def limit_file_size() -> None:
+        if how == "ulimit":
+            resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    result = subprocess.run([sys.executable, "-c", GROUP_WRITER, str(out), how], capture_output=True, text=True,
+                            timeout=120, preexec_fn=limit_file_size, cwd=ROOT)
+    assert result.returncode == status, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == line.format(out=out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == old  # every old output, nothing left beside them
+    ok = subprocess.run([sys.executable, "-c", GROUP_WRITER, str(out), "whole"], capture_output=True, text=True,
+                        timeout=120, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(old) and (out / "confusion.png").read_text() == "new"
+
+
+@pytest.mark.parametrize(("blocker", "expected"), [
+    ("models", "{root}/models: a regular file, not a folder: expected a folder for {root}/models/model.keras "
+               "(move it away, then rerun)"),
+    ("models/model.keras/", "{root}/models/model.keras: a folder: expected the file written there (move it away, "
+                            "then rerun)"),
+])
+def test_output_paths_are_checked_before_the_work(tmp_path: Path, blocker: str, expected: str) -> None:
+    """`models` as a file once failed train only after all its epochs; `.cache` as a file on every rerun."""
+    from mnist_pipeline.files import check_output_paths
+
+    if blocker.endswith("/"):
+        (tmp_path / blocker).mkdir(parents=True)
+    else:
+        (tmp_path / blocker).write_text("in the way")
+    with pytest.raises(PipelineError) as refused:
+        check_output_paths(tmp_path / "metrics" / "train.json", tmp_path / "models" / "model.keras")
+    assert str(refused.value) == expected.format(root=tmp_path)
