@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,13 @@ def prepared_spec(spec: DatasetSpec, cfg: PreprocessConfig) -> PreparedSpec:
                             f"{spec.name} is {spec.image_shape[0]}x{spec.image_shape[1]} grayscale: expected "
                             f"image_size {spec.image_shape[0]} and color grayscale (other values are for folder "
                             "data sets)")
-    return idx_spec(spec)
+    return dataclasses.replace(idx_spec(spec), pixel_range=pixel_range(cfg))
+
+
+def pixel_range(cfg: PreprocessConfig) -> tuple[float, float]:
+    """The lowest and highest value the scaling gives a byte: what every prepared pixel lies within."""
+    table = scale_table(cfg.scale, cfg.offset)
+    return float(table.min()), float(table.max())
 
 
 def load_raw(raw_dir: str | Path, spec: DatasetSpec) -> dict[str, np.ndarray]:

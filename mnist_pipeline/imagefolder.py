@@ -52,7 +52,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline import progress
 from mnist_pipeline.config import PreprocessConfig
-from mnist_pipeline.data import chunk_rows, scale_images
+from mnist_pipeline.data import chunk_rows, pixel_range, scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import NotRegularFile, atomic_open, file_kind, open_regular
@@ -534,7 +534,7 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
     after = " after skipping unreadable files" if bad.found else ""
     check_splits(root, classes, [(e.label, e.split) for e in entries], cfg, after)
     spec = PreparedSpec(Path(os.path.realpath(root)).name or "folder", tuple(classes),
-                        (cfg.image_size, cfg.image_size), 3 if cfg.color == "rgb" else 1)
+                        (cfg.image_size, cfg.image_size), 3 if cfg.color == "rgb" else 1, pixel_range(cfg))
     by_split = {split: sorted((e for e in entries if e.split == split), key=lambda e: (e.key, e.rel))
                 for split in SPLITS}
     prepared = Path(prepared_dir)

@@ -229,7 +229,8 @@ def test_output_folder_blocked_by_a_file(project: StageDir) -> None:
     write_raw(project.path / RAW)
     (project.path / "data" / "prepared").write_text("not a folder")
     assert error_line(project.run("preprocess")) == (
-        "error: data/prepared/x_val.npy: cannot write (File exists); the previous file, if any, is unchanged")
+        "error: data/prepared: a regular file, not a folder: expected a folder for data/prepared/x_train.npy "
+        "(move it away, then rerun)")
 
 
 # --- download faults through the stage (tests/test_download.py covers each mirror fault on a real server) ---

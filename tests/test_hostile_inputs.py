@@ -464,3 +464,33 @@ def test_output_paths_are_checked_before_the_work(tmp_path: Path, blocker: str, 
     with pytest.raises(PipelineError) as refused:
         check_output_paths(tmp_path / "metrics" / "train.json", tmp_path / "models" / "model.keras")
     assert str(refused.value) == expected.format(root=tmp_path)
+
+
+def test_a_finite_but_impossible_pixel_in_a_prepared_array_is_refused(tmp_path: Path) -> None:
+    """1e30 in x_test was accepted and changed the accuracy: preprocess's x/255 - 0.5 gives -0.5 to 0.5 only."""
+    import numpy as np
+    from PIL import Image
+
+    from mnist_pipeline.imagefolder import prepare_folder
+    from mnist_pipeline.prepared import load_spec, load_split, save_spec
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(2)
+    for name in ("cat", "dog"):
+        (images / name).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(images / name / f"{i}.png")
+    cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 8})
+    prepared = tmp_path / "data" / "prepared"
+    save_spec(prepared, prepare_folder(str(images), prepared, cfg))
+    spec = load_spec(prepared)
+    assert spec.pixel_range == (-0.5, 0.5)
+    load_split(prepared, "test", spec)  # as preprocess wrote it
+    x_test = np.load(prepared / "x_test.npy")
+    x_test[0, 3] = 1e30
+    np.save(prepared / "x_test.npy", x_test)
+    with pytest.raises(PipelineError) as refused:
+        load_split(prepared, "test", spec, mmap=True)
+    assert str(refused.value) == (
+        f"{prepared}/x_test.npy: 1 pixel values outside [-0.5, 0.5] (one is 1e+30), the range preprocess's "
+        "scaling gives: expected values preprocess wrote (rerun preprocess: dvc repro -f -s preprocess)")
