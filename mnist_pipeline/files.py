@@ -9,6 +9,7 @@ output removes it first (`sweep_leftovers`), so it never becomes part of an outp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -66,6 +67,15 @@ def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def md5_of(path: str | os.PathLike[str]) -> str:
+    """The md5 DVC records for a file (DVC 3 hashes a file's bytes as they are)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open_regular(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

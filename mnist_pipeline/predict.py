@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from mnist_pipeline.cli import EXIT_FAULT, fail, one_line, run_command
@@ -30,7 +31,7 @@ from mnist_pipeline.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError, printable
-from mnist_pipeline.files import NotRegularFile, file_kind, open_regular
+from mnist_pipeline.files import NotRegularFile, file_kind, md5_of, open_regular
 from mnist_pipeline.imageprep import SUFFIXES, expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 
@@ -94,6 +95,42 @@ def settings(params_path: str | None, dataset: str | None) -> Settings:
         spec = load_spec(path.parent / PREPARED_DIR)
         return Settings(name, spec, preprocess.scale, preprocess.offset, preprocess)
     return Settings(name, idx_spec(DATASETS[name]), preprocess.scale, preprocess.offset, None)
+
+
+def trained_on(model: str | os.PathLike[str], root: Path) -> str | None:
+    """The data set dvc.lock says this very model file was trained on: the train stage records the file's
+    md5, the preprocess stage the data.dataset it prepared. None when dvc.lock does not record this file."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    train = stages.get("train") if isinstance(stages, dict) else None
+    preprocess = stages.get("preprocess") if isinstance(stages, dict) else None
+    if not isinstance(train, dict) or not isinstance(preprocess, dict):
+        return None
+    try:
+        rel = Path(model).resolve().relative_to(root.resolve()).as_posix()
+        md5 = md5_of(model)
+    except (ValueError, OSError, NotRegularFile):
+        return None
+    outs = train.get("outs") if isinstance(train.get("outs"), list) else []
+    if not any(isinstance(o, dict) and o.get("path") == rel and o.get("md5") == md5 for o in outs):
+        return None
+    params = preprocess.get("params")
+    recorded = params.get(DEFAULT_PARAMS) if isinstance(params, dict) else None
+    dataset = recorded.get("data.dataset") if isinstance(recorded, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
+def check_trained_on(model: str | os.PathLike[str], params_path: Path, dataset: str) -> None:
+    """After `data.dataset` is edited and before `dvc repro`, the model still knows the old data set's classes:
+    naming its outputs with the new one's would be a silent wrong answer."""
+    locked = trained_on(model, params_path.parent)
+    if locked is not None and locked != dataset:
+        other = f", or pass --dataset {locked}" if locked in DATASETS else ""
+        raise PipelineError(f"{params_path}: data.dataset = {dataset}, but {model} was trained on {locked} "
+                            f"(dvc.lock): run `dvc repro` to train on {dataset}{other}")
 
 
 def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[str, ...], top: int) -> list[dict]:
@@ -191,6 +228,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
     """Predictions for the pictures that could be prepared, and the errors of those that could not."""
     how = settings(args.params, args.dataset)
     check_model_file(args.model)
+    params_path = Path(args.params or DEFAULT_PARAMS)
+    if args.dataset is None and params_path.is_file():
+        check_trained_on(args.model, params_path, how.dataset)
     files, images, errors = prepare_images(args.images, how.folder)
     if not files:
         return [], errors

@@ -46,8 +46,15 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import NotRegularFile, open_regular
-from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, prepare_picture, settings
+from mnist_pipeline.files import NotRegularFile, md5_of, open_regular
+from mnist_pipeline.predict import (
+    DEFAULT_MODEL,
+    DEFAULT_PARAMS,
+    MAX_PIXELS,
+    check_trained_on,
+    prepare_picture,
+    settings,
+)
 from mnist_pipeline.prepared import idx_spec
 
 if TYPE_CHECKING:
@@ -74,15 +81,6 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
 # The evaluate stage's outputs the model card shows, when dvc.lock ties them to the served model.
 METRICS_FILE = "evaluate.json"
 CONFUSION_FILE = "confusion.png"
-
-
-def md5_of(path: Path) -> str:
-    """The md5 DVC records for a file (DVC 3 hashes a file's bytes as they are)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open_regular(path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def snapshot(path: Path, limit: int = 64 << 20) -> tuple[bytes, str] | None:
@@ -566,6 +564,8 @@ def serve(args: argparse.Namespace) -> None:
     model_path = Path(args.model)
     if not model_path.is_file():
         raise PipelineError(f"{model_path}: model file not found (train it with `dvc repro`, or pass --model PATH)")
+    if params_file.is_file():
+        check_trained_on(model_path, params_file, dataset)
     try:
         card = build_card(model_path, params_file.parent, dataset, params_file if params_file.is_file() else None)
     except OSError as e:

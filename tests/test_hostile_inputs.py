@@ -494,3 +494,35 @@ def test_a_finite_but_impossible_pixel_in_a_prepared_array_is_refused(tmp_path: 
     assert str(refused.value) == (
         f"{prepared}/x_test.npy: 1 pixel values outside [-0.5, 0.5] (one is 1e+30), the range preprocess's "
         "scaling gives: expected values preprocess wrote (rerun preprocess: dvc repro -f -s preprocess)")
+
+
+def test_mnist_predict_refuses_the_new_data_sets_classes_for_a_model_of_the_old_one(tmp_path: Path) -> None:
+    """data.dataset edited to fashion_mnist, no `dvc repro` yet: the model still knows digits, not clothes."""
+    import hashlib
+
+    import yaml
+
+    from mnist_pipeline.predict import parse_args, run
+
+    params = _params_with(tmp_path, "  dataset: mnist ", "  dataset: fashion_mnist ")
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "model.keras"
+    model.write_bytes(b"the trained model")
+    md5 = hashlib.md5(b"the trained model", usedforsecurity=False).hexdigest()
+    lock = {"schema": "2.0", "stages": {
+        "preprocess": {"params": {"params.yaml": {"data.dataset": "mnist"}}},
+        "train": {"outs": [{"path": "models/model.keras", "md5": md5}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    picture = tmp_path / "digit.png"
+    picture.write_text("not even a picture: the check comes first")
+    with pytest.raises(PipelineError) as refused:
+        run(parse_args(["--params", str(params), "--model", str(model), str(picture)]))
+    assert str(refused.value) == (f"{params}: data.dataset = fashion_mnist, but {model} was trained on mnist "
+                                  "(dvc.lock): run `dvc repro` to train on fashion_mnist, or pass --dataset mnist")
+    # Told which classes to use, it goes on (to the picture, which is refused on its own line).
+    records, errors = run(parse_args(["--params", str(params), "--dataset", "mnist", "--model", str(model),
+                                      str(picture)]))
+    assert records == [] and errors[0]["error"].endswith("not a PNG or JPEG image")
+    model.write_bytes(b"a model dvc.lock does not record")  # trained some other way: nothing to compare with
+    records, errors = run(parse_args(["--params", str(params), "--model", str(model), str(picture)]))
+    assert records == [] and len(errors) == 1
