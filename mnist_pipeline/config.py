@@ -174,7 +174,7 @@ class CnnConfig(Section):
     @field_validator("filters")
     @classmethod
     def _positive_widths(cls, widths: list[int]) -> list[int]:
-        return _ints_within(widths, 1, MAX_WIDTH)
+        return _ints_within(widths, 1, MAX_FILTERS)
 
     @field_validator("strided_blocks")
     @classmethod

@@ -187,3 +187,61 @@ def test_default_mirrors_are_https() -> None:
     urls = [url for dataset_urls in mirrors.values() for url in dataset_urls]
     assert urls, mirrors
     assert all(url.startswith("https://") for url in urls), urls
+
+
+def _bad_values(key: str) -> list[Any]:
+    """Values just outside what the schema allows for `key`, read from its own constraints: each bound,
+    each choice, each type. A check dropped from config.py makes one of them pass and its test fail."""
+    from typing import Literal, get_origin
+
+    import annotated_types as at
+
+    field = leaf_keys()[key]
+    kind, bad = field.annotation, []
+    for rule in field.metadata:
+        step = 1 if kind is int else 0.001
+        if isinstance(rule, at.Ge):
+            bad.append(rule.ge - step)
+        elif isinstance(rule, at.Gt):
+            bad.append(rule.gt)
+        elif isinstance(rule, at.Le):
+            bad.append(rule.le + step)
+        elif isinstance(rule, at.Lt):
+            bad.append(rule.lt)
+        elif isinstance(rule, at.MaxLen) and kind == list[int]:
+            bad.append([1] * (rule.max_length + 1))
+        elif isinstance(rule, at.MinLen) and rule.min_length > 0 and kind is not str:
+            bad.append([])
+    if kind == list[int]:
+        low, high = map(int, re.search(r"integers in \[(-?\d+), (\d+)\]", field.description or "").groups())
+        bad += [[low - 1], [high + 1], [True], ["1"]]
+    elif get_origin(kind) is Literal:
+        bad += ["no-such-choice", 1]
+    elif kind is bool:
+        bad += ["yes", 1]
+    elif kind is float:
+        bad += [float("nan"), "fast", True]
+    elif kind is int:
+        bad += [2.5, "five", True]
+    elif kind is str:
+        bad += ["", "../outside", "/abs/path", 7]
+    elif key == "download.mirrors":
+        bad += [{"mnist": ["ftp://example.org/"], "fashion_mnist": []}, {"mnist": []}, ["https://example.org/"]]
+    assert bad, f"no bad value generated for {key}: teach _bad_values its type"
+    return bad
+
+
+@pytest.mark.parametrize(("key", "value"), [pytest.param(key, value, id=f"{key}={value!r}")
+                                            for key in sorted(leaf_keys()) for value in _bad_values(key)])
+def test_every_leaf_key_refuses_values_outside_its_own_constraints(key: str, value: Any) -> None:
+    """Generated from the schema, not a hand list of about 14 keys: every key, every constraint."""
+    from mnist_pipeline.config import set_dotted, validate
+
+    tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    set_dotted(tree, key, value)
+    with pytest.raises(PipelineError) as refused:
+        validate(tree)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"params.yaml: {key} = "), message
+    assert ": expected " in message
