@@ -122,6 +122,13 @@ def split_placeholders(text: str) -> Template:
     return tokens
 
 
+def docstring_ids(tree: ast.AST) -> set[int]:
+    """The string constants of `tree` that are docstrings (of the module, a class or a function)."""
+    return {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
 @cache
 def templates(file: str, function: str) -> tuple[tuple[str | None, ...], ...]:
     """Every string the test can check against: its own, its decorators', and those of the module-level
@@ -131,9 +138,7 @@ def templates(file: str, function: str) -> tuple[tuple[str | None, ...], ...]:
     test = names.get(function)
     assert isinstance(test, ast.FunctionDef), f"{file} has no test function {function}"
     seen, todo, found = {function}, [test], []
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                  if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
-                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    docstrings = docstring_ids(tree)
     while todo:
         node = todo.pop()
         for sub in ast.walk(node):
@@ -261,6 +266,6 @@ def test_every_quoted_output_line_counts_as_a_message(quoted: str, expected: boo
 def test_a_docstring_checks_nothing() -> None:
     """A message written only in a test's docstring is not checked by that test."""
     tree = ast.parse('def test_x():\n    """error: only described here"""\n    assert run() == "error: checked"\n')
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    docstrings = docstring_ids(tree)
     strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docstrings]
     assert strings == ["error: checked"]
