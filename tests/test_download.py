@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import import_or_skip
 from faultkit import error_line, stage_dir
 from idxkit import encode_idx
 
@@ -183,7 +184,7 @@ def server() -> Iterator[MirrorServer]:
 def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MirrorServer]:
     """An HTTPS mirror with a self-signed certificate for 127.0.0.1, trusted the way OpenSSL is told to:
     `SSL_CERT_FILE`. The default mirrors are https://, so the download code's TLS path is tested too."""
-    x509 = pytest.importorskip("cryptography.x509")
+    x509 = import_or_skip("cryptography.x509", "pip install cryptography")
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import requires
 
 from mnist_pipeline.config import load_config
 from mnist_pipeline.errors import PipelineError
@@ -43,7 +44,7 @@ def finishes(call: Callable[[], Any], fifo: Path) -> Any:
     return outcome["value"]
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@requires(hasattr(os, "mkfifo"), "FIFOs are POSIX")
 @pytest.mark.parametrize(("model", "expected"), [("mnist", "not a regular file (a FIFO): expected a PNG or JPEG file"),
                                                ("folder", "not a regular file (a FIFO): expected an image file")],
                          ids=["mnist", "folder"])
@@ -354,7 +355,7 @@ def test_odd_params_get_a_line_that_names_the_real_problem(tmp_path: Path, old: 
     assert str(refused.value) == expected.replace("params.yaml", str(path), 1)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+@requires(hasattr(os, "mkfifo"), "FIFOs are POSIX")
 def test_links_to_nothing_loops_and_fifos_in_a_directory_argument_are_reported_not_skipped(tmp_path: Path) -> None:
     folder = tmp_path / "digits"
     folder.mkdir()
