@@ -527,3 +527,57 @@ def test_mnist_predict_refuses_the_new_data_sets_classes_for_a_model_of_the_old_
     model.write_bytes(b"a model dvc.lock does not record")  # trained some other way: nothing to compare with
     records, errors = run(parse_args(["--params", str(params), "--model", str(model), str(picture)]))
     assert records == [] and len(errors) == 1
+
+
+STAGE_LIKE = """
+import threading
+from mnist_pipeline.cli import run_stage
+from mnist_pipeline.files import atomic_path
+
+def main(output):
+    with atomic_path(output) as tmp:
+        tmp.write_text("half an output")
+        print("working", flush=True)
+        threading.Event().wait(300)  # a long training
+
+run_stage(main, "a stage as stages/*.py start them", "output")
+"""
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@requires(hasattr(os, "pidfd_open"), "needs pidfd_open (Linux 5.3)")
+@pytest.mark.parametrize("how", ["direct", "through a shell"])
+def test_a_stage_ends_when_the_dvc_that_started_it_is_killed(tmp_path: Path, how: str) -> None:
+    """SIGKILL to the parent (dvc) once left the stage training on, rewriting outputs after dvc released its lock."""
+    import select
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    output = tmp_path / "models" / "model.keras"
+    stage = [sys.executable, "-c", STAGE_LIKE, str(output)]
+    if how == "through a shell":  # `; true`: the shell stays between dvc and the stage, as some shells do
+        stage = ["/bin/sh", "-c", shlex.join(stage) + "; true"]
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, *stage], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline() == "working\n"  # the stage's own line, through the inherited pipe
+        if how == "through a shell":  # the shell's one child is the stage
+            (child,) = map(int, Path(f"/proc/{child}/task/{child}/children").read_text().split())
+        watcher = os.pidfd_open(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        ended, _, _ = select.select([watcher], [], [], 60)
+        os.close(watcher)
+        assert ended, "the stage still runs a minute after its parent was killed"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()
+    assert not output.exists() and list(output.parent.iterdir()) == []  # nothing half-written left behind
