@@ -12,10 +12,11 @@ import gc
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.errors import PipelineError, redact
 from mnist_pipeline.quiet import silence_native_stderr
 
 EXIT_FAULT = 2
@@ -39,8 +40,9 @@ def _terminate(signum: int, frame: object) -> NoReturn:
 
 
 def one_line(message: object) -> str:
-    """Messages quoted from libraries can span lines; a user and a CI log get exactly one."""
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    """Messages quoted from libraries can span lines; a user and a CI log get exactly one, with any
+    credentials of a URL in it redacted."""
+    return redact(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
 
 
 def fail(message: object) -> None:
@@ -107,8 +109,57 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         sys.exit(EXIT_FAULT)
 
 
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "ash"}
+# How often a stage looks whether the process that started it is still there.
+PARENT_POLL_S = 1.0
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` (Linux /proc), None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_shell(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip() in SHELLS
+    except OSError:
+        return False
+
+
+def end_with_parent(poll_s: float = PARENT_POLL_S) -> None:
+    """A stage ends when the dvc that started it does: SIGTERM to `dvc repro` would otherwise leave the
+    stage training on and rewriting models/ and metrics/ after dvc released its lock.
+
+    A thread looks every `poll_s` whether the parent (dvc, or the shell dvc ran the command in, and then
+    that shell's parent) has gone, and ends the stage as SIGTERM does: its atomic writers clean up."""
+    parent = os.getppid()
+    watched = [(os.getpid(), parent)]
+    if _is_shell(parent) and (grandparent := _parent_of(parent)) is not None:
+        watched.append((parent, grandparent))
+    if parent <= 1:
+        return  # started by init: no parent to follow
+
+    def gone() -> bool:
+        return any((os.getppid() if pid == os.getpid() else _parent_of(pid)) != ppid for pid, ppid in watched)
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            if gone():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    stop = threading.Event()
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
 def run_stage(main: Callable[..., None], description: str | None, *arg_names: str) -> NoReturn:
-    """Parse the positional path arguments named in dvc.yaml's `cmd` and run `main` with them.
+    """Parse the positional path arguments named in dvc.yaml's `cmd` and run `main` with them, for as long
+    as the process that started the stage lives.
 
     dvc.yaml puts `--` before the arguments, so a path that a param fills in is never read as an option.
     """
@@ -116,4 +167,5 @@ def run_stage(main: Callable[..., None], description: str | None, *arg_names: st
     for name in arg_names:
         parser.add_argument(name)
     args = parser.parse_args()
+    end_with_parent()
     run_command(lambda: main(**vars(args)))

@@ -39,6 +39,13 @@ CPU_KERNELS = ("eigen", "onednn")  # train.cpu_kernels: mnist_pipeline/cpu_kerne
 FIRST_CONVS = ("trained", "whitened")  # model.cnn.first_conv: learned, or fixed to patch-whitening filters
 # Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1
+# Upper bounds of counts: far above any use on one machine, far below where arithmetic or memory breaks.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_WIDTH = 1_000_000  # units of a dense layer
+MAX_FILTERS = 4096  # filters of a convolution
+MAX_IMAGES = 1_000_000_000  # image counts and positions: val_size, limits, predict.start
+MAX_MEMORY_MB = 16 << 20  # 16 TiB
 # Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
 MAX_TIMEOUT_S = 1e6
 _FOLDER_TEXT = re.compile(r"[A-Za-z0-9._/-]+")
@@ -53,10 +60,12 @@ DatasetName = Literal[DATASET_NAMES]  # type: ignore[valid-type]
 StrategyName = Literal[STRATEGIES]  # type: ignore[valid-type]
 
 
-def integer(low: int, high: int | None = None) -> Any:
-    """A required int field in [low, high]; the description is the 'expected ...' of its error line."""
-    text = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    return Field(ge=low, le=high, strict=True, description=text)
+def integer(low: int, high: int) -> Any:
+    """A required int field in [low, high]; the description is the 'expected ...' of its error line.
+
+    Every count has an upper bound: a value of 10**20 must be one line here, not a traceback (or hours of
+    work) wherever the count is used."""
+    return Field(ge=low, le=high, strict=True, description=f"an integer in [{low}, {high}]")
 
 
 def number(low: float, high: float | None = None, *, low_open: bool = False) -> Any:
@@ -71,9 +80,10 @@ def choice(options: tuple[str, ...]) -> Any:
     return Field(description="one of " + ", ".join(options))
 
 
-def int_list(low: int, min_len: int, max_len: int = 16) -> Any:
+def int_list(low: int, high: int, min_len: int, max_len: int = 16) -> Any:
+    """A list of ints, each in [low, high] (checked by the section's validator, `_ints_within`)."""
     return Field(min_length=min_len, max_length=max_len,
-                 description=f"a list of {min_len} to {max_len} integers >= {low}")
+                 description=f"a list of {min_len} to {max_len} integers in [{low}, {high}]")
 
 
 class Section(BaseModel):
@@ -128,10 +138,10 @@ class DownloadConfig(Section):
 class PreprocessConfig(Section):
     scale: float = number(0.0, low_open=True)
     offset: float = number(-1e6, 1e6)
-    val_size: int = integer(0)
+    val_size: int = integer(0, MAX_IMAGES)
     seed: int = integer(0, MAX_SEED)
-    train_limit: int = integer(0)
-    test_limit: int = integer(0)
+    train_limit: int = integer(0, MAX_IMAGES)
+    test_limit: int = integer(0, MAX_IMAGES)
     image_size: int = integer(4, 1024)
     color: Literal[COLORS] = choice(COLORS)  # type: ignore[valid-type]
     split: Literal[FOLDER_SPLITS] = choice(FOLDER_SPLITS)  # type: ignore[valid-type]
@@ -151,9 +161,9 @@ class PreprocessConfig(Section):
 
 
 class CnnConfig(Section):
-    filters: list[int] = int_list(1, 1, 4)
+    filters: list[int] = int_list(1, MAX_FILTERS, 1, 4)
     kernel_size: int = integer(1, 7)
-    dense: int = integer(0)
+    dense: int = integer(0, MAX_WIDTH)
     dropout: float = number(0.0, 1.0)
     batch_norm: bool = Field(description="true or false")
     batch_norm_first: bool = Field(description="true or false")
@@ -161,13 +171,22 @@ class CnnConfig(Section):
     augment_rotation: float = number(0.0, 0.5)
     pool_first: bool = Field(description="true or false")
     strided_blocks: int = integer(0, 4)
-    pool_blocks: list[int] = int_list(1, 0, 4)
+    pool_blocks: list[int] = int_list(1, 4, 0, 4)
     first_conv: Literal[FIRST_CONVS] = choice(FIRST_CONVS)  # type: ignore[valid-type]
 
     @field_validator("filters")
     @classmethod
     def _positive_widths(cls, widths: list[int]) -> list[int]:
-        return _positive_ints(widths)
+        return _ints_within(widths, 1, MAX_FILTERS)
+
+    @field_validator("strided_blocks")
+    @classmethod
+    def _existing_strided_blocks(cls, strided: int, info: Any) -> int:
+        """Strided blocks are the first N of `filters`: no more than there are."""
+        n_blocks = len(info.data.get("filters") or [])
+        if info.data.get("filters") is not None and strided > n_blocks:
+            raise ValueError(f"expected an integer in [0, {n_blocks}] (model.cnn.filters has {n_blocks} blocks)")
+        return strided
 
     @field_validator("pool_blocks")
     @classmethod
@@ -183,19 +202,19 @@ class CnnConfig(Section):
 class ModelConfig(Section):
     type: Literal[MODEL_TYPES] = choice(MODEL_TYPES)  # type: ignore[valid-type]
     activation: Literal[ACTIVATIONS] = choice(ACTIVATIONS)  # type: ignore[valid-type]
-    hidden: list[int] = int_list(1, 0)
+    hidden: list[int] = int_list(1, MAX_WIDTH, 0)
     dropout: float = number(0.0, 1.0)
     cnn: CnnConfig
 
     @field_validator("hidden")
     @classmethod
     def _positive_widths(cls, widths: list[int]) -> list[int]:
-        return _positive_ints(widths)
+        return _ints_within(widths, 1, MAX_WIDTH)
 
 
 class TrainConfig(Section):
-    epochs: int = integer(1)
-    batch_size: int = integer(1)
+    epochs: int = integer(1, MAX_EPOCHS)
+    batch_size: int = integer(1, MAX_BATCH)
     optimizer: Literal[OPTIMIZERS] = choice(OPTIMIZERS)  # type: ignore[valid-type]
     learning_rate: float = number(0.0, low_open=True)
     lr_schedule: Literal[LR_SCHEDULES] = choice(LR_SCHEDULES)  # type: ignore[valid-type]
@@ -205,16 +224,16 @@ class TrainConfig(Section):
     cpu_kernels: Literal[CPU_KERNELS] = choice(CPU_KERNELS)  # type: ignore[valid-type]
     strategy: StrategyName = choice(STRATEGIES)
     checkpoint: bool = Field(description="true or false")
-    memory_budget_mb: int = integer(1)
+    memory_budget_mb: int = integer(1, MAX_MEMORY_MB)
 
 
 class EvaluateConfig(Section):
-    batch_size: int = integer(1)
+    batch_size: int = integer(1, MAX_BATCH)
 
 
 class PredictConfig(Section):
     count: int = integer(1, 100)
-    start: int = integer(0)
+    start: int = integer(0, MAX_IMAGES)
 
 
 class Config(Section):
@@ -229,9 +248,9 @@ class Config(Section):
     predict: PredictConfig
 
 
-def _positive_ints(widths: list[int]) -> list[int]:
-    if any(w < 1 for w in widths):
-        raise ValueError("every entry must be >= 1")
+def _ints_within(widths: list[int], low: int, high: int) -> list[int]:
+    if any(not low <= w <= high for w in widths):
+        raise ValueError(f"every entry must be in [{low}, {high}]")
     return widths
 
 
@@ -347,13 +366,28 @@ def _message(error: Any, tree: dict[str, Any], path: str) -> PipelineError:
     value = _dig(tree, key)
     options = choices(key)
     close = difflib.get_close_matches(value, options, n=1) if isinstance(value, str) and options else []
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = f" (did you mean '{close[0]}'?{_lookalike(value, close[0])})" if close else ""
     return PipelineError(f"{path}: {key} = {_shown(value)}: expected {expected}{hint}")
 
 
 def _first_error(errors: list[Any]) -> Any:
     """Unknown keys first (a typo also makes its key 'missing'), then in the file's section order."""
     return min(errors, key=lambda e: e["type"] != "extra_forbidden")
+
+
+def _check_key_names(tree: dict[Any, Any], model: type[BaseModel], prefix: str, path: str) -> None:
+    """A key that is not text inside a section (`~: 1` is a null key, `1: 2` a number) is named as such,
+    not reported as the whole section being no mapping."""
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            null = " (YAML reads ~, null or an empty key as null)" if key is None else ""
+            allowed = ", ".join(f"{prefix}{name}" for name in model.model_fields)
+            where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
+            raise PipelineError(f"{path}: key {_shown(key)} {where}{null}: expected a key name, one of {allowed}")
+        field = model.model_fields.get(key)
+        section = _section_type(field) if field is not None else None
+        if section is not None and isinstance(value, dict):
+            _check_key_names(value, section, f"{prefix}{key}.", path)
 
 
 def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
@@ -367,6 +401,7 @@ def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
     for key in tree:
         if not isinstance(key, str):
             raise PipelineError(f"{path}: key {_shown(key)} at the top level: expected a section name")
+    _check_key_names(tree, Config, "", path)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,13 @@ def prepared_spec(spec: DatasetSpec, cfg: PreprocessConfig) -> PreparedSpec:
                             f"{spec.name} is {spec.image_shape[0]}x{spec.image_shape[1]} grayscale: expected "
                             f"image_size {spec.image_shape[0]} and color grayscale (other values are for folder "
                             "data sets)")
-    return idx_spec(spec)
+    return dataclasses.replace(idx_spec(spec), pixel_range=pixel_range(cfg))
+
+
+def pixel_range(cfg: PreprocessConfig) -> tuple[float, float]:
+    """The lowest and highest value the scaling gives a byte: what every prepared pixel lies within."""
+    table = scale_table(cfg.scale, cfg.offset)
+    return float(table.min()), float(table.max())
 
 
 def load_raw(raw_dir: str | Path, spec: DatasetSpec) -> dict[str, np.ndarray]:
@@ -125,6 +132,12 @@ def held_out(train_labels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarra
 CHUNK_BYTES = 32 << 20
 
 
+def chunk_rows(spec: PreparedSpec) -> int:
+    """Images per chunk of prepared output: CHUNK_BYTES of float32 whatever the image size and colour
+    (at least one image), so memory is bounded by bytes, never by an image count."""
+    return max(1, CHUNK_BYTES // (4 * spec.n_pixels))
+
+
 def write_splits(
     raw: dict[str, np.ndarray | IdxItems], cfg: PreprocessConfig, prepared_dir: str | Path, spec: PreparedSpec,
     chunk_images: int | None = None,
@@ -134,7 +147,7 @@ def write_splits(
 
     Returns each split's image count and images file."""
     table = scale_table(cfg.scale, cfg.offset)
-    chunk = chunk_images or max(1, CHUNK_BYTES // (4 * spec.n_pixels))
+    chunk = chunk_images or chunk_rows(spec)
     n_train = min(len(raw["train_labels"]), cfg.train_limit or len(raw["train_labels"]))
     n_test = min(len(raw["test_labels"]), cfg.test_limit or len(raw["test_labels"]))
     train_labels, test_labels = raw["train_labels"][:n_train], raw["test_labels"][:n_test]

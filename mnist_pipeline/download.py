@@ -33,8 +33,8 @@ from typing import IO, Any
 from mnist_pipeline import progress
 from mnist_pipeline.config import DownloadConfig
 from mnist_pipeline.datasets import DatasetSpec, FileSpec, raw_name
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_path
+from mnist_pipeline.errors import PipelineError, redact
+from mnist_pipeline.files import NotRegularFile, atomic_path, open_regular
 
 MIRROR_ENV = "DATASET_MIRROR"
 CHUNK = 1 << 16
@@ -96,10 +96,10 @@ def mirrors_for(spec: DatasetSpec, public: list[str], env_root: str | None) -> l
             roots = tuple(env_root.rstrip("/") + f"/{folder}/" for folder in folders)
         else:
             roots = tuple((Path(env_root).resolve() / folder).as_uri() + "/" for folder in folders)
-        found.append(Mirror(f"${MIRROR_ENV}={env_root}", roots))
+        found.append(Mirror(f"${MIRROR_ENV}={redact(env_root)}", roots))
     for url in public:
         root = url if url.endswith("/") else url + "/"
-        found.append(Mirror(root, (root,)))
+        found.append(Mirror(redact(root), (root,)))
     return found
 
 
@@ -111,7 +111,7 @@ def file_deadline(file: FileSpec, timeout_s: float) -> float:
 def shown(url: str) -> str:
     """A local file as its path, anything else as its URL."""
     parts = urllib.parse.urlsplit(url)
-    return urllib.request.url2pathname(parts.path) if parts.scheme == "file" else url
+    return urllib.request.url2pathname(parts.path) if parts.scheme == "file" else redact(url)
 
 
 def url_problem(url: str) -> str | None:
@@ -199,34 +199,25 @@ def _opener(deadline: Deadline) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(HTTP(), HTTPS())
 
 
-def open_regular(path: str) -> IO[bytes]:
-    """A local mirror file, opened only when it is a regular file: a FIFO would block, /dev/zero never end."""
+def open_local(path: str) -> IO[bytes]:
+    """A local mirror file through files.open_regular, its refusals as a mirror's failure."""
     try:
-        mode = os.stat(path).st_mode
+        return open_regular(path)
     except (FileNotFoundError, NotADirectoryError):
         raise FetchError("file not found", transient=False, missing=True) from None
+    except NotRegularFile as e:
+        if stat.S_ISDIR(e.mode):
+            raise FetchError(f"{path}: a folder: expected a regular file", transient=False) from None
+        raise FetchError(f"{path}: {NOT_REGULAR}", transient=False) from None
     except OSError as e:
         raise FetchError(f"{path}: cannot read ({e.strerror})", transient=False) from None
-    if stat.S_ISDIR(mode):
-        raise FetchError(f"{path}: a folder: expected a regular file", transient=False)
-    if not stat.S_ISREG(mode):
-        raise FetchError(f"{path}: {NOT_REGULAR}", transient=False)
-    # Non-blocking, and checked again once open: the name may have been swapped for a FIFO meanwhile.
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise FetchError(f"{path}: cannot read ({e.strerror})", transient=False) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise FetchError(f"{path}: {NOT_REGULAR}", transient=False)
-    return os.fdopen(fd, "rb")
 
 
 def _open(url: str, timeout: float, deadline: Deadline) -> tuple[IO[bytes], int | None]:
     """The byte stream at `url` and its length when known."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "file":
-        source = open_regular(urllib.request.url2pathname(parts.path))
+        source = open_local(urllib.request.url2pathname(parts.path))
         return source, os.fstat(source.fileno()).st_size
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     response = _opener(deadline).open(request, timeout=timeout)
@@ -356,7 +347,7 @@ def fetch_file(
             return mirror
         except FetchError as e:
             failures.append(f"{mirror.label}: {e}")
-    raise PipelineError(f"{file.name}: every mirror failed: " + "; ".join(failures))
+    raise PipelineError(redact(f"{file.name}: every mirror failed: " + "; ".join(failures)))
 
 
 def download_dataset(

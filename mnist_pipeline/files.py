@@ -9,6 +9,7 @@ output removes it first (`sweep_leftovers`), so it never becomes part of an outp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,50 @@ NPY_MAGIC = b"\x93NUMPY"
 # The temporary names beside an output `<name>`: `.tmp-<12 hex>-<name>` (atomic_path), `.tmp-<8 of
 # [a-z0-9_]>-<name>` (atomic_dir's new folder) and `.tmp-old-<12 hex>-<name>` (its old one set aside).
 _LEFTOVER = r"\.tmp-(?:old-)?[a-z0-9_]{8,12}-"
+
+
+class NotRegularFile(Exception):
+    """A path that is a FIFO, device, socket or folder: refused before a byte of it is read."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: int) -> None:
+        self.path, self.mode, self.kind = path, mode, file_kind(mode)
+        super().__init__(f"{path}: not a regular file ({self.kind})")
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, for messages: 'a FIFO', 'a character device', ..."""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"))
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> IO[bytes]:
+    """The one way the pipeline opens a file it reads: only a regular file, checked on the open file.
+
+    A FIFO would block `open()` until a writer comes and /dev/zero never ends. O_NONBLOCK makes the
+    open of a FIFO return at once, and fstat of the opened file leaves no gap for a swap in between.
+    Raises NotRegularFile, or the OSError of the open (FileNotFoundError, PermissionError, ...).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, mode)
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def md5_of(path: str | os.PathLike[str]) -> str:
+    """The md5 DVC records for a file (DVC 3 hashes a file's bytes as they are)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open_regular(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _umask() -> int:
@@ -104,9 +149,99 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, final)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.filename is None:  # EFBIG under `ulimit -f`, a full disk in a library's write: say which output
+            e.filename = str(final)
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def check_output_paths(*outputs: str | os.PathLike[str]) -> None:
+    """Before any work: every output's folder is a folder, or can be made one. A regular file named
+    `models` or `.cache` would otherwise fail the stage after all its epochs, and on every rerun."""
+    for output in outputs:
+        final = Path(output)
+        for folder in reversed([final.parent, *final.parent.parents]):
+            try:
+                mode = os.stat(folder).st_mode
+            except FileNotFoundError:
+                break  # made when the output is written
+            except OSError as e:
+                raise PipelineError(f"{folder}: cannot use it as the folder of {final} "
+                                    f"({(e.strerror or str(e)).lower()})") from None
+            if not stat.S_ISDIR(mode):
+                raise PipelineError(f"{folder}: {file_kind(mode)}, not a folder: expected a folder for {final} "
+                                    "(move it away, then rerun)")
+        if final.is_dir() and not final.is_symlink() and final.suffix:
+            raise PipelineError(f"{final}: a folder: expected the file written there (move it away, then rerun)")
+
+
+@contextlib.contextmanager
+def output_group(*outputs: str | os.PathLike[str]) -> Iterator[list[Path]]:
+    """Temporary paths for several outputs that must change together (a stage's metrics and plots).
+
+    The block writes each temporary; only when it succeeds are the old outputs renamed aside, the new
+    ones renamed in (signals held off between), and the old ones deleted. A failure or a kill while
+    writing leaves every old output as it was; a rename that fails puts back the old ones. A kill that no
+    code sees (SIGKILL) leaves temporaries that `sweep_leftovers` removes."""
+    finals = [Path(o) for o in outputs]
+    for final in finals:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_leftovers(final)
+    temps = [f.parent / f".tmp-{uuid.uuid4().hex[:12]}-{f.name}" for f in finals]
+
+    def final_names(text: str) -> str:  # a message names the output, not its temporary name
+        for tmp, final in zip(temps, finals, strict=True):
+            text = text.replace(str(tmp), str(final))
+        return text
+
+    try:
+        try:
+            yield temps
+        except OSError as e:
+            if e.filename:
+                e.filename = final_names(str(e.filename))
+            else:  # a library's or a file object's write (EFBIG, ENOSPC): the output written last
+                written = [(t.stat().st_mtime_ns, i) for i, t in enumerate(temps) if t.exists()]
+                e.filename = str(finals[max(written)[1]]) if written else ", ".join(map(str, finals))
+            raise
+        except PipelineError as e:
+            raise PipelineError(final_names(str(e))) from None
+        for tmp, final in zip(temps, finals, strict=True):
+            if not tmp.is_file():
+                raise PipelineError(f"{final}: was not written")
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        _swap_in(temps, finals)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _swap_in(temps: list[Path], finals: list[Path]) -> None:
+    asides: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    with _signals_deferred():
+        try:
+            for final in finals:
+                if final.exists():
+                    aside = final.parent / f".tmp-old-{uuid.uuid4().hex[:12]}-{final.name}"
+                    os.replace(final, aside)
+                    asides.append((final, aside))
+            for tmp, final in zip(temps, finals, strict=True):
+                os.replace(tmp, final)
+                placed.append(final)
+        except BaseException:
+            for final in placed:
+                final.unlink(missing_ok=True)
+            for final, aside in asides:
+                os.replace(aside, final)
+            raise
+    for _, aside in asides:
+        aside.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -222,11 +357,12 @@ def load_npy(
     """
     want = "(N" + "".join(f", {d}" for d in trailing) + ")"
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
-            raise PipelineError(f"{path}: {kind}: expected a .npy array")
-        with open(path, "rb") as f:
+        try:
+            opened = open_regular(path)
+        except NotRegularFile as e:
+            kind = "a folder" if stat.S_ISDIR(e.mode) else "not a regular file (a FIFO, device or socket)"
+            raise PipelineError(f"{path}: {kind}: expected a .npy array") from None
+        with opened as f:
             shape, found, fortran = _header(f, path)
             if found.hasobject:
                 raise PipelineError(

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import NotRegularFile, open_regular
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -39,12 +40,11 @@ def declared_size(header: bytes) -> tuple[int, str] | None:
 def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """The file, opened only when it is a regular file: a FIFO would block, /dev/zero never end."""
     try:
-        mode = os.stat(path).st_mode
-        if stat.S_ISDIR(mode):
-            raise PipelineError(f"{path}: a folder: expected a regular file")
-        if not stat.S_ISREG(mode):
-            raise PipelineError(f"{path}: {NOT_REGULAR}")
-        return open(path, "rb")
+        return open_regular(path)
+    except NotRegularFile as e:
+        if stat.S_ISDIR(e.mode):
+            raise PipelineError(f"{path}: a folder: expected a regular file") from None
+        raise PipelineError(f"{path}: {NOT_REGULAR}") from None
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found") from None
     except OSError as e:

@@ -40,7 +40,6 @@ import contextlib
 import csv
 import hashlib
 import os
-import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -53,23 +52,23 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline import progress
 from mnist_pipeline.config import PreprocessConfig
-from mnist_pipeline.data import scale_images
+from mnist_pipeline.data import chunk_rows, pixel_range, scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_open
+from mnist_pipeline.files import NotRegularFile, atomic_open, file_kind, open_regular
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
 
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "class", "split", "index", "sha256")
 SKIPPED = "skipped"
-# Images decoded, then scaled and written, at a time: memory stays at one chunk.
-CHUNK = 4096
 # Files named in the skip summary and duplicate groups in the duplicates warning before "and N more".
 SHOWN = 10
 SHOWN_DUPLICATES = 5
+# Folders below a class folder that are searched for images (subfolders of a class belong to it).
+MAX_DEPTH = 32
 HASH_BLOCK = 1 << 20
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 
 
@@ -154,14 +153,6 @@ def split_of(key: float, cfg: PreprocessConfig) -> str:
     return "train"
 
 
-def file_kind(mode: int) -> str:
-    """What a stat mode says a path is: 'a FIFO', 'a socket', ... (here, not imported from the picture
-    preparation of mnist-predict, so editing that module does not rerun preprocess)."""
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"))
-    return next((kind for test, kind in kinds if test(mode)), "not a file or folder")
-
-
 def _inside(path: str, real_root: str) -> bool:
     return path == real_root or path.startswith(real_root.rstrip(os.sep) + os.sep)
 
@@ -238,8 +229,15 @@ def _split_folders(root: str) -> list[str]:
 
 
 def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad: BadFiles,
-           root: str) -> Iterator[tuple[str, str]]:
-    """(rel, path) of every file under `folder`, in name order, following links that stay inside the root."""
+           root: str, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """(rel, path) of every file under `folder`, in name order, following links that stay inside the root.
+
+    At most MAX_DEPTH folders below the class folder: deeper nesting is a bad file (one line, or skipped),
+    not a RecursionError, and the work per file stays bounded."""
+    if depth > MAX_DEPTH:
+        bad.add(rel, BadImage("folder nested too deep", f"over {MAX_DEPTH} folders below its class folder: "
+                              "expected images at most that deep"))
+        return
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
@@ -254,7 +252,7 @@ def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad
             if (real := os.path.realpath(entry.path)) in ancestors:
                 bad.add(here, BadImage("link loop", "a link to a folder that contains it"))
                 continue
-            yield from _files(entry.path, here, real_root, ancestors | {real}, bad, root)
+            yield from _files(entry.path, here, real_root, ancestors | {real}, bad, root, depth + 1)
         elif entry.is_file():
             yield here, entry.path
         else:
@@ -359,10 +357,16 @@ def _sha256(f: BinaryIO) -> str:
 def _eight_bit(image: Image.Image) -> np.ndarray:
     """The image as uint8 (H, W) grey or (H, W, 3) colour, 16-bit values rounded and alpha on black."""
     if image.mode in SIXTEEN_BIT_MODES:
-        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        wide = np.asarray(image).astype(np.int64)
         return ((wide * 255 + 32767) // 65535).astype(np.uint8)
     if image.mode == "F":
         raise BadImage("unsupported pixels", "32-bit floating-point pixels: expected 8- or 16-bit integer images")
+    if image.mode.startswith("I"):
+        # Signed or 32-bit integers (a TIFF's mode I): no fixed range maps them to 0-255. Clipping at 65535
+        # would silently merge grey levels, and stretching each image to its own range would change its
+        # contrast against the others: refused, as floating-point pixels are.
+        raise BadImage("unsupported pixels", f"{'signed or 32-bit' if image.mode == 'I' else image.mode} integer "
+                       "pixels: expected 8- or 16-bit unsigned integer images (save it as 16-bit)")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode == "1":
@@ -435,8 +439,10 @@ def pixel_limit() -> Iterator[None]:
 
 def _read(entry: Entry, cfg: PreprocessConfig) -> tuple[str, np.ndarray]:
     try:
-        with open(entry.path, "rb") as f:
+        with open_regular(entry.path) as f:
             return _sha256(f), decode(f, cfg)
+    except NotRegularFile as e:  # swapped for a FIFO or a folder since the folder was listed
+        raise BadImage("not a regular file", e.kind) from None
     except OSError as e:
         raise BadImage("unreadable file", (e.strerror or str(e)).lower()) from None
 
@@ -445,15 +451,25 @@ def _read(entry: Entry, cfg: PreprocessConfig) -> tuple[str, np.ndarray]:
 # The whole stage's work for a folder.
 
 
-def _duplicates_warning(found: dict[str, list[tuple[str, str]]]) -> str | None:
-    """One line naming images whose exact bytes are in more than one split (test images seen in training)."""
-    groups = [files for files in found.values() if len({split for _, split in files}) > 1]
-    if not groups:
-        return None
-    count = sum(len(files) for files in groups)
-    shown = first_few([" = ".join(f"{split}/{rel}" for rel, split in files) for files in groups], SHOWN_DUPLICATES,
-                      " groups")
-    return f"preprocess: warning: {count} images appear in more than one split (exact duplicates by content): {shown}"
+def _duplicates_warnings(found: dict[str, list[tuple[str, str, str]]]) -> list[str]:
+    """One line naming images whose exact bytes are in more than one split (test images seen in training),
+    and one naming those filed under more than one class: the same picture taught as two answers."""
+    lines = []
+    groups = [files for files in found.values() if len({split for _, split, _ in files}) > 1]
+    if groups:
+        count = sum(len(files) for files in groups)
+        shown = first_few([" = ".join(f"{split}/{rel}" for rel, split, _ in files) for files in groups],
+                          SHOWN_DUPLICATES, " groups")
+        lines.append(f"preprocess: warning: {count} images appear in more than one split (exact duplicates by "
+                     f"content): {shown}")
+    conflicts = [files for files in found.values() if len({label for _, _, label in files}) > 1]
+    if conflicts:
+        count = sum(len(files) for files in conflicts)
+        shown = first_few([" = ".join(f"{rel} (class {label})" for rel, _, label in files) for files in conflicts],
+                          SHOWN_DUPLICATES, " groups")
+        lines.append(f"preprocess: warning: {count} images have the same bytes under different classes "
+                     f"(conflicting labels: one picture, two answers): {shown}")
+    return lines
 
 
 def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, str, str, str, str]]) -> Path:
@@ -466,10 +482,11 @@ def write_manifest(prepared_dir: str | os.PathLike[str], rows: list[tuple[str, s
     return path
 
 
-def _park(decoded: BinaryIO, chunk: list[np.ndarray], prepared: Path) -> None:
-    """Append decoded images to the temporary file; a full disk names the folder, not just errno."""
+def _park(decoded: BinaryIO, pixels: np.ndarray, prepared: Path) -> None:
+    """Append one decoded image to the temporary file (buffered: memory holds no stack of images, however
+    large they are); a full disk names the folder, not just errno."""
     try:
-        decoded.write(np.stack(chunk).tobytes())
+        decoded.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
     except OSError as e:
         raise PipelineError(f"{prepared}: cannot write the decoded images ({e.strerror or e})") from None
 
@@ -481,14 +498,13 @@ class Decoded:
 
     kept: dict[str, list[Entry]] = field(default_factory=lambda: {split: [] for split in SPLITS})
     rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
-    hashes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    hashes: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # (rel, split, class)
 
 
 def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: PreprocessConfig, bad: BadFiles,
                decoded: BinaryIO, prepared: Path) -> Decoded:
     """Pass 1: each file read once, hashed and decoded; its pixels appended to `decoded` in split order."""
     found = Decoded()
-    chunk: list[np.ndarray] = []
     total = sum(len(entries) for entries in by_split.values())
     with progress.bar(total, "preprocess: reading images", unit="img") as bar, pixel_limit():
         for split in SPLITS:
@@ -500,15 +516,10 @@ def decode_all(by_split: dict[str, list[Entry]], classes: list[str], cfg: Prepro
                     found.rows.append((entry.rel, classes[entry.label], SKIPPED, "", ""))
                 else:
                     found.rows.append((entry.rel, classes[entry.label], split, str(len(found.kept[split])), sha))
-                    found.hashes.setdefault(sha, []).append((entry.rel, split))
+                    found.hashes.setdefault(sha, []).append((entry.rel, split, classes[entry.label]))
                     found.kept[split].append(entry)
-                    chunk.append(pixels)
-                    if len(chunk) == CHUNK:
-                        _park(decoded, chunk, prepared)
-                        chunk = []
+                    _park(decoded, pixels, prepared)
                 bar.update()
-    if chunk:
-        _park(decoded, chunk, prepared)
     listed = {row[0] for row in found.rows}
     found.rows.extend((rel, _class_of(rel, classes, cfg), SKIPPED, "", "") for rel, _ in bad.found
                       if rel not in listed)
@@ -523,7 +534,7 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
     after = " after skipping unreadable files" if bad.found else ""
     check_splits(root, classes, [(e.label, e.split) for e in entries], cfg, after)
     spec = PreparedSpec(Path(os.path.realpath(root)).name or "folder", tuple(classes),
-                        (cfg.image_size, cfg.image_size), 3 if cfg.color == "rgb" else 1)
+                        (cfg.image_size, cfg.image_size), 3 if cfg.color == "rgb" else 1, pixel_range(cfg))
     by_split = {split: sorted((e for e in entries if e.split == split), key=lambda e: (e.key, e.rel))
                 for split in SPLITS}
     prepared = Path(prepared_dir)
@@ -535,16 +546,17 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
             progress.say(summary)
         after = " after skipping unreadable files" if bad.found else ""
         check_splits(root, classes, [(e.label, s) for s in SPLITS for e in found.kept[s]], cfg, after)
-        warning = _duplicates_warning(found.hashes)
-        if warning:
+        for warning in _duplicates_warnings(found.hashes):
             progress.say(warning)
-        # Pass 2: the pixels back, a chunk at a time, scaled and streamed into each split's arrays.
+        # Pass 2: the pixels back, a chunk of CHUNK_BYTES of output at a time, scaled and streamed into
+        # each split's arrays: 2 images at image_size 1024 in RGB, thousands at 28.
         decoded.seek(0)
+        rows = chunk_rows(spec)
         for split in SPLITS:
             labels = np.array([e.label for e in found.kept[split]], dtype=np.int64)
             with split_writer(prepared, split, len(labels), spec) as writer:
-                for start in range(0, len(labels), CHUNK):
-                    count = min(CHUNK, len(labels) - start)
+                for start in range(0, len(labels), rows):
+                    count = min(rows, len(labels) - start)
                     raw = np.frombuffer(decoded.read(count * spec.n_pixels), dtype=np.uint8)
                     writer.write(scale_images(raw.reshape(count, spec.n_pixels), cfg.scale, cfg.offset),
                                  labels[start : start + count])

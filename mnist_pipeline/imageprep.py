@@ -19,12 +19,13 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import NotRegularFile, open_regular
 
 FORMATS = ("PNG", "JPEG")
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -67,11 +68,15 @@ PIECE_FRACTION = 0.02
 NEAR_FRACTION = 0.3
 
 
-def _greyscale(image: Image.Image) -> np.ndarray:
+def _greyscale(image: Image.Image, name: str) -> np.ndarray:
     """Luminance as float64 0-255; transparent areas become a background that contrasts with the ink."""
-    if image.mode.startswith("I"):
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         # 16-bit greyscale PNGs: Pillow's convert("L") would clip 0-65535 to 0-255 instead of rescaling.
         return np.asarray(image.convert("I"), dtype=np.float64) / 257.0
+    if image.mode.startswith("I") or image.mode == "F":
+        # No fixed range maps signed or 32-bit values to 0-255: refused rather than clipped.
+        raise PipelineError(f"{name}: {image.mode} pixels (signed, 32-bit or floating-point): expected an 8- or "
+                            "16-bit image")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -86,34 +91,18 @@ def _greyscale(image: Image.Image) -> np.ndarray:
     return grey * alpha + background * (1.0 - alpha)
 
 
-def _open_regular(path: str | os.PathLike[str], name: str) -> io.BufferedReader:
-    """Open for reading, refusing anything but a regular file before a byte is read.
-
-    A FIFO would block until a writer comes and /dev/zero never ends; O_NONBLOCK makes the open of a
-    FIFO return at once, and fstat of the opened file leaves no gap for a swap in between.
-    """
+def _open_regular(path: str | os.PathLike[str], name: str) -> IO[bytes]:
+    """files.open_regular, its refusals worded for a picture."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_regular(path)
     except FileNotFoundError:
         raise PipelineError(f"{name}: file not found") from None
+    except NotRegularFile as e:
+        if stat.S_ISDIR(e.mode):
+            raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file") from None
+        raise PipelineError(f"{name}: not a regular file ({e.kind}): expected a PNG or JPEG file") from None
     except OSError as e:
         raise PipelineError(f"{name}: cannot open: {(e.strerror or str(e)).lower()}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file")
-        raise PipelineError(f"{name}: not a regular file ({file_kind(mode)}): expected a PNG or JPEG file")
-    if hasattr(os, "O_NONBLOCK"):
-        os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
-def file_kind(mode: int) -> str:
-    """What a stat mode says a path is, for messages: 'a FIFO', 'a character device', ..."""
-    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-             (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a regular file"))
-    return next((kind for test, kind in kinds if test(mode)), "not a file")
 
 
 def _jpeg_scale(image: Image.Image, max_pixels: int) -> int:
@@ -148,7 +137,7 @@ def read_image(
                 image.draft(image.mode, (image.width // scale, image.height // scale))
             image = ImageOps.exif_transpose(image)
             image.load()
-            return _greyscale(image)
+            return _greyscale(image, name)
     except FileNotFoundError:
         raise PipelineError(f"{name}: file not found") from None
     except IsADirectoryError:
@@ -480,15 +469,21 @@ def prepare_file(path: str | os.PathLike[str]) -> np.ndarray:
     return prepare_array(read_image(path), str(path))
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given; a directory stands for its PNG and JPEG files, sorted by name."""
+def expand_paths(paths: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
+    """Files as given; a directory stands for its files named `*.png`, `*.jpg` (or `suffixes`), sorted by name.
+
+    Every such name is kept unless it is a folder: a dangling link, a link loop or a FIFO is then refused
+    on its own line by the open that follows, not passed over in silence."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and not p.is_dir())
             if not images:
-                raise PipelineError(f"{path}: no PNG or JPEG files in this directory (expected *.png, *.jpg)")
+                if suffixes == SUFFIXES:
+                    raise PipelineError(f"{path}: no PNG or JPEG files in this directory (expected *.png, *.jpg)")
+                wanted = ", ".join(f"*{s}" for s in suffixes)
+                raise PipelineError(f"{path}: no image files in this directory (expected {wanted})")
             found.extend(images)
         else:
             found.append(path)

@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from mnist_pipeline.cli import EXIT_FAULT, fail, one_line, run_command
 from mnist_pipeline.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.imageprep import expand_paths, file_kind, prepare_with_warnings, read_image
+from mnist_pipeline.errors import PipelineError, printable
+from mnist_pipeline.files import NotRegularFile, file_kind, md5_of, open_regular
+from mnist_pipeline.imageprep import SUFFIXES, expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 
 DEFAULT_MODEL = "models/model.keras"
@@ -42,6 +44,8 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 255.0, 0.5
 # Larger pictures are refused from their header (a PNG) or decoded at 1/2, 1/4 or 1/8 of their size
 # (a JPEG): a 141 KB PNG can declare 10000x10000 pixels, gigabytes once decoded. The same as mnist-serve's.
 MAX_PIXELS = 12_000_000
+# A folder model's pictures in a directory argument: the formats preprocess reads a folder in.
+FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,6 +97,42 @@ def settings(params_path: str | None, dataset: str | None) -> Settings:
     return Settings(name, idx_spec(DATASETS[name]), preprocess.scale, preprocess.offset, None)
 
 
+def trained_on(model: str | os.PathLike[str], root: Path) -> str | None:
+    """The data set dvc.lock says this very model file was trained on: the train stage records the file's
+    md5, the preprocess stage the data.dataset it prepared. None when dvc.lock does not record this file."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    train = stages.get("train") if isinstance(stages, dict) else None
+    preprocess = stages.get("preprocess") if isinstance(stages, dict) else None
+    if not isinstance(train, dict) or not isinstance(preprocess, dict):
+        return None
+    try:
+        rel = Path(model).resolve().relative_to(root.resolve()).as_posix()
+        md5 = md5_of(model)
+    except (ValueError, OSError, NotRegularFile):
+        return None
+    outs = train.get("outs") if isinstance(train.get("outs"), list) else []
+    if not any(isinstance(o, dict) and o.get("path") == rel and o.get("md5") == md5 for o in outs):
+        return None
+    params = preprocess.get("params")
+    recorded = params.get(DEFAULT_PARAMS) if isinstance(params, dict) else None
+    dataset = recorded.get("data.dataset") if isinstance(recorded, dict) else None
+    return dataset if isinstance(dataset, str) else None
+
+
+def check_trained_on(model: str | os.PathLike[str], params_path: Path, dataset: str) -> None:
+    """After `data.dataset` is edited and before `dvc repro`, the model still knows the old data set's classes:
+    naming its outputs with the new one's would be a silent wrong answer."""
+    locked = trained_on(model, params_path.parent)
+    if locked is not None and locked != dataset:
+        other = f", or pass --dataset {locked}" if locked in DATASETS else ""
+        raise PipelineError(f"{params_path}: data.dataset = {dataset}, but {model} was trained on {locked} "
+                            f"(dvc.lock): run `dvc repro` to train on {dataset}{other}")
+
+
 def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[str, ...], top: int) -> list[dict]:
     """One record per file: the predicted class, its probability and the `top` most likely classes."""
     records = []
@@ -111,8 +151,8 @@ def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[st
 
 def format_text(record: dict[str, Any]) -> str:
     """`digit.png: 7 (98.1%)   top-3: 7 98.1%, 9 1.2%, 1 0.4%`"""
-    ranked = ", ".join(f"{t['name']} {t['probability']:.1%}" for t in record["top"])
-    return (f"{record['file']}: {record['predicted_name']} ({record['probability']:.1%})   "
+    ranked = ", ".join(f"{printable(t['name'])} {t['probability']:.1%}" for t in record["top"])
+    return (f"{printable(record['file'])}: {printable(record['predicted_name'])} ({record['probability']:.1%})   "
             f"top-{len(record['top'])}: {ranked}")
 
 
@@ -139,12 +179,14 @@ def prepare_folder_picture(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     from mnist_pipeline.imagefolder import BadImage, decode, pixel_limit
 
     try:
-        with open(path, "rb") as f, pixel_limit():
+        with open_regular(path) as f, pixel_limit():
             return decode(f, cfg)
     except BadImage as e:
-        raise PipelineError(f"{path}: {e}") from None
+        raise PipelineError(f"{printable(str(path))}: {e.reason}" + (f": {e.detail}" if e.detail else "")) from None
+    except NotRegularFile as e:
+        raise PipelineError(f"{printable(str(path))}: not a regular file ({e.kind}): expected an image file") from None
     except OSError as e:
-        raise PipelineError(f"{path}: cannot read ({(e.strerror or str(e)).lower()})") from None
+        raise PipelineError(f"{printable(str(path))}: cannot read ({(e.strerror or str(e)).lower()})") from None
 
 
 def prepare_images(
@@ -160,7 +202,7 @@ def prepare_images(
     errors: list[dict[str, str]] = []
     for argument in given:
         try:
-            found = expand_paths([argument])
+            found = expand_paths([argument], SUFFIXES if folder is None else FOLDER_SUFFIXES)
         except PipelineError as e:
             fail(e)
             errors.append({"file": argument, "error": one_line(e)})
@@ -168,7 +210,7 @@ def prepare_images(
         for file in found:
             try:
                 if folder is None:
-                    image, doubts = prepare_picture(file, str(file))
+                    image, doubts = prepare_picture(file, printable(str(file)))
                 else:
                     image, doubts = prepare_folder_picture(file, folder), []
             except PipelineError as e:
@@ -186,6 +228,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
     """Predictions for the pictures that could be prepared, and the errors of those that could not."""
     how = settings(args.params, args.dataset)
     check_model_file(args.model)
+    params_path = Path(args.params or DEFAULT_PARAMS)
+    if args.dataset is None and params_path.is_file():
+        check_trained_on(args.model, params_path, how.dataset)
     files, images, errors = prepare_images(args.images, how.folder)
     if not files:
         return [], errors

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import mmap
 import os
 import stat
@@ -42,6 +43,9 @@ class PreparedSpec:
     class_names: tuple[str, ...]
     image_shape: tuple[int, int]
     channels: int = 1
+    # The lowest and highest value preprocess's scaling can give a pixel (x / scale - offset for x in 0-255):
+    # a value outside, finite or not, is no pixel preprocess wrote. None: not known (no check).
+    pixel_range: tuple[float, float] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -83,7 +87,8 @@ def split_paths(prepared_dir: str | os.PathLike[str], split: str) -> tuple[Path,
 def save_spec(prepared_dir: str | os.PathLike[str], spec: PreparedSpec) -> Path:
     path = spec_path(prepared_dir)
     save_json(path, {"name": spec.name, "class_names": list(spec.class_names),
-                     "image_shape": list(spec.image_shape), "channels": spec.channels})
+                     "image_shape": list(spec.image_shape), "channels": spec.channels,
+                     "pixel_range": list(spec.pixel_range) if spec.pixel_range else None})
     return path
 
 
@@ -102,8 +107,8 @@ def load_spec(prepared_dir: str | os.PathLike[str]) -> PreparedSpec:
         raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro preprocess)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _refuse(path, f"JSON describing the prepared data ({e})") from None
-    if not isinstance(data, dict) or set(data) != {"name", "class_names", "image_shape", "channels"}:
-        raise _refuse(path, "an object with exactly name, class_names, image_shape and channels")
+    if not isinstance(data, dict) or set(data) != {"name", "class_names", "image_shape", "channels", "pixel_range"}:
+        raise _refuse(path, "an object with exactly name, class_names, image_shape, channels and pixel_range")
     names, shape, channels = data["class_names"], data["image_shape"], data["channels"]
     if (not isinstance(names, list) or not 2 <= len(names) <= MAX_CLASSES
             or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names)):
@@ -113,7 +118,13 @@ def load_spec(prepared_dir: str | os.PathLike[str]) -> PreparedSpec:
         raise _refuse(path, "image_shape: [rows, cols], two positive integers")
     if channels not in (1, 3) or isinstance(channels, bool):
         raise _refuse(path, "channels: 1 (grayscale) or 3 (RGB)")
-    return PreparedSpec(str(data["name"]), tuple(names), (shape[0], shape[1]), channels)
+    span = data["pixel_range"]
+    if span is not None and not (isinstance(span, list) and len(span) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in span)
+            and span[0] <= span[1]):
+        raise _refuse(path, "pixel_range: [lowest, highest], two finite numbers, or null")
+    pixel_range = (float(span[0]), float(span[1])) if span is not None else None
+    return PreparedSpec(str(data["name"]), tuple(names), (shape[0], shape[1]), channels, pixel_range)
 
 
 class SplitWriter:
@@ -203,10 +214,23 @@ def load_split(
     if len(y) and int(y.max()) >= spec.n_classes:
         raise PipelineError(f"{y_path}: labels must be 0-{spec.n_classes - 1}, found {int(y.max())}")
     step = check_rows(x)
-    bad = sum(int(np.count_nonzero(~np.isfinite(read_rows(x, i, i + step)))) for i in range(0, len(x), step))
+    low, high = (np.float32(v) for v in spec.pixel_range) if spec.pixel_range else (None, None)
+    bad = outside = 0
+    extreme = np.float32(0)
+    for i in range(0, len(x), step):  # one pass: finite, and within the range the scaling gives
+        rows = read_rows(x, i, i + step)
+        bad += int(np.count_nonzero(~np.isfinite(rows)))
+        if low is not None and not bad and (rows.min() < low or rows.max() > high):
+            wrong = rows[(rows < low) | (rows > high)]
+            outside += wrong.size
+            extreme = max(extreme, wrong[np.argmax(np.abs(wrong))], key=abs)
     if bad:
         raise PipelineError(f"{x_path}: {bad} pixel values are not finite (NaN or infinity): expected finite "
                             "numbers (rerun preprocess: dvc repro -f -s preprocess)")
+    if outside:
+        raise PipelineError(f"{x_path}: {outside} pixel values outside [{low:g}, {high:g}] (one is {extreme:g}), "
+                            "the range preprocess's scaling gives: expected values preprocess wrote (rerun "
+                            "preprocess: dvc repro -f -s preprocess)")
     return x, y
 
 

@@ -6,6 +6,8 @@ import sys
 
 from tqdm import tqdm
 
+from mnist_pipeline.errors import redact
+
 
 def interactive() -> bool:
     """A live bar only when a person watches; CI logs get one line per finished item instead."""
@@ -26,5 +28,5 @@ def bar(total: int | None, desc: str, unit: str = "B") -> tqdm:
 
 
 def say(message: str) -> None:
-    """A progress line on stderr, so stdout stays clean for data."""
-    print(message, file=sys.stderr, flush=True)
+    """A progress line on stderr, so stdout stays clean for data; credentials in a URL redacted."""
+    print(redact(message), file=sys.stderr, flush=True)

@@ -13,7 +13,9 @@ before the server listens. A bad request gets a 4xx answer with one JSON line
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import ipaddress
@@ -35,14 +37,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_pipeline.cli import run_command
 from mnist_pipeline.config import load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.predict import DEFAULT_MODEL, DEFAULT_PARAMS, MAX_PIXELS, prepare_picture, settings
+from mnist_pipeline.files import NotRegularFile, md5_of, open_regular
+from mnist_pipeline.predict import (
+    DEFAULT_MODEL,
+    DEFAULT_PARAMS,
+    MAX_PIXELS,
+    check_trained_on,
+    prepare_picture,
+    settings,
+)
 from mnist_pipeline.prepared import idx_spec
 
 if TYPE_CHECKING:
@@ -57,6 +69,10 @@ PREPARE_SLOTS = 2
 TOP = 3
 # On Ctrl-C or SIGTERM, requests in progress get this long to finish.
 GRACE_S = 10
+# A request's headers and body must arrive within this many seconds of the connection (or of the previous
+# answer on it): a client that sends half its headers, or 10 of the 1,000 bytes it declared, is cut off
+# rather than holding a connection for minutes. Idle keep-alive connections close sooner (uvicorn's 5 s).
+REQUEST_TIMEOUT_S = 20.0
 RAW_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
@@ -67,13 +83,17 @@ METRICS_FILE = "evaluate.json"
 CONFUSION_FILE = "confusion.png"
 
 
-def md5_of(path: Path) -> str:
-    """The md5 DVC records for a file (DVC 3 hashes a file's bytes as they are)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def snapshot(path: Path, limit: int = 64 << 20) -> tuple[bytes, str] | None:
+    """A small output's bytes and their md5, read once: what the card shows is what was hashed, even when
+    a rerun of a stage rewrites the file later. None when it is missing, not a regular file or too large."""
+    try:
+        with open_regular(path) as f:
+            data = f.read(limit + 1)
+    except (OSError, NotRegularFile):
+        return None
+    if len(data) > limit:
+        return None
+    return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,8 @@ class ModelCard:
     params_source: str | None = None
     test_accuracy: float | None = None
     metrics_source: str | None = None
-    confusion_png: Path | None = None
+    # The evaluate stage's picture as it was at start-up (read once, its md5 checked against dvc.lock).
+    confusion_png: bytes | None = field(default=None, repr=False)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -147,15 +168,18 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
         if any(d.get("path") == rel and d.get("md5") == md5 for d in _entries(stage, "deps")):
             for out in _entries(stage, "outs"):
                 file = root / str(out.get("path", ""))
-                if not file.is_file() or md5_of(file) != out.get("md5"):
-                    continue  # changed since dvc.lock recorded it: not this model's numbers
+                if file.name not in (METRICS_FILE, CONFUSION_FILE):
+                    continue
+                read = snapshot(file)
+                if read is None or read[1] != out.get("md5"):
+                    continue  # missing, or changed since dvc.lock recorded it: not this model's numbers
                 if file.name == METRICS_FILE:
-                    accuracy = _accuracy(file)
+                    accuracy = _accuracy(read[0])
                     if accuracy is not None:
                         card["test_accuracy"] = accuracy
                         card["metrics_source"] = f"{out['path']} (dvc.lock, stage {name})"
-                elif file.name == CONFUSION_FILE:
-                    card["confusion_png"] = file
+                else:
+                    card["confusion_png"] = read[0]
     if "params_source" not in card and params_file is not None:
         cfg = load_config(params_file)
         card["params"] = train_params(_flat({"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}))
@@ -163,11 +187,11 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
     return ModelCard(**card)
 
 
-def _accuracy(metrics_file: Path) -> float | None:
-    """The test accuracy in the evaluate stage's metrics, if the file holds one."""
+def _accuracy(data: bytes) -> float | None:
+    """The test accuracy in the evaluate stage's metrics, if they hold one."""
     try:
-        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        metrics = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
         return None
     accuracy = metrics.get("accuracy") if isinstance(metrics, dict) else None
     return float(accuracy) if isinstance(accuracy, int | float) and not isinstance(accuracy, bool) else None
@@ -268,7 +292,92 @@ class LimitBody:
                 raise BodyTooLarge()
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        except ClientDisconnect:
+            return  # the client went away mid-body (or was cut off as too slow): no one to answer, no fault
+
+
+def host_of(header: str) -> str:
+    """The name or address in a Host header, without its port: `[::1]:8000` -> `::1`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def allowed_hosts(host: str) -> frozenset[str] | None:
+    """The Host header values a server bound to `host` answers: its own names and addresses, and for
+    loopback `localhost`, 127.0.0.1 and ::1. None for a wildcard bind (0.0.0.0, ::), which any name reaches."""
+    if host in ("", "0.0.0.0", "::"):
+        return None
+    names = {host.lower().strip("[]")}
+    with contextlib.suppress(OSError):
+        names |= {info[4][0].split("%")[0] for info in socket.getaddrinfo(host, None)}
+    if is_loopback(host):
+        names |= {"localhost", "127.0.0.1", "::1"}
+    return frozenset(names)
+
+
+class CheckHost:
+    """Answer only requests addressed to this server: a web page on another site can point its own name at
+    127.0.0.1 (DNS rebinding) and then read the API, but its requests still say `Host: that-site`."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str] | None) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.allowed is not None:
+            header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if header and host_of(header) not in self.allowed:
+                response = error_response(421, f"{scope['method']} {scope['path']}: Host '{header[:80]}': expected "
+                                               f"one of {', '.join(sorted(self.allowed))} (the address this "
+                                               "server is bound to)")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class DeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request to arrive whole (REQUEST_TIMEOUT_S,
+    or the config's `request_timeout_s`): uvicorn itself waits for half-sent headers or a slow body forever."""
+
+    deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()  # the next request on this connection gets its own time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        timeout = getattr(self.config, "request_timeout_s", REQUEST_TIMEOUT_S)
+        self.deadline = self.loop.call_later(timeout, self._expired)
+
+    def _expired(self) -> None:
+        """Close unless the request in hand has arrived whole (its answer may still be computing)."""
+        cycle = self.cycle
+        arrived = cycle is not None and not cycle.response_complete and not cycle.more_body
+        if not arrived and not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: FastAPI, host: str, request_timeout_s: float = REQUEST_TIMEOUT_S) -> uvicorn.Config:
+    """How mnist-serve runs `app` for a socket bound to `host`: body limit, Host check, request deadline."""
+    config = uvicorn.Config(CheckHost(LimitBody(app), allowed_hosts(host)), http=DeadlineProtocol,
+                            log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=GRACE_S)
+    config.request_timeout_s = request_timeout_s  # type: ignore[attr-defined]
+    return config
 
 
 PREDICT_BODY = {
@@ -313,7 +422,7 @@ async def _upload_bytes(request: Request, content_type: str) -> tuple[bytes, str
         return await request.body(), "request body"
     try:
         form = await request.form(max_files=1, max_fields=4)
-    except HTTPException:
+    except (HTTPException, ClientDisconnect):
         raise
     except Exception as e:  # python-multipart's and Starlette's parse errors: all a malformed form
         raise HTTPException(400, f"malformed {MULTIPART} body ({type(e).__name__}: {e})") from None
@@ -364,7 +473,7 @@ def create_app(predictor: Predictor, card: ModelCard) -> FastAPI:
     async def confusion() -> Response:
         if card.confusion_png is None:
             raise HTTPException(404, "no confusion matrix recorded for this model in dvc.lock")
-        return Response(card.confusion_png.read_bytes(), media_type="image/png")
+        return Response(card.confusion_png, media_type="image/png")
 
     @app.get("/api/health", summary="Liveness, and which model answers")
     async def health() -> dict[str, Any]:
@@ -455,6 +564,8 @@ def serve(args: argparse.Namespace) -> None:
     model_path = Path(args.model)
     if not model_path.is_file():
         raise PipelineError(f"{model_path}: model file not found (train it with `dvc repro`, or pass --model PATH)")
+    if params_file.is_file():
+        check_trained_on(model_path, params_file, dataset)
     try:
         card = build_card(model_path, params_file.parent, dataset, params_file if params_file.is_file() else None)
     except OSError as e:
@@ -469,6 +580,9 @@ def serve(args: argparse.Namespace) -> None:
         from mnist_pipeline.models import load_model
 
         model = load_model(model_path, idx_spec(DATASETS[dataset]))
+        if (loaded := md5_of(model_path)) != card.md5:  # rewritten by a training run meanwhile
+            raise PipelineError(f"{model_path}: changed while mnist-serve started (md5 {card.md5}, now {loaded}): "
+                                "start it again once training has written the model")
         predictor = Predictor(model, scale, offset, DATASETS[dataset].class_names, card.md5)
         predictor.probabilities(np.zeros((28, 28), np.uint8))  # the first call builds the graph: no user waits
         app = create_app(predictor, card)
@@ -476,9 +590,7 @@ def serve(args: argparse.Namespace) -> None:
         shown = f"[{host}]" if ":" in host else host
         print(f"mnist-serve: http://{shown}:{port}/ (model {model_path}, md5 {card.md5}, {dataset}); "
               "API docs at /docs; Ctrl-C stops", flush=True)
-        config = uvicorn.Config(LimitBody(app), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=GRACE_S)
-        QuietSignalServer(config).run(sockets=[sock])
+        QuietSignalServer(server_config(app, args.host)).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,13 +3,14 @@
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import save_json
+from mnist_pipeline.files import check_output_paths, save_json
 from mnist_pipeline.plots import image_grid
 from mnist_pipeline.prepared import load_spec, load_split, read_rows
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     cfg = load_config()
+    check_output_paths(f"{out_dir}/predictions.json", f"{out_dir}/predictions.png")
     spec = load_spec(prepared_dir)
     class_names = spec.class_names
     start, count = cfg.predict.start, cfg.predict.count

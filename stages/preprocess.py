@@ -8,12 +8,14 @@ from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import FOLDER, load_config
 from mnist_pipeline.data import open_raw, prepared_spec, write_splits
 from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.files import check_output_paths
 from mnist_pipeline.imagefolder import MANIFEST, prepare_folder
-from mnist_pipeline.prepared import save_spec
+from mnist_pipeline.prepared import save_spec, spec_path
 
 
 def main(raw_dir: str, prepared_dir: str) -> None:
     cfg = load_config()
+    check_output_paths(f"{prepared_dir}/x_train.npy", spec_path(prepared_dir))
     if cfg.data.dataset == FOLDER:  # raw_dir is data.folder: the user's images, one subfolder per class
         save_spec(prepared_dir, prepare_folder(raw_dir, prepared_dir, cfg.preprocess))
         return

@@ -2,11 +2,12 @@
 
 
 from mnist_pipeline import cpu_kernels
-from mnist_pipeline.checkpoint import Checkpoints, digest_arrays_in_background, run_key
+from mnist_pipeline.checkpoint import CHECKPOINT_DIR, Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
 from mnist_pipeline.distribute import is_chief
-from mnist_pipeline.files import atomic_dir, save_json, sweep_leftovers
+from mnist_pipeline.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
+from mnist_pipeline.footprint import check_fits
 from mnist_pipeline.plots import plot_training_curves
 from mnist_pipeline.prepared import load_spec, load_split, nbytes
 from mnist_pipeline.progress import say
@@ -15,11 +16,15 @@ from mnist_pipeline.unused_params import ignored_changes
 
 def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) -> None:
     cfg = load_config()
+    # A file where a folder belongs (`models`, `.cache`) is one line now, not after every epoch.
+    check_output_paths(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", f"{live_dir}/curves.png",
+                       summary_path, *([CHECKPOINT_DIR / "run"] if cfg.train.checkpoint else []))
     # Temporary files of a run killed outright (SIGKILL) go now, not hours later at the first write.
     sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", live_dir, summary_path)
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
         say(f"train: warning: {line}")
     spec = load_spec(prepared_dir)
+    check_fits(cfg.model, cfg.train, spec)  # before the data is read or TensorFlow builds anything
     # Past the memory budget the images stay on disk, memory-mapped, and training streams them.
     mapped = nbytes(prepared_dir, "train", "val") > cfg.train.memory_budget_mb << 20
     x_train, y_train = load_split(prepared_dir, "train", spec, mmap=mapped)

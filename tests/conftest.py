@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -40,6 +42,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(in_process_only, "in_process_only")
 
 
+def skip_unless_ci(message: str) -> NoReturn:
+    """A missing tool or platform feature: a skip on a developer's machine, a failure in CI, where every
+    test must run. The one way a test of this project skips (tests/test_skips.py holds them to it)."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def import_or_skip(name: str, install: str) -> ModuleType:
+    """`pytest.importorskip`, but failing in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_unless_ci(f"no module {name} ({install})")
+
+
+def requires(condition: bool, reason: str) -> pytest.MarkDecorator:
+    """`pytest.mark.skipif(not condition)` outside CI; in CI the test runs, and fails where it cannot."""
+    return pytest.mark.skipif(not condition and not IN_CI, reason=reason)
+
+
 def find_mirror() -> Path | None:
     """$DATASET_MIRROR, else ../shared/datasets next to the project, else None."""
     candidates = [os.environ.get("DATASET_MIRROR"), str(PROJECT_ROOT.parent / "shared" / "datasets")]
@@ -54,10 +77,7 @@ def mirror_root() -> Path:
     """The local mirror of the real data sets; in CI its absence is a failure, elsewhere a skip."""
     root = find_mirror()
     if root is None:
-        message = "no local data mirror: set DATASET_MIRROR to a folder holding mnist/ and fashion-mnist/"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci("no local data mirror: set DATASET_MIRROR to a folder holding mnist/ and fashion-mnist/")
     return root
 
 

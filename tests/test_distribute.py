@@ -2,9 +2,10 @@
 
 The two-worker test starts two Python processes that find each other through TF_CONFIG on
 loopback ports, train the tutorial MLP on real MNIST with `model.fit` under
-MultiWorkerMirroredStrategy, and let only the chief save. A one-process `default` run at the
-same global batch must reach the same weights: that is what "train.batch_size is the global
-batch" buys.
+MultiWorkerMirroredStrategy, and let only the chief save. Worker 1 is seeded differently, so two
+independent trainings (a model built outside `strategy.scope()`) would disagree; a one-process
+`default` run at the same global batch must reach the same weights: that is what "train.batch_size
+is the global batch" buys.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ from pathlib import Path
 
 from mnist_pipeline.distribute import check_batch_size, is_chief, make_strategy
 
-mirror, out_dir, strategy_name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+mirror, out_dir, strategy_name, seed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 strategy = make_strategy(strategy_name)  # first: MultiWorkerMirroredStrategy must precede other TF ops
 
 from mnist_pipeline.tensorflow_runtime import keras
@@ -127,7 +128,7 @@ from mnist_pipeline.data import scale_images
 from mnist_pipeline.idx import read_idx
 from mnist_pipeline.models import build_mlp, make_optimizer, save_model_deterministic
 
-keras.utils.set_random_seed(0)
+keras.utils.set_random_seed(seed)
 tf.config.experimental.enable_op_determinism()
 images = read_idx(mirror / "mnist" / "train-images-idx3-ubyte.gz", "images")[:N_IMAGES]
 labels = read_idx(mirror / "mnist" / "train-labels-idx1-ubyte.gz", "labels")[:N_IMAGES]
@@ -136,7 +137,7 @@ check_batch_size(GLOBAL_BATCH, strategy)
 with strategy.scope():
     model = build_mlp([64, 64], "relu", 0.0, 784, 10)
     model.compile(optimizer=make_optimizer("adam", 1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
-history = model.fit(x, y, epochs=1, batch_size=GLOBAL_BATCH, verbose=0)
+history = model.fit(x, y, epochs=1, batch_size=GLOBAL_BATCH, verbose=0, shuffle=False)  # the seed draws weights only
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"][-1]}), flush=True)
 if is_chief():
     save_model_deterministic(model, out_dir / "model.keras")
@@ -158,12 +159,13 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def start_worker(script: Path, mirror: Path, out_dir: Path, strategy: str, env: dict[str, str]) -> subprocess.Popen:
+def start_worker(script: Path, mirror: Path, out_dir: Path, strategy: str, env: dict[str, str],
+                 seed: int = 0) -> subprocess.Popen:
     out_dir.mkdir()
     process_env = subprocess_env(PYTHONPATH=str(PROJECT_ROOT))
     process_env.pop(TF_CONFIG_ENV, None)  # only the cluster we give, never one from the caller's shell
     return subprocess.Popen(
-        [sys.executable, str(script), str(mirror), str(out_dir), strategy],
+        [sys.executable, str(script), str(mirror), str(out_dir), strategy, str(seed)],
         cwd=PROJECT_ROOT, env={**process_env, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -194,8 +196,12 @@ def test_two_workers_on_loopback_train_and_only_the_chief_saves(tmp_path: Path, 
     script.write_text(f"N_IMAGES = {N_IMAGES}\nGLOBAL_BATCH = {GLOBAL_BATCH}\n{WORKER_SCRIPT}")
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     outs = [tmp_path / "worker0", tmp_path / "worker1"]
+    # Worker 1 draws other initial weights: only a cluster that really syncs (variables made in
+    # strategy.scope() start from the chief's values, gradients are all-reduced) still agrees with worker 0
+    # and with one process; two independent trainings would not.
     workers = [
-        start_worker(script, mirror_root, outs[i], "multi_worker", tf_config(cluster, "worker", i)) for i in (0, 1)
+        start_worker(script, mirror_root, outs[i], "multi_worker", tf_config(cluster, "worker", i), seed=i)
+        for i in (0, 1)
     ]
     try:
         reports = [finish(worker) for worker in workers]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import import_or_skip
 from faultkit import error_line, stage_dir
 from idxkit import encode_idx
 
@@ -183,7 +184,7 @@ def server() -> Iterator[MirrorServer]:
 def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MirrorServer]:
     """An HTTPS mirror with a self-signed certificate for 127.0.0.1, trusted the way OpenSSL is told to:
     `SSL_CERT_FILE`. The default mirrors are https://, so the download code's TLS path is tested too."""
-    x509 = pytest.importorskip("cryptography.x509")
+    x509 = import_or_skip("cryptography.x509", "pip install cryptography")
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -684,3 +685,23 @@ def test_trickling_https_mirror_hits_the_deadline(tls_server: MirrorServer, data
     message = fetch_error(file, [url], tmp_path / "out" / "images", timeout=2.0, deadline_s=deadline_s)
     assert re.fullmatch(re.escape(f"{file.name}: every mirror failed: {url}: not finished within this file's "
                                   f"{deadline_s:g} s deadline (") + r"[1-9]\d* bytes received\)", message), message
+
+
+@pytest.mark.parametrize("user_info", ["user:secret", "secret"])
+def test_credentials_in_a_mirror_url_never_reach_a_message(tmp_path: Path, user_info: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A password in a mirror URL (params.yaml or $DATASET_MIRROR) is redacted in the error line."""
+    from mnist_pipeline.cli import fail
+
+    file = FileSpec("tiny.gz", "0" * 64, "0" * 32, 1)
+    port = closed_port()
+    message = fetch_error(file, [f"http://{user_info}@127.0.0.1:{port}/"], tmp_path / "raw" / "tiny")
+    assert "secret" not in message
+    assert f"http://***@127.0.0.1:{port}/" in message
+    mirrors = mirrors_for(DatasetSpec("tiny", "tiny-mirror-dir", (file,), ()), [], f"https://{user_info}@mirror/x")
+    assert mirrors[0].label == "$DATASET_MIRROR=https://***@mirror/x"
+
+    # Any message that quotes a URL, whichever code raised it: the one error line every command prints.
+    fail(PipelineError(f"params.yaml: download.mirrors = ['ftp://{user_info}@host/'] and http://a:b@c/"))
+    assert capsys.readouterr().err == (
+        "error: params.yaml: download.mirrors = ['ftp://***@host/'] and http://***@c/\n")

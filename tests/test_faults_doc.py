@@ -1,9 +1,11 @@
 """docs/faults.md claims no more than its tests check.
 
 Each row of the doc's tables names its tests (`test_x.py::test_name` or `test_x.py::test_name[case]`)
-and quotes what the user sees: the `error: ...` line, or its distinctive part after `...`. Every named
+and quotes what the user sees: the `error: ...` line, or its distinctive part after `...`, a warning or
+progress line, a server's answer (MESSAGE says which quoted text is a line of output). Every named
 test must exist (pytest's own collection says so), and every quoted message must be written in one of
-the row's tests: in the test function, its decorators, or the module-level tables and helpers it names.
+the row's tests: in the test function, its decorators, or the module-level tables and helpers it names;
+docstrings do not count, as they check nothing.
 
 In a test's strings an f-string field or a `{name}` placeholder stands for one word of the message (a
 line number, a path, a hash); in the doc, `...` marks text left out.
@@ -57,13 +59,22 @@ def cells(line: str) -> list[str]:
     return [*found, current.strip()]
 
 
+# A quoted output line, not a file name or a key: an error or warning line, a line elided with `...`,
+# a command's or a file's line (`train: resuming ...`, `metrics/x.json: ...`), a server's answer.
+MESSAGE = re.compile(r"^(error: |warning: |\.\.\.|\{\"error\": |(GET|POST) /|[\w./-]+: \S.{20,})")
+
+
+def is_message(quoted: str) -> bool:
+    return bool(MESSAGE.match(quoted))
+
+
 def doc_rows() -> list[Row]:
     rows = []
     for line in DOC.read_text().splitlines():
         if not ROW.match(line):
             continue
         number, _fault, _trigger, sees, tests = cells(line)
-        messages = tuple(m for m in re.findall(r"`([^`]+)`", sees) if m.startswith(("error: ", ELIDED)))
+        messages = tuple(m for m in re.findall(r"`([^`]+)`", sees) if is_message(m))
         rows.append(Row(int(number), messages, tuple(TEST_REF.findall(tests))))
     return rows
 
@@ -111,6 +122,13 @@ def split_placeholders(text: str) -> Template:
     return tokens
 
 
+def docstring_ids(tree: ast.AST) -> set[int]:
+    """The string constants of `tree` that are docstrings (of the module, a class or a function)."""
+    return {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
 @cache
 def templates(file: str, function: str) -> tuple[tuple[str | None, ...], ...]:
     """Every string the test can check against: its own, its decorators', and those of the module-level
@@ -120,9 +138,12 @@ def templates(file: str, function: str) -> tuple[tuple[str | None, ...], ...]:
     test = names.get(function)
     assert isinstance(test, ast.FunctionDef), f"{file} has no test function {function}"
     seen, todo, found = {function}, [test], []
+    docstrings = docstring_ids(tree)
     while todo:
         node = todo.pop()
         for sub in ast.walk(node):
+            if id(sub) in docstrings:  # a docstring describes; it checks nothing
+                continue
             if isinstance(sub, ast.Name) and sub.id in names and sub.id not in seen:
                 seen.add(sub.id)
                 todo.append(names[sub.id])
@@ -230,3 +251,21 @@ def test_elided_message_needs_each_part() -> None:
     assert checked_by("...: checksum mismatch (payload sha256 ...)", found)
     assert not checked_by("...: checksum mismatch (payload sha1 ...)", found)
     assert not checked_by("...: timed out ...", found)
+
+
+@pytest.mark.parametrize(("quoted", "expected"), [
+    ("error: a.npy: bad", True), ("...: checksum mismatch", True), ("warning: digits/dim.png: low contrast", True),
+    ("train: resuming at epoch 3/4 from ...", True), ("GET /api/model: Host 'x': expected one of a", True),
+    ("metrics/confusion.png", False), ("preprocess.bad_images: skip", False), ("model.hidden: [64, 0]", False),
+])
+def test_every_quoted_output_line_counts_as_a_message(quoted: str, expected: bool) -> None:
+    """Not only `error:` lines: progress, warning and server lines are held to their tests too."""
+    assert is_message(quoted) is expected
+
+
+def test_a_docstring_checks_nothing() -> None:
+    """A message written only in a test's docstring is not checked by that test."""
+    tree = ast.parse('def test_x():\n    """error: only described here"""\n    assert run() == "error: checked"\n')
+    docstrings = docstring_ids(tree)
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docstrings]
+    assert strings == ["error: checked"]

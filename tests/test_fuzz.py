@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from faultkit import stage_dir
+from faultkit import stage_dir, write_prepared
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idxkit import encode_idx
@@ -157,13 +158,39 @@ def test_random_bytes_as_an_image_are_prepared_or_refused_in_one_line(data: byte
             assert "\n" not in str(e)
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) MNIST-shaped Keras model, saved as train saves one: the commands get past "no model"
+    to the decoders and to inference."""
+    from mnist_pipeline.models import build_mlp, save_model_deterministic
+
+    path = tmp_path_factory.mktemp("tiny-model") / "model.keras"
+    save_model_deterministic(build_mlp([4], "relu", 0.0, 784, 10), path)
+    return path
+
+
+def digit_one(path: Path) -> Path:
+    """A plain dark stroke on white: a picture every decoder and the preparation must accept."""
+    from PIL import Image
+
+    pixels = np.full((56, 56), 255, np.uint8)
+    pixels[8:48, 24:32] = 0
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 @pytest.mark.slow
 @COSTLY
 @given(tree=mutated_params())
 def test_a_real_stage_with_mutated_params_ends_cleanly_and_keeps_its_output(tree: dict[str, Any],
-                                                                          tmp_path_factory: Any) -> None:
-    """predict-sample: params are read first, then the arrays; a failure leaves the old picture alone."""
+                                                                          tmp_path_factory: Any,
+                                                                          tiny_model: Path) -> None:
+    """predict-sample with a real model and real arrays: params are read first, then the arrays and the
+    model; a failure leaves the old picture alone, and valid params get as far as writing it."""
     project = stage_dir(tmp_path_factory.mktemp("fuzz-params") / "p")
+    write_prepared(project.path / "data" / "prepared")
+    (project.path / "models").mkdir()
+    shutil.copy2(tiny_model, project.path / "models" / "model.keras")
     project.params_file.write_text(yaml.safe_dump(tree, allow_unicode=True))
     previous = project.path / "metrics" / "predictions.json"
     previous.parent.mkdir(parents=True)
@@ -172,6 +199,8 @@ def test_a_real_stage_with_mutated_params_ends_cleanly_and_keeps_its_output(tree
     assert_one_line_or_success(result)
     if result.returncode:
         assert previous.read_text() == "previous\n"
+    else:
+        assert previous.read_text() != "previous\n"  # written: the run got past params, arrays and model
 
 
 @pytest.mark.slow
@@ -195,14 +224,20 @@ def test_a_real_preprocess_on_random_idx_bytes_ends_cleanly(data: bytes, tmp_pat
 @pytest.mark.slow
 @COSTLY
 @given(data=st.binary(min_size=1, max_size=300))
-def test_mnist_predict_on_random_bytes_ends_cleanly(data: bytes, tmp_path_factory: Any) -> None:
+def test_mnist_predict_on_random_bytes_ends_cleanly(data: bytes, tmp_path_factory: Any, tiny_model: Path) -> None:
+    """With a real model, so the random picture reaches the decoders; a good picture beside it must be
+    classified, so a preparation that refused every picture would fail here."""
     folder = tmp_path_factory.mktemp("fuzz-predict")
     picture = folder / "digit.png"
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
-    result = subprocess.run([str(Path(sys.executable).parent / "mnist-predict"), str(picture),
-                             "--model", str(folder / "model.keras")], cwd=folder, capture_output=True, text=True,
+    good = digit_one(folder / "one.png")
+    result = subprocess.run([str(Path(sys.executable).parent / "mnist-predict"), str(good), str(picture),
+                             "--model", str(tiny_model)], cwd=folder, capture_output=True, text=True,
                             timeout=PROCESS_BOUND_S)
     assert_one_line_or_success(result)
+    assert result.stdout.startswith(f"{good}: "), result.stdout + result.stderr
+    if result.returncode:
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {picture}: ")
 
 
 def test_the_net_can_catch_a_fault() -> None:

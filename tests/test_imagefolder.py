@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, skip_unless_ci
 from faultkit import error_line, stage_dir
 from PIL import Image
 
@@ -444,7 +444,7 @@ def test_file_name_that_is_not_utf8_fails_or_is_skipped(tmp_path: Path, digits, 
         with open(os.path.join(os.fsencode(root / "0"), b"caf\xe9.png"), "wb") as f:
             f.write(encoded(digits[0][0], "PNG"))
     except OSError as e:
-        pytest.skip(f"this file system refuses names that are not UTF-8 ({e})")
+        skip_unless_ci(f"this file system refuses names that are not UTF-8 ({e})")
     with pytest.raises(PipelineError, match=rf"^{root}/0/caf\\xe9.png: name not UTF-8"):
         prepare_folder(str(root), tmp_path / "prepared", preprocess_cfg())
     prepare_folder(str(root), tmp_path / "prepared", preprocess_cfg(bad_images="skip"))
@@ -458,7 +458,7 @@ def test_class_folder_name_that_is_not_utf8_is_an_error(tmp_path: Path, digits) 
     try:
         os.rename(root / "2", os.path.join(os.fsencode(root), b"caf\xe9"))
     except OSError as e:
-        pytest.skip(f"this file system refuses names that are not UTF-8 ({e})")
+        skip_unless_ci(f"this file system refuses names that are not UTF-8 ({e})")
     with pytest.raises(PipelineError, match=rf"^{root}/caf\\xe9: folder name is not UTF-8"):
         prepare_folder(str(root), tmp_path / "prepared", preprocess_cfg(bad_images="skip"))
 
@@ -547,7 +547,7 @@ def _non_utf8_name(root: Path, digit: np.ndarray) -> None:
     try:
         Path(os.fsdecode(os.path.join(os.fsencode(root / "0"), b"caf\xe9.png"))).write_bytes(encoded(digit, "PNG"))
     except OSError as e:
-        pytest.skip(f"this file system refuses names that are not UTF-8 ({e})")
+        skip_unless_ci(f"this file system refuses names that are not UTF-8 ({e})")
 
 
 def _one_class(root: Path, digit: np.ndarray) -> None:

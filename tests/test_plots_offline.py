@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, PROJECT_ROOT, Project, make_project, subprocess_env
+from conftest import PROJECT_ROOT, Project, make_project, skip_unless_ci, subprocess_env
 from dvc_render.html import PAGE_HTML
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -91,9 +91,7 @@ def browser() -> Iterator[WebDriver]:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         message = "no chromium and chromedriver on PATH (apt-get install chromium chromium-driver)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(message)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SE_OFFLINE", "true")  # Selenium must not look for drivers online
         options = webdriver.ChromeOptions()

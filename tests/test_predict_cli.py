@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, subprocess_env
+from conftest import PROJECT_ROOT, requires, subprocess_env
 from PIL import Image
 from test_imageprep import VARIANTS, mnist_test, write_variants
 
@@ -340,7 +340,7 @@ def limit_file_size(limit: int) -> Callable[[], None]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@requires(Path("/dev/full").exists(), "needs /dev/full (Linux)")
 def test_full_disk_on_stdout_is_one_line(trained: tuple[Path, float], mirror_root: Path, tmp_path: Path) -> None:
     """`mnist-predict x.png --json > /dev/full`: every write fails with ENOSPC, as on a full disk. Into a
     regular file that can take only 512 bytes, the part written is cut off again: no partial JSON is left."""

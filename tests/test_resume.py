@@ -182,8 +182,11 @@ def test_checkpoint_of_another_model_changes_nothing(tmp_path: Path, capsys: pyt
     model = small_model(width=16)
     before = [v.numpy() for v in model.variables]
     assert checkpoints.resume(model, np.random.default_rng(5), epochs=3) is None
-    assert capsys.readouterr().err.startswith(
-        f"train: ignoring a damaged checkpoint ({checkpoints.path}: its variables do not fit this model")
+    line = capsys.readouterr().err
+    assert line.startswith(
+        f"train: ignoring a damaged checkpoint ({checkpoints.path}: its variables do not fit this model (first "
+        "difference: ")
+    assert line.endswith(")): starting from epoch 1\n") and line.count("\n") == 1
     for old, new in zip(before, model.variables, strict=True):
         np.testing.assert_array_equal(new.numpy(), old)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IN_CI
+from conftest import skip_unless_ci
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.common.actions import interaction
@@ -56,9 +56,7 @@ def browser(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[WebDriver]:
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         message = "no chromium and chromedriver on PATH (apt-get install chromium chromium-driver)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(message)
     monkeypatch_module.setenv("SE_OFFLINE", "true")  # Selenium must not look for drivers online
     options = webdriver.ChromeOptions()
     options.binary_location = chromium

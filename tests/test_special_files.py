@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import requires
 from faultkit import error_line, stage_dir, write_raw
 
 from mnist_pipeline.datasets import TRAIN_IMAGES, raw_name
 
-pytestmark = pytest.mark.skipif(not (hasattr(os, "mkfifo") and os.path.exists("/dev/zero")),
-                                reason="needs FIFOs and /dev/zero (POSIX)")
+pytestmark = requires(hasattr(os, "mkfifo") and os.path.exists("/dev/zero"), "needs FIFOs and /dev/zero (POSIX)")
 
 NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular file"
 # Each way to put an endless file at a path.
