@@ -37,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--in-process-only"):
+        if IN_CI:
+            raise pytest.UsageError("--in-process-only skips every test that starts a process: CI runs them all")
         import in_process_only
 
         config.pluginmanager.register(in_process_only, "in_process_only")

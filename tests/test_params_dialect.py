@@ -86,7 +86,8 @@ def test_a_param_takes_dvcs_value_or_is_refused_in_one_line(key: str, scalar: st
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("train:\n  <<: {epochs: 50, seed: 7}\n", "merge key '<<' is not allowed"),
+    ("train:\n  <<: {epochs: 50, seed: 7}\n",
+     "merge key '<<' is not allowed: params hold plain values, written out in each section"),
     ("a: &x 1\nb: *x\n", "alias '*x' is not allowed"),
     ("train:\n  epochs: 5\n  epochs: 6\n", "duplicate key 'epochs'"),
     ("train: !!python/object:os.system x\n", "tag '!!python/object:os.system' is not allowed"),
@@ -140,3 +141,24 @@ def test_a_folder_param_that_looks_like_an_option_fails_in_one_line(folder_proje
     assert len(errors) == 1 and "data.folder" in errors[0], result.stderr
     assert "usage:" not in result.stdout + result.stderr.replace(errors[0], "")
     assert (folder_project.path / "dvc.lock").read_bytes() == lock_before
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ("  epochs: 5\n", "  epochs: 1:30\n",
+     "error: params.yaml: train.epochs = '1:30': expected an integer in [1, 100000]"),
+    ("  epochs: 5\n", "  epochs: 1e3\n",
+     "error: params.yaml: train.epochs = 1000.0: expected an integer in [1, 100000]"),
+    ("  checkpoint: true ", "  checkpoint: yes ",
+     "error: params.yaml: train.checkpoint = 'yes': expected true or false"),
+    ("  learning_rate: 0.001", "  learning_rate: '1e-3'",
+     "error: params.yaml: train.learning_rate = '1e-3': expected a number > 0"),
+    ("  folder: data/raw ", "  folder: -h ",
+     "error: params.yaml: data.folder = '-h': expected a folder inside the project "
+     "named with letters, digits, '.', '_', '-' and '/', not starting with '-' (e.g. data/images)"),
+], ids=["sexagesimal", "float count", "yes for a bool", "quoted number", "folder as an option"])
+def test_a_value_the_dialects_read_otherwise_gets_the_exact_line(old: str, new: str, expected: str) -> None:
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    assert old in text
+    with pytest.raises(PipelineError) as error:
+        validate(parse_yaml(text.replace(old, new, 1)))
+    assert f"error: {error.value}" == expected  # the line the stage prints (mnist_pipeline.cli.fail)
