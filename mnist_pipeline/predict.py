@@ -133,18 +133,25 @@ def check_trained_on(model: str | os.PathLike[str], params_path: Path, dataset: 
                             f"(dvc.lock): run `dvc repro` to train on {dataset}{other}")
 
 
+def top_classes(row: np.ndarray, class_names: tuple[str, ...], top: int) -> list[dict[str, Any]]:
+    """The `top` most likely classes of one image, most likely first (ties in class order): what
+    `mnist-predict` prints and `mnist-serve` answers."""
+    order = np.argsort(-row, kind="stable")[:top]
+    return [{"class": int(c), "name": class_names[c], "probability": round(float(row[c]), 6)} for c in order]
+
+
 def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[str, ...], top: int) -> list[dict]:
     """One record per file: the predicted class, its probability and the `top` most likely classes."""
     records = []
     for file, row in zip(files, probabilities, strict=True):
-        order = np.argsort(-row, kind="stable")[:top]
-        best = int(order[0])
+        ranked = top_classes(row, class_names, top)
+        best = ranked[0]
         records.append({
             "file": str(file),
-            "predicted": best,
-            "predicted_name": class_names[best],
-            "probability": round(float(row[best]), 6),
-            "top": [{"class": int(c), "name": class_names[c], "probability": round(float(row[c]), 6)} for c in order],
+            "predicted": best["class"],
+            "predicted_name": best["name"],
+            "probability": best["probability"],
+            "top": ranked,
         })
     return records
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from mnist_pipeline.datasets import DatasetSpec
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_path, load_npy, save_json
+from mnist_pipeline.files import NotRegularFile, atomic_path, load_npy, open_regular, save_json
 
 SPLITS = ("train", "val", "test")
 IMAGES_DTYPE = np.float32
@@ -189,10 +189,25 @@ def save_split(
     return split_paths(prepared_dir, split)[0]
 
 
+def over_budget(budget_mb: int, nbytes: int) -> bool:
+    """The one rule of `train.memory_budget_mb`: images of more bytes stay on disk and training streams them."""
+    return nbytes > budget_mb << 20
+
+
 def nbytes(prepared_dir: str | os.PathLike[str], *splits: str) -> int:
-    """Bytes the splits' images take in memory, from the file sizes: whether they fit a budget."""
-    return sum(split_paths(prepared_dir, s)[0].stat().st_size for s in splits
-               if split_paths(prepared_dir, s)[0].exists())
+    """Bytes the splits' images take as arrays (their .npy headers' shape and dtype), without reading them:
+    the same measure as the loaded arrays' `nbytes`, so the budget is decided alike before and after loading."""
+    total = 0
+    for split in splits:
+        try:
+            with open_regular(split_paths(prepared_dir, split)[0]) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+        except (OSError, ValueError, NotRegularFile):  # missing or not an array: loading it says so, in its own words
+            continue
+        total += math.prod(shape) * dtype.itemsize
+    return total
 
 
 def load_split(

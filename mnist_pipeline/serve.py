@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import load_config
+from mnist_pipeline.config import flatten, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
@@ -54,6 +54,7 @@ from mnist_pipeline.predict import (
     check_trained_on,
     prepare_picture,
     settings,
+    top_classes,
 )
 from mnist_pipeline.prepared import idx_spec
 
@@ -163,7 +164,7 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
             card["locked_stage"] = name
             params = stage.get("params")
             recorded = params.get(DEFAULT_PARAMS) if isinstance(params, dict) else None
-            card["params"] = train_params(_flat(recorded if isinstance(recorded, dict) else {}))
+            card["params"] = train_params(flatten(recorded if isinstance(recorded, dict) else {}))
             card["params_source"] = f"dvc.lock, stage {name}"
         if any(d.get("path") == rel and d.get("md5") == md5 for d in _entries(stage, "deps")):
             for out in _entries(stage, "outs"):
@@ -182,7 +183,7 @@ def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | N
                     card["confusion_png"] = read[0]
     if "params_source" not in card and params_file is not None:
         cfg = load_config(params_file)
-        card["params"] = train_params(_flat({"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}))
+        card["params"] = train_params(flatten({"model": cfg.model.model_dump(), "train": cfg.train.model_dump()}))
         card["params_source"] = f"{params_file} (dvc.lock does not record this model)"
     return ModelCard(**card)
 
@@ -201,16 +202,6 @@ def train_params(flat: dict[str, Any]) -> dict[str, Any]:
     """The model and train keys, less those of the other model type, which training never reads."""
     unread = ("model.cnn.",) if flat.get("model.type") == "mlp" else ("model.hidden", "model.dropout")
     return {k: v for k, v in flat.items() if k.startswith(("model.", "train.")) and not k.startswith(unread)}
-
-
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class Predictor:
@@ -239,16 +230,14 @@ class Predictor:
         # over-limit JPEG decoded reduced), MNIST's recipe, and a warning per doubt about a photo.
         image, warnings = prepare_picture(io.BytesIO(data), name)
         row = self.probabilities(image)
-        order = np.argsort(-row, kind="stable")
-        best = int(order[0])
+        ranked = top_classes(row, self.class_names, TOP)
         png = io.BytesIO()
         Image.fromarray(image).save(png, format="PNG")
         return {
-            "class": best,
-            "name": self.class_names[best],
-            "probability": round(float(row[best]), 6),
-            "top": [{"class": int(c), "name": self.class_names[c], "probability": round(float(row[c]), 6)}
-                    for c in order[:TOP]],
+            "class": ranked[0]["class"],
+            "name": ranked[0]["name"],
+            "probability": ranked[0]["probability"],
+            "top": ranked,
             "probabilities": [round(float(p), 6) for p in row],
             "class_names": list(self.class_names),
             "model_md5": self.md5,

@@ -22,7 +22,7 @@ from mnist_pipeline.distribute import check_batch_size, make_strategy
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
 from mnist_pipeline.models import build_model, make_loss, make_optimizer
-from mnist_pipeline.prepared import read_rows
+from mnist_pipeline.prepared import over_budget, read_rows
 from mnist_pipeline.tensorflow_runtime import keras, set_threads, tf
 from mnist_pipeline.whitening import SAMPLE_IMAGES, patch_whitening_filters
 
@@ -213,8 +213,9 @@ WINDOW_SHARE = 8
 
 
 def exceeds_budget(train_cfg: TrainConfig, *images: np.ndarray) -> bool:
-    """Whether the images are larger than `train.memory_budget_mb`: then training streams them from disk."""
-    return sum(int(a.nbytes) for a in images) > train_cfg.memory_budget_mb << 20
+    """Whether the images are larger than `train.memory_budget_mb` (prepared.over_budget, the rule the train
+    stage applied when it chose to memory-map them): then training streams them from disk."""
+    return over_budget(train_cfg.memory_budget_mb, sum(int(a.nbytes) for a in images))
 
 
 def mib(*images: np.ndarray) -> str:

@@ -9,7 +9,7 @@ from mnist_pipeline.distribute import is_chief
 from mnist_pipeline.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
 from mnist_pipeline.footprint import check_fits
 from mnist_pipeline.plots import plot_training_curves
-from mnist_pipeline.prepared import load_spec, load_split, nbytes
+from mnist_pipeline.prepared import load_spec, load_split, nbytes, over_budget
 from mnist_pipeline.progress import say
 from mnist_pipeline.unused_params import ignored_changes
 
@@ -26,7 +26,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     spec = load_spec(prepared_dir)
     check_fits(cfg.model, cfg.train, spec)  # before the data is read or TensorFlow builds anything
     # Past the memory budget the images stay on disk, memory-mapped, and training streams them.
-    mapped = nbytes(prepared_dir, "train", "val") > cfg.train.memory_budget_mb << 20
+    mapped = over_budget(cfg.train.memory_budget_mb, nbytes(prepared_dir, "train", "val"))
     x_train, y_train = load_split(prepared_dir, "train", spec, mmap=mapped)
     x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0, mmap=mapped)  # no validation is the default
     # Checkpoints are keyed by code, data and params: the data's part is hashed while TensorFlow loads.

@@ -4,7 +4,8 @@ DVC reruns a stage when a file in its `deps` changes, so each stage must list ex
 modules it runs. This tool follows the imports of each stage's entry module (the `python -m` module
 of its `cmd`) through the project's own modules, counting imports inside functions too (they run)
 but not those under `if TYPE_CHECKING:` (they never run). `--check` exits 1 naming every difference
-from dvc.yaml; `--write` puts the computed lists into dvc.yaml, keeping its data deps and comments.
+from dvc.yaml; `--write` puts the computed lists into dvc.yaml, keeping its data deps and comments;
+`--doc FILE` rewrites the module-to-stage table in FILE from dvc.yaml.
 """
 
 from __future__ import annotations
@@ -125,11 +126,40 @@ def write(root: Path) -> None:
         yaml.dump(spec, f)
 
 
+TABLE_START = "<!-- module-stage table: python tools/stage_deps.py --doc docs/module-stages.md -->"
+TABLE_END = "<!-- end of the module-stage table -->"
+
+
+def module_table(root: Path) -> str:
+    """Markdown: each library module and the stages whose `.py` deps in dvc.yaml name it (editing it reruns them)."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    declared = {name: {d for d in body.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
+                for name, body in stages.items()}
+    modules = sorted(p.relative_to(root).as_posix() for package in PACKAGES for p in (root / package).rglob("*.py")
+                     if p.name != "__init__.py" and "__pycache__" not in p.parts)
+    header = "| module | " + " | ".join(stages) + " |"
+    rows = [header, "| --- |" + " --- |" * len(stages)]
+    for module in modules:
+        rows.append(f"| `{module}` | " + " | ".join("x" if module in declared[s] else "" for s in stages) + " |")
+    return "\n".join(rows)
+
+
+def write_doc(root: Path, doc: Path) -> None:
+    """Replace the table between its markers in `doc` with the one dvc.yaml gives now."""
+    text = doc.read_text(encoding="utf-8")
+    before, _, rest = text.partition(TABLE_START)
+    _, _, after = rest.partition(TABLE_END)
+    doc.write_text(f"{before}{TABLE_START}\n{module_table(root)}\n{TABLE_END}{after}", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml differs from the imports")
     mode.add_argument("--write", action="store_true", help="put the computed code deps into dvc.yaml")
+    mode.add_argument("--doc", type=Path, help="rewrite the module-stage table in this markdown file from dvc.yaml")
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="project root")
     args = parser.parse_args(argv)
     if not (args.root / "dvc.yaml").is_file():
@@ -137,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.write:
         write(args.root)
+        return 0
+    if args.doc:
+        write_doc(args.root, args.doc)
         return 0
     if args.check:
         found = differences(args.root)
