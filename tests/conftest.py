@@ -138,6 +138,13 @@ class Project:
             set_dotted(tree, key, value)
         (self.path / "params.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
 
+    def copy(self, path: Path) -> Project:
+        """A copy of the repo at `path` (git, DVC and workspace), to change without touching this one."""
+        shutil.copytree(self.path, path, symlinks=True)
+        copy = Project(path, None)
+        copy.env = self.env
+        return copy
+
     def commit(self, message: str) -> None:
         self.git("add", "-A")
         self.git("commit", "-q", "-m", message)

@@ -9,7 +9,6 @@ its params, so the flips, and so the p-values, are known exactly.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -127,8 +126,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Project:
 @pytest.fixture
 def workspace(repo: Project, tmp_path: Path) -> Project:
     """A copy of the repo to change the workspace of."""
-    shutil.copytree(repo.path, tmp_path / "repo", symlinks=True)
-    return Project(tmp_path / "repo", None)
+    return repo.copy(tmp_path / "repo")
 
 
 @pytest.mark.slow

@@ -152,8 +152,7 @@ def planted_base(tmp_path_factory: pytest.TempPathFactory) -> Project:
 @pytest.fixture
 def planted(planted_base: Project, tmp_path: Path) -> Project:
     """A copy of the planted repo, its workspace free to change."""
-    shutil.copytree(planted_base.path, tmp_path / "repo", symlinks=True)
-    return Project(tmp_path / "repo", None)
+    return planted_base.copy(tmp_path / "repo")
 
 
 @pytest.mark.slow
