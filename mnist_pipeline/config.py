@@ -15,6 +15,7 @@ import re
 import stat
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,7 +32,23 @@ PARAMS_FILE = "params.yaml"
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "swish", "linear")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad")
 LR_SCHEDULES = ("constant", "one_cycle")
-MODEL_TYPES = ("mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """A `model.type` as the project knows it, in one place: the params only it reads (a dotted key, or a
+    whole section such as `model.cnn`), and the function of mnist_pipeline.models that builds it from the
+    `model` section. The unused-params warning, the model card and the builder dispatch all read this table."""
+
+    reads: tuple[str, ...]
+    builder: str
+
+
+MODEL_REGISTRY: dict[str, ModelType] = {
+    "mlp": ModelType(reads=("model.hidden", "model.dropout"), builder="build_mlp_model"),
+    "cnn": ModelType(reads=("model.cnn",), builder="build_cnn_model"),
+}
+MODEL_TYPES = tuple(MODEL_REGISTRY)
 # The names of the choices that runtime modules act on are owned here, so that the schema, which every stage
 # imports, imports none of them: editing the strategy or kernel code reruns only the stages that run it.
 STRATEGIES = ("default", "mirrored", "multi_worker")  # train.strategy: mnist_pipeline/distribute.py runs each
@@ -268,6 +285,12 @@ def leaf_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Fi
         else:
             keys[f"{prefix}{name}"] = field
     return keys
+
+
+def keys_read_only_by(model_type: str) -> list[str]:
+    """The leaf keys that only `model_type` reads (its registry entry's keys and sections, expanded)."""
+    reads = MODEL_REGISTRY[model_type].reads
+    return [key for key in leaf_keys() if any(key == r or key.startswith(r + ".") for r in reads)]
 
 
 def _section_type(field: FieldInfo) -> type[BaseModel] | None:

@@ -7,19 +7,19 @@ import json
 import os
 import stat
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mnist_pipeline.config import MODEL_REGISTRY
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
 from mnist_pipeline.prepared import read_rows
 from mnist_pipeline.tensorflow_runtime import keras
 
 if TYPE_CHECKING:
-    from mnist_pipeline.config import ModelConfig
+    from mnist_pipeline.config import CnnConfig, ModelConfig
     from mnist_pipeline.prepared import PreparedSpec
 
 # Zip's own epoch: every entry gets it, so a save today and a save tomorrow are the same bytes.
@@ -38,23 +38,7 @@ def build_mlp(hidden: list[int], activation: str, dropout: float, n_pixels: int,
     return keras.Sequential(layers, name="mlp")
 
 
-def build_cnn(
-    image_shape: tuple[int, int, int],
-    n_classes: int,
-    filters: list[int],
-    kernel_size: int,
-    dense: int,
-    dropout: float,
-    batch_norm: bool,
-    activation: str,
-    augment_shift: float = 0.0,
-    augment_rotation: float = 0.0,
-    pool_first: bool = False,
-    strided_blocks: int = 0,
-    batch_norm_first: bool = True,
-    pool_blocks: Sequence[int] = (),
-    first_conv: str = "trained",
-) -> keras.Model:
+def build_cnn(cnn: CnnConfig, activation: str, image_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
     """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, channels) itself.
 
     One block per entry of `filters`: a convolution (optionally batch-normalised) and a 2x2 max-pool, as in
@@ -74,6 +58,10 @@ def build_cnn(
     the gradient stops at the second convolution, so a step skips that convolution's input gradient.
     Augmentation layers are Keras' own: active in training only, identity at inference.
     """
+    filters, kernel_size, dense, dropout = cnn.filters, cnn.kernel_size, cnn.dense, cnn.dropout
+    batch_norm, batch_norm_first, first_conv = cnn.batch_norm, cnn.batch_norm_first, cnn.first_conv
+    augment_shift, augment_rotation = cnn.augment_shift, cnn.augment_rotation
+    pool_first, strided_blocks, pool_blocks = cnn.pool_first, cnn.strided_blocks, cnn.pool_blocks
     rows, cols, channels = image_shape
     layers: list[keras.layers.Layer] = [
         keras.Input(shape=(rows * cols * channels,)),
@@ -109,31 +97,21 @@ def build_cnn(
     return keras.Sequential(layers, name="cnn")
 
 
+def build_mlp_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
+    return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
+
+
+def build_cnn_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
+    return build_cnn(cfg.cnn, cfg.activation, spec.array_shape, spec.n_classes)
+
+
 def build_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
     """The network described by the `model` params for the data set's images and classes.
 
-    Weights are drawn from the global seed. Only the keys of the chosen `model.type` are read.
+    Weights are drawn from the global seed. The builder is the one the model registry names for
+    `model.type` (config.MODEL_REGISTRY), which reads only the keys of that type.
     """
-    if cfg.type == "cnn":
-        cnn = cfg.cnn
-        return build_cnn(
-            spec.array_shape,
-            spec.n_classes,
-            cnn.filters,
-            cnn.kernel_size,
-            cnn.dense,
-            cnn.dropout,
-            cnn.batch_norm,
-            cfg.activation,
-            cnn.augment_shift,
-            cnn.augment_rotation,
-            cnn.pool_first,
-            cnn.strided_blocks,
-            cnn.batch_norm_first,
-            cnn.pool_blocks,
-            cnn.first_conv,
-        )
-    return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
+    return globals()[MODEL_REGISTRY[cfg.type].builder](cfg, spec)
 
 
 def make_learning_rate(

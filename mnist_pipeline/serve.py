@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import flatten, load_config
+from mnist_pipeline.config import MODEL_REGISTRY, flatten, keys_read_only_by, load_config
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.errors import PipelineError
@@ -200,8 +200,9 @@ def _accuracy(data: bytes) -> float | None:
 
 def train_params(flat: dict[str, Any]) -> dict[str, Any]:
     """The model and train keys, less those of the other model type, which training never reads."""
-    unread = ("model.cnn.",) if flat.get("model.type") == "mlp" else ("model.hidden", "model.dropout")
-    return {k: v for k, v in flat.items() if k.startswith(("model.", "train.")) and not k.startswith(unread)}
+    chosen = flat.get("model.type")
+    unread = {key for kind in MODEL_REGISTRY if kind != chosen for key in keys_read_only_by(kind)}
+    return {k: v for k, v in flat.items() if k.startswith(("model.", "train.")) and k not in unread}
 
 
 class Predictor:

@@ -12,8 +12,8 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import stage_dir, write_prepared
 
-from mnist_pipeline.config import MODEL_TYPES, flatten, leaf_keys, load_config, with_overrides
-from mnist_pipeline.unused_params import TYPE_ONLY_DEFAULTS, ignored_changes
+from mnist_pipeline.config import MODEL_TYPES, flatten, keys_read_only_by, leaf_keys, load_config, with_overrides
+from mnist_pipeline.unused_params import SHIPPED_VALUES, ignored_changes
 
 # Keys every model type reads.
 SHARED_MODEL_KEYS = {"model.type", "model.activation"}
@@ -21,17 +21,17 @@ SHARED_MODEL_KEYS = {"model.type", "model.activation"}
 
 def test_every_model_key_is_shared_or_read_by_one_type_only() -> None:
     model_keys = {k for k in leaf_keys() if k.startswith("model.")}
-    type_only = [key for defaults in TYPE_ONLY_DEFAULTS.values() for key in defaults]
-    assert set(TYPE_ONLY_DEFAULTS) == set(MODEL_TYPES)
-    assert len(type_only) == len(set(type_only)), "a key listed under two model types"
+    type_only = [key for kind in MODEL_TYPES for key in keys_read_only_by(kind)]
+    assert all(keys_read_only_by(kind) for kind in MODEL_TYPES), "a model type that reads no key of its own"
+    assert len(type_only) == len(set(type_only)), "a key the registry gives to two model types"
     assert set(type_only) | SHARED_MODEL_KEYS == model_keys
+    assert set(SHIPPED_VALUES) == set(type_only)
 
 
 def test_the_defaults_are_the_values_params_yaml_ships_with() -> None:
     shipped = flatten(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()))
-    for defaults in TYPE_ONLY_DEFAULTS.values():
-        for key, default in defaults.items():
-            assert shipped[key] == default, key
+    for key, default in SHIPPED_VALUES.items():
+        assert shipped[key] == default, key
 
 
 def test_the_shipped_params_warn_about_nothing_under_either_type() -> None:
