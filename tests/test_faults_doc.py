@@ -129,6 +129,54 @@ def docstring_ids(tree: ast.AST) -> set[int]:
             and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
 
 
+def checks(statement: ast.stmt) -> bool:
+    """A statement of a test body that can check a message: an assert, a `with pytest.raises(...)`, a call
+    of a helper that asserts (check_*, assert_*, expect_*), or an assignment of a name that one of them uses."""
+    if isinstance(statement, ast.Assert):
+        return True
+    if isinstance(statement, ast.With):
+        return any("raises" in ast.unparse(item.context_expr) for item in statement.items)
+    text = ast.unparse(statement)
+    return bool(re.search(r"\b(assert|check|expect)\w*\(", text))
+
+
+def _stored(node: ast.AST | None) -> list[str]:
+    return [n.id for n in ast.walk(node) if isinstance(n, ast.Name)] if node is not None else []
+
+
+def _loaded(node: ast.AST | None) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} if node is not None else set()
+
+
+def idle_ids(test: ast.FunctionDef) -> set[int]:
+    """The string constants of a test's own body that no check can see: in statements that only drive the
+    test (write a file, run a command, print) and are not assignments to a name a check uses."""
+    body = [s for s in ast.walk(test) if isinstance(s, ast.stmt) and s is not test]
+    used = {n.id for s in body if checks(s) for n in ast.walk(s) if isinstance(n, ast.Name)}
+    # What feeds a used name is used too: `cases = {...}` read by `for name, expected in cases.items()`.
+    flows = []
+    for statement in body:
+        if isinstance(statement, ast.For):
+            flows.append((set(_stored(statement.target)), _loaded(statement.iter)))
+        elif isinstance(statement, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            flows.append(({n for t in targets for n in _stored(t)}, _loaded(statement.value)))
+    while True:
+        grown = used | {n for targets, sources in flows if targets & used for n in sources}
+        if grown == used:
+            break
+        used = grown
+    idle: set[int] = set()
+    for statement in body:
+        if isinstance(statement, ast.If | ast.For | ast.With | ast.Try | ast.While) or checks(statement):
+            continue
+        targets = {n.id for n in ast.walk(statement) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        if targets & used:
+            continue
+        idle |= {id(n) for n in ast.walk(statement) if isinstance(n, ast.Constant | ast.JoinedStr)}
+    return idle
+
+
 @cache
 def templates(file: str, function: str) -> tuple[tuple[str | None, ...], ...]:
     """Every string the test can check against: its own, its decorators', and those of the module-level
@@ -139,10 +187,11 @@ def templates(file: str, function: str) -> tuple[tuple[str | None, ...], ...]:
     assert isinstance(test, ast.FunctionDef), f"{file} has no test function {function}"
     seen, todo, found = {function}, [test], []
     docstrings = docstring_ids(tree)
+    idle = idle_ids(test)
     while todo:
         node = todo.pop()
         for sub in ast.walk(node):
-            if id(sub) in docstrings:  # a docstring describes; it checks nothing
+            if id(sub) in docstrings or id(sub) in idle:  # it describes or drives; it checks nothing
                 continue
             if isinstance(sub, ast.Name) and sub.id in names and sub.id not in seen:
                 seen.add(sub.id)
@@ -269,3 +318,24 @@ def test_a_docstring_checks_nothing() -> None:
     docstrings = docstring_ids(tree)
     strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and id(n) not in docstrings]
     assert strings == ["error: checked"]
+
+
+def test_a_string_counts_only_where_a_check_can_see_it() -> None:
+    """A message that the test only writes, prints or passes to a command proves nothing; one in an assert,
+    or in a table an assert reads, does."""
+    source = '''
+def test_x(tmp_path):
+    (tmp_path / "f").write_text("error: only written")
+    print("error: only printed")
+    cases = {"a": "error: in a table the assert reads"}
+    for name, expected in cases.items():
+        assert run(name) == expected
+    assert out == "error: in the assert"
+'''
+    test = ast.parse(source).body[0]
+    assert isinstance(test, ast.FunctionDef)
+    idle = idle_ids(test)
+    strings = {n.value: id(n) in idle for n in ast.walk(test)
+               if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert strings["error: only written"] and strings["error: only printed"]
+    assert not strings["error: in a table the assert reads"] and not strings["error: in the assert"]
