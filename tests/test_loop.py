@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_pipeline.config import load_config, with_overrides
 from mnist_pipeline.data import scale_images
 from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.idx import read_idx
@@ -26,12 +27,16 @@ MNIST = idx_spec(DATASETS["mnist"])
 N_TRAIN, N_VAL, BATCH, EPOCHS = 300, 100, 32, 2
 STEPS = EPOCHS * -(-N_TRAIN // BATCH)  # the partial batch is a step too
 
+SMALL_CNN = with_overrides(load_config(Path(__file__).resolve().parents[1] / "params.yaml"), {
+    "model.cnn.filters": [4], "model.cnn.dense": 0, "model.cnn.dropout": 0.0, "model.cnn.batch_norm": True,
+    "model.cnn.augment_shift": 0.0, "model.cnn.augment_rotation": 0.0,
+}).model.cnn
 # Deterministic models: no dropout, no augmentation. Batch norm is deterministic and has state outside
 # the gradients (its moving statistics), which the loop must update as fit does. Validation (in order,
 # with its own partial batch) is checked once, on the MLP: each traced function costs test time.
 CASES: dict[str, tuple[Callable[[], keras.Model], bool]] = {
     "mlp-with-validation": (lambda: build_mlp([64, 64], "relu", 0.0, MNIST.n_pixels, MNIST.n_classes), True),
-    "cnn-batch-norm": (lambda: build_cnn(MNIST.array_shape, MNIST.n_classes, [4], 3, 0, 0.0, True, "relu"), False),
+    "cnn-batch-norm": (lambda: build_cnn(SMALL_CNN, "relu", MNIST.array_shape, MNIST.n_classes), False),
 }
 
 
