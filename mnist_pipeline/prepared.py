@@ -11,6 +11,7 @@ so a data set never has to fit in memory twice, or at all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import mmap
@@ -82,6 +83,15 @@ def split_paths(prepared_dir: str | os.PathLike[str], split: str) -> tuple[Path,
     """Where a split's images and labels live; dvc.yaml names the same files as deps."""
     folder = Path(prepared_dir)
     return folder / f"x_{split}.npy", folder / f"y_{split}.npy"
+
+
+def split_sha256(prepared_dir: str | os.PathLike[str], split: str) -> str:
+    """sha256 over a split's image file, then its label file: two results pair up only on the same arrays."""
+    digest = hashlib.sha256()
+    for path in split_paths(prepared_dir, split):
+        with open_regular(path) as f:
+            hashlib.file_digest(f, lambda: digest)
+    return digest.hexdigest()
 
 
 def save_spec(prepared_dir: str | os.PathLike[str], spec: PreparedSpec) -> Path:

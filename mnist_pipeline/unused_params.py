@@ -2,9 +2,9 @@
 
 `dvc exp run` and the queue start from the workspace's params.yaml, so a key set for an earlier
 experiment (`model.hidden` for an MLP) rides along into the next one (a CNN), where it does
-nothing. The keys that only one model type reads (the model registry's) have their shipped values here; the train stage
-warns about each key the chosen type ignores whose value is not that default. The fields themselves
-stay required in params.yaml: these values only say what "unchanged" means.
+nothing. The keys that only one model type reads (the model registry's) have their shipped values here;
+the train stage warns about each key the chosen type ignores whose value is not that shipped value. The
+fields themselves stay required in params.yaml: these values only say what "unchanged" means.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Stage evaluate: test-set metrics, the confusion matrix and the most confidently wrong images."""
 
 import csv
-import hashlib
 import sys
 
 import numpy as np
@@ -11,21 +10,12 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.files import check_output_paths, output_group, save_json
 from mnist_pipeline.metrics import classification_report
 from mnist_pipeline.plots import image_grid, plot_confusion
-from mnist_pipeline.prepared import load_spec, load_split, split_paths
+from mnist_pipeline.prepared import load_spec, load_split, split_sha256
 from mnist_pipeline.significance import interval_report, per_image_text, small_test_set_warning
 
 WRONG_SHOWN = 15
 OUTPUTS = ("evaluate.json", "per_class.csv", "confusion.csv", "confusion.png", "confident_mistakes.png",
            "per_image.csv", "accuracy_interval.json")
-
-
-def test_set_sha256(prepared_dir: str) -> str:
-    """The test arrays' hash: two runs' per-image results pair up only when it is the same."""
-    digest = hashlib.sha256()
-    for path in split_paths(prepared_dir, "test"):
-        with open(path, "rb") as f:
-            hashlib.file_digest(f, lambda: digest)
-    return digest.hexdigest()
 
 
 def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
@@ -75,7 +65,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         with open(per_image_csv, "w", encoding="utf-8") as f:
             f.write(per_image_text([class_names[t] for t in y_test], [class_names[p] for p in predicted],
                                    top.tolist()))
-        save_json(interval_json, interval_report(correct, len(y_test), test_set_sha256(prepared_dir)))
+        save_json(interval_json, interval_report(correct, len(y_test), split_sha256(prepared_dir, "test")))
     print(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f} "
           f"on {report['test_images']} images")
     warning = small_test_set_warning(correct, len(y_test))
