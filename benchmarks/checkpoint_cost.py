@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.checkpoint import Checkpoints, capture, digest_arrays
-from mnist_pipeline.config import load_config, with_overrides
-from mnist_pipeline.datasets import DATASETS
+from mnist_pipeline.core.config import load_config, with_overrides
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.presets import load_preset
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.train.checkpoint import Checkpoints, capture, digest_arrays
 
 REPEATS = 30
 
 
 def checkpoint_ms(overrides: dict, folder: Path) -> tuple[float, float, int]:
-    from mnist_pipeline.models import build_model, make_optimizer
-    from mnist_pipeline.training import make_deterministic
+    from mnist_pipeline.train.models import build_model, make_optimizer
+    from mnist_pipeline.train.training import make_deterministic
 
     cfg = with_overrides(load_config(), overrides)
     make_deterministic(0)

@@ -34,7 +34,7 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from mnist_pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC  # noqa: E402
+from mnist_pipeline.sources.idx import IMAGES_MAGIC, LABELS_MAGIC  # noqa: E402
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # (dx, dy) of each copy in the ten-fold set: the original first, then one- and two-pixel shifts.

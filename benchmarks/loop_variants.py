@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import scale_images
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     y_train = read_idx(folder / "train-labels-idx1-ubyte.gz", "labels")
     x_test = scale_images(read_idx(folder / "t10k-images-idx3-ubyte.gz", "images"), 255.0, 0.5)
     y_test = read_idx(folder / "t10k-labels-idx1-ubyte.gz", "labels")
-    from mnist_pipeline.tensorflow_runtime import keras, tf
+    from mnist_pipeline.train.tensorflow_runtime import keras, tf
 
     if threads := os.environ.get("THREADS"):
         inter, intra = map(int, threads.split(","))

@@ -7,7 +7,7 @@ TensorFlow, so each configuration's `train.cpu_threads` and `train.cpu_kernels` 
 MLP (the default params), the `cnn` preset and the `cnn-fast` preset with the pipeline's own
 `train_model` on all 60,000 training images, seed 0. Only here is the test set passed as the validation data, so the
 compiled loop scores it after every epoch; that scoring is timed apart (by wrapping
-`mnist_pipeline.loop.run_epoch` in the child process) and left out of the training seconds. Each
+`mnist_pipeline.train.loop.run_epoch` in the child process) and left out of the training seconds. Each
 epoch's point is (seconds since `train_model` started, minus the scoring so far; test accuracy):
 building, compiling and tracing count as training time, as they do in the train stage.
 Prints the points, the load average at start and end and the machine, and writes the same text to
@@ -39,9 +39,9 @@ ERROR_TICKS = (0.005, 0.007, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9)
 
 def child(name: str) -> None:
     """Train one configuration on MNIST, prepared as the preprocess stage does, and print its per-epoch points."""
-    from mnist_pipeline import cpu_kernels
-    from mnist_pipeline.config import load_config, with_overrides
+    from mnist_pipeline.core.config import load_config, with_overrides
     from mnist_pipeline.presets import load_preset
+    from mnist_pipeline.train import cpu_kernels
 
     params = PROJECT_ROOT / "params.yaml"
     cfg = load_config(params)
@@ -50,8 +50,8 @@ def child(name: str) -> None:
     spec, splits = mirror_splits(cfg)
     cpu_kernels.choose(cfg.train.cpu_kernels, cfg.train.cpu_threads)  # before TensorFlow loads, as the train stage does
 
-    from mnist_pipeline import loop
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.train import loop
+    from mnist_pipeline.train.training import train_model
 
     # The loop runs the training epoch and then the scoring of the validation data (here: the test set)
     # through run_epoch, labelled "epoch i/N" and "validation": time each call, so scoring can be left out.
@@ -89,7 +89,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     99.3% target and the one-minute budget dashed; no timestamp in the PNG."""
     from matplotlib.figure import Figure
 
-    from mnist_pipeline.plots import save_png
+    from mnist_pipeline.core.figures import save_png
 
     figure = Figure(figsize=(8, 5))
     ax = figure.subplots()
@@ -129,7 +129,7 @@ def main() -> None:
     env = child_env(mirror)
     from importlib.metadata import version
 
-    from mnist_pipeline.files import atomic_path
+    from mnist_pipeline.core.files import atomic_path
 
     lines: list[str] = []
 

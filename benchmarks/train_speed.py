@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mnist_pipeline.config import Config
+    from mnist_pipeline.core.config import Config
     from mnist_pipeline.prepared import PreparedSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def child_result(stdout: str) -> dict[str, Any]:
 
 def child_tutorial(seed: int) -> None:
     """The tutorial script as written, seeded, with its fit and evaluate calls timed from outside."""
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     keras.utils.set_random_seed(seed)
     record: dict[str, Any] = {}
@@ -101,10 +101,10 @@ def child_tutorial(seed: int) -> None:
 
 def mirror_splits(cfg: Config) -> tuple[PreparedSpec, dict[str, tuple[Any, Any]]]:
     """The data set's spec and its splits as the preprocess stage makes them, from the mirror's IDX files."""
-    from mnist_pipeline.data import prepare
-    from mnist_pipeline.datasets import DATASETS
-    from mnist_pipeline.idx import read_idx
     from mnist_pipeline.prepared import idx_spec
+    from mnist_pipeline.sources.datasets import DATASETS
+    from mnist_pipeline.sources.idx import read_idx
+    from mnist_pipeline.sources.splits import prepare
 
     folder = Path(os.environ["MNIST_IDX_DIR"])
     raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
@@ -115,14 +115,14 @@ def mirror_splits(cfg: Config) -> tuple[PreparedSpec, dict[str, tuple[Any, Any]]
 
 def child_ours(seed: int, workdir: Path) -> None:
     """train_model at the project's params (train.seed set), on the preprocess stage's arrays."""
-    from mnist_pipeline.config import load_config, with_overrides
+    from mnist_pipeline.core.config import load_config, with_overrides
 
     cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"train.seed": seed})
     spec, splits = mirror_splits(cfg)
 
     import numpy as np
 
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.train.training import train_model
 
     started, cpu = time.perf_counter(), time.process_time()
     model, _ = train_model(cfg.model, cfg.train, spec, *splits["train"], *splits["val"], workdir / "live")

@@ -15,7 +15,7 @@ import numpy as np
 
 # --- changed: TensorFlow loads with the project's fixed CPU kernels and threads, as every process of it does ---
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mnist_pipeline.tensorflow_runtime  # noqa: F401
+import mnist_pipeline.train.tensorflow_runtime  # noqa: F401
 
 # isort: split
 from keras.layers import Dense
@@ -23,7 +23,7 @@ from keras.models import Sequential
 from keras.utils import to_categorical
 
 # --- changed: load the IDX files with this project's reader instead of `import mnist` ---
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.sources.idx import read_idx
 
 IDX_DIR = Path(os.environ.get("MNIST_IDX_DIR", "data/raw/mnist"))
 

@@ -7,7 +7,7 @@ Each configuration is a name and `-S key=value` overrides on top of params.yaml 
 (`--preset`, `cnn` unless named: the reference, always measured first under the preset's name).
 Every round trains each configuration for two epochs on the first `--images` training images with the
 pipeline's own builders and compiled loop
-(mnist_pipeline.training / mnist_pipeline.loop) and times the second epoch (the first one traces).
+(mnist_pipeline.train.training / mnist_pipeline.train.loop) and times the second epoch (the first one traces).
 It prints each epoch's wall and CPU seconds, then per configuration the median seconds per 60,000
 images and the ratio to the reference. On a shared machine wall times are inflated by the
 other processes; the ratio of configurations timed in alternation is the steadier number.
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mnist_pipeline import cpu_kernels
-from mnist_pipeline.config import Config, load_config, with_overrides
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import Config, load_config, with_overrides
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.presets import load_preset
+from mnist_pipeline.train import cpu_kernels
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREPARED = Path(os.environ.get("PREPARED_DIR", "/tmp/full/data/prepared"))
@@ -65,12 +65,12 @@ def main() -> None:
     # One process, one TensorFlow: the reference's kernels are every configuration's.
     cpu_kernels.choose(base.train.cpu_kernels, base.train.cpu_threads)
 
-    from mnist_pipeline.datasets import DATASETS
-    from mnist_pipeline.loop import fit_compiled
-    from mnist_pipeline.models import build_model, make_optimizer
     from mnist_pipeline.prepared import idx_spec
-    from mnist_pipeline.tensorflow_runtime import keras
-    from mnist_pipeline.training import make_deterministic, one_hot, set_cpu_threads
+    from mnist_pipeline.sources.datasets import DATASETS
+    from mnist_pipeline.train.loop import fit_compiled
+    from mnist_pipeline.train.models import build_model, make_optimizer
+    from mnist_pipeline.train.tensorflow_runtime import keras
+    from mnist_pipeline.train.training import make_deterministic, one_hot, set_cpu_threads
 
     spec = idx_spec(DATASETS["mnist"])
     set_cpu_threads(base.train.cpu_threads)

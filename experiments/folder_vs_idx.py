@@ -1,6 +1,6 @@
 """The folder path against the IDX path on the same 70,000 MNIST images: test accuracy over seeds.
 
-MNIST (train and test) is exported as folders of PNGs (`mnist_pipeline.export_folder --split all`, once
+MNIST (train and test) is exported as folders of PNGs (`mnist_pipeline.sources.export_folder --split all`, once
 with class folders at the top and once `--layout splits`), then each path runs the pipeline's own stages,
 `python -m stages.<name>` as dvc.yaml runs them, with the default params (the tutorial's MLP) and
 train.seed 0, 1, 2:
@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mnist_pipeline.data import load_raw, scale_images
-from mnist_pipeline.datasets import DATASETS
 from mnist_pipeline.prepared import load_spec, load_split
 from mnist_pipeline.presets import load_preset
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.splits import load_raw, scale_images
 
 TUTORIAL = "tutorial"  # the model of the default params, when no preset is named
 
@@ -109,7 +109,7 @@ def run(seeds: list[int], split_seeds: list[int], model: str) -> list[dict[str, 
             python("-m", "stages.download", "data/raw")
         for folder, layout in ((IMAGES, "classes"), (SPLIT_IMAGES, "splits")):
             if not Path(folder).is_dir():
-                python("-m", "mnist_pipeline.export_folder", "--dataset", "mnist", "--split", "all",
+                python("-m", "mnist_pipeline.sources.export_folder", "--dataset", "mnist", "--split", "all",
                        "--layout", layout, "--out", folder)
         for name, split_seed, overrides in arms(split_seeds):
             todo = [seed for seed in seeds if (name, split_seed, seed) not in finished]

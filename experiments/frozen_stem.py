@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline import cpu_kernels
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.data import scale_images, stratified_split
-from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import scale_images, stratified_split
+from mnist_pipeline.train import cpu_kernels
 
 STEMS = ("trained", "random", "whitening")
 VAL_IMAGES = 10_000
@@ -60,10 +60,10 @@ def main() -> None:
     x_train, y_train = scale_images(x[train], 255.0, 0.5), y[train]  # x/255 - 0.5, as params.yaml
     x_val, y_val = scale_images(x[val], 255.0, 0.5), y[val]
 
-    from mnist_pipeline.loop import fit_compiled
-    from mnist_pipeline.models import make_optimizer
-    from mnist_pipeline.tensorflow_runtime import keras
-    from mnist_pipeline.training import make_deterministic, one_hot
+    from mnist_pipeline.train.loop import fit_compiled
+    from mnist_pipeline.train.models import make_optimizer
+    from mnist_pipeline.train.tensorflow_runtime import keras
+    from mnist_pipeline.train.training import make_deterministic, one_hot
 
     layers = keras.layers
 

@@ -2,7 +2,7 @@
 
 The configuration is the project's params.yaml with DVC-style `-S key=value` overrides, validated by the
 same typed config as every stage. The model and optimizer come from the pipeline's own builders
-(mnist_pipeline/models.py), trained with Keras `fit` (or, with `--loop compiled`, the train stage's own
+(mnist_pipeline/train/models.py), trained with Keras `fit` (or, with `--loop compiled`, the train stage's own
 `train_model`) on the training set minus a stratified validation split, so choices are made without looking at
 the test set (test accuracy is printed too, for the record).
 Run from the project root:
@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mnist_pipeline import cpu_kernels
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import flatten, load_config, with_overrides
-from mnist_pipeline.data import scale_images, stratified_split
-from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.config import flatten, load_config, with_overrides
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import scale_images, stratified_split
+from mnist_pipeline.train import cpu_kernels
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -70,16 +70,16 @@ def tune(a: argparse.Namespace) -> None:
     x_val, y_val = scale_images(x[val], pre.scale, pre.offset), y[val]
     cpu_kernels.choose(cfg.train.cpu_kernels, cfg.train.cpu_threads)  # before TensorFlow loads, as the train stage does
 
-    from mnist_pipeline.models import build_model, make_optimizer
-    from mnist_pipeline.tensorflow_runtime import (
+    from mnist_pipeline.train.models import build_model, make_optimizer
+    from mnist_pipeline.train.tensorflow_runtime import (
         keras,  # after the data is read: TensorFlow's import is slow
         tf,
     )
-    from mnist_pipeline.training import whitened_first_conv
+    from mnist_pipeline.train.training import whitened_first_conv
 
     start = time.monotonic()
     if a.loop == "compiled":
-        from mnist_pipeline.training import train_model
+        from mnist_pipeline.train.training import train_model
 
         model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, None)
     else:

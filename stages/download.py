@@ -3,11 +3,11 @@
 import os
 from pathlib import Path
 
-from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import FOLDER, load_config
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.download import MIRROR_ENV, download_dataset
-from mnist_pipeline.progress import say
+from mnist_pipeline.core.cli import run_stage
+from mnist_pipeline.core.config import FOLDER, load_config
+from mnist_pipeline.core.progress import say
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.download import MIRROR_ENV, download_dataset
 
 
 def main(raw_dir: str) -> None:

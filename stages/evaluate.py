@@ -5,13 +5,13 @@ import sys
 
 import numpy as np
 
-from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import load_config
-from mnist_pipeline.files import check_output_paths, output_group, save_json
-from mnist_pipeline.metrics import classification_report
-from mnist_pipeline.plots import image_grid, plot_confusion
+from mnist_pipeline.core.cli import run_stage
+from mnist_pipeline.core.config import load_config
+from mnist_pipeline.core.files import check_output_paths, output_group, save_json
+from mnist_pipeline.evaluate.metrics import classification_report
+from mnist_pipeline.evaluate.plots import image_grid, plot_confusion
+from mnist_pipeline.evaluate.significance import interval_report, per_image_text, small_test_set_warning
 from mnist_pipeline.prepared import load_spec, load_split, split_sha256
-from mnist_pipeline.significance import interval_report, per_image_text, small_test_set_warning
 
 WRONG_SHOWN = 15
 OUTPUTS = ("evaluate.json", "per_class.csv", "confusion.csv", "confusion.png", "confident_mistakes.png",
@@ -28,7 +28,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     x_test, y_test = load_split(prepared_dir, "test", spec, mmap=True)
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
-    from mnist_pipeline.models import load_model, predict_in_windows
+    from mnist_pipeline.train.models import load_model, predict_in_windows
 
     model = load_model(model_path, spec)
     probabilities = predict_in_windows(model, x_test, cfg.evaluate.batch_size)

@@ -1,10 +1,10 @@
 """Stage predict-sample: predict the first few test images, as the tutorial does, and show them."""
 
-from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import load_config
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import check_output_paths, save_json
-from mnist_pipeline.plots import image_grid
+from mnist_pipeline.core.cli import run_stage
+from mnist_pipeline.core.config import load_config
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import check_output_paths, save_json
+from mnist_pipeline.evaluate.plots import image_grid
 from mnist_pipeline.prepared import load_spec, load_split, read_rows
 
 
@@ -20,7 +20,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         raise PipelineError(f"params.yaml: predict.start = {start}: expected less than the {len(y_test)} test images")
     # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
     # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
-    from mnist_pipeline.models import load_model
+    from mnist_pipeline.train.models import load_model
 
     probabilities = load_model(model_path, spec).predict(images, verbose=0)
     predicted = probabilities.argmax(axis=1)

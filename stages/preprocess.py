@@ -3,14 +3,14 @@ the tutorial does, split into train, validation and test, and described in data/
 
 from pathlib import Path
 
-from mnist_pipeline import progress
-from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import FOLDER, load_config
-from mnist_pipeline.data import open_raw, prepared_spec, write_splits
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.files import check_output_paths
-from mnist_pipeline.imagefolder import MANIFEST, prepare_folder
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.cli import run_stage
+from mnist_pipeline.core.config import FOLDER, load_config
+from mnist_pipeline.core.files import check_output_paths
 from mnist_pipeline.prepared import save_spec, spec_path
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.imagefolder import MANIFEST, prepare_folder
+from mnist_pipeline.sources.splits import open_raw, prepared_spec, write_splits
 
 
 def main(raw_dir: str, prepared_dir: str) -> None:

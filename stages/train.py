@@ -1,17 +1,17 @@
 """Stage train: fit the model described by params on the prepared training set."""
 
 
-from mnist_pipeline import cpu_kernels
-from mnist_pipeline.checkpoint import CHECKPOINT_DIR, Checkpoints, digest_arrays_in_background, run_key
-from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import load_config
-from mnist_pipeline.distribute import is_chief
-from mnist_pipeline.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
-from mnist_pipeline.footprint import check_fits
-from mnist_pipeline.plots import plot_training_curves
+from mnist_pipeline.core.cli import run_stage
+from mnist_pipeline.core.config import load_config
+from mnist_pipeline.core.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
+from mnist_pipeline.core.progress import say
 from mnist_pipeline.prepared import load_spec, load_split, nbytes, over_budget
-from mnist_pipeline.progress import say
-from mnist_pipeline.unused_params import ignored_changes
+from mnist_pipeline.train import cpu_kernels
+from mnist_pipeline.train.checkpoint import CHECKPOINT_DIR, Checkpoints, digest_arrays_in_background, run_key
+from mnist_pipeline.train.curves import plot_training_curves
+from mnist_pipeline.train.distribute import is_chief
+from mnist_pipeline.train.footprint import check_fits
+from mnist_pipeline.train.unused_params import ignored_changes
 
 
 def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) -> None:
@@ -39,8 +39,8 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     warning = cpu_kernels.bytes_warning()
     if warning:
         say(f"train: warning: {warning}")
-    from mnist_pipeline.models import save_model_deterministic, save_weights
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.train.models import save_model_deterministic, save_weights
+    from mnist_pipeline.train.training import train_model
 
     if not is_chief():
         # A worker of a multi-worker cluster trains its share and writes nothing: the chief owns the outputs.

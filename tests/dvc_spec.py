@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from mnist_pipeline.config import choices as config_choices
-from mnist_pipeline.config import flatten
+from mnist_pipeline.core.config import choices as config_choices
+from mnist_pipeline.core.config import flatten
 
 PARAMS_FILE = "params.yaml"
 # DVC's templating: `${data.folder}` takes the value from params.yaml; `\${` is a literal `${`.

@@ -15,8 +15,8 @@ import pytest
 from conftest import PROJECT_ROOT, Project
 from plantkit import make_planted_repo, plant
 
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.significance import (
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.evaluate.significance import (
     Comparison,
     compare_correct,
     images_for_half_width,

@@ -9,7 +9,7 @@ import or data file makes it fail. The evidence comes from outside the product, 
 `sitecustomize` on PYTHONPATH (TRACE_HOOK) that each stage process loads at start-up. It takes the
 editable install's finder off `sys.meta_path`, so a module missing from the sandbox cannot be
 borrowed from the project; it wraps `load_config` and the config section classes' attribute access
-as `mnist_pipeline.config` is imported, to record the dotted keys the stage reads; at exit it writes
+as `mnist_pipeline.core.config` is imported, to record the dotted keys the stage reads; at exit it writes
 the modules imported from the sandbox (and any project module that came from elsewhere), and an
 audit hook's list of the files the process opened. The tests compare these with dvc.yaml, in both
 directions, and check that the stage writes nothing outside its declared outs.
@@ -46,8 +46,8 @@ from conftest import PROJECT_FILES, PROJECT_ROOT, TINY_PARAMS, set_dotted, subpr
 from dvc_spec import PARAMS_FILE, Stage, choices, covers, expand, leaf_params, load_stages
 from PIL import Image
 
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.sources.idx import read_idx
 
 # Where the folder configuration's images lie in the workspace (a path inside the project, as
 # data.folder must be), and how many: enough that each class has training images and the test split
@@ -162,11 +162,11 @@ if _trace_out:
             _instrument(module)
 
     class _ConfigWatcher:
-        """Finds mnist_pipeline.config with the other finders and instruments it once it has run."""
+        """Finds mnist_pipeline.core.config with the other finders and instruments it once it has run."""
 
         @classmethod
         def find_spec(cls, fullname, path=None, target=None):
-            if fullname != "mnist_pipeline.config":
+            if fullname != "mnist_pipeline.core.config":
                 return None
             for finder in sys.meta_path:
                 if finder is not cls and hasattr(finder, "find_spec"):
@@ -461,7 +461,7 @@ def test_a_module_left_out_of_the_deps_cannot_be_borrowed_from_the_project(
         space: Workspace, runs: dict[str, list[Run]], tmp_path: Path) -> None:
     """The sandbox really holds: with one module dep cut from a copy of dvc.yaml, the stage finds no
     copy of it anywhere (the editable install would otherwise load it from the project) and fails."""
-    dropped = "mnist_pipeline/errors.py"
+    dropped = "mnist_pipeline/core/errors.py"
     spec = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
     deps = spec["stages"]["train"]["deps"]
     assert dropped in deps, f"train no longer declares {dropped}: pick another module it imports"
@@ -472,5 +472,5 @@ def test_a_module_left_out_of_the_deps_cannot_be_borrowed_from_the_project(
 
     result, record, _ = run_in_sandbox(cut, space, space.root / "train-without-errors")  # checks record["outside"]
     assert result.returncode != 0, f"train ran without {dropped} in its sandbox: modules {record['modules']}"
-    assert "No module named 'mnist_pipeline.errors'" in result.stderr, result.stderr[-3000:]
+    assert "No module named 'mnist_pipeline.core.errors'" in result.stderr, result.stderr[-3000:]
     assert dropped not in record["modules"]

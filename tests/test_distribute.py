@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 from conftest import PROJECT_ROOT, subprocess_env
 
-from mnist_pipeline.distribute import (
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.train.distribute import (
     TF_CONFIG_ENV,
     check_batch_size,
     is_chief,
     make_strategy,
     read_tf_config,
 )
-from mnist_pipeline.errors import PipelineError
 
 
 def tf_config(cluster: dict[str, list[str]], kind: str, index: int) -> dict[str, str]:
@@ -96,7 +96,7 @@ def test_unknown_strategy_names_the_choices() -> None:
 
 
 def test_default_is_one_replica_and_mirrored_is_one_per_local_gpu() -> None:
-    from mnist_pipeline.tensorflow_runtime import tf
+    from mnist_pipeline.train.tensorflow_runtime import tf
 
     assert make_strategy("default").num_replicas_in_sync == 1
     # Every local GPU, or the CPU alone when there is none.
@@ -116,17 +116,17 @@ WORKER_SCRIPT = '''
 import json, sys
 from pathlib import Path
 
-from mnist_pipeline.distribute import check_batch_size, is_chief, make_strategy
+from mnist_pipeline.train.distribute import check_batch_size, is_chief, make_strategy
 
 mirror, out_dir, strategy_name, seed = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 strategy = make_strategy(strategy_name)  # first: MultiWorkerMirroredStrategy must precede other TF ops
 
-from mnist_pipeline.tensorflow_runtime import keras
-from mnist_pipeline.tensorflow_runtime import tf
+from mnist_pipeline.train.tensorflow_runtime import keras
+from mnist_pipeline.train.tensorflow_runtime import tf
 
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.idx import read_idx
-from mnist_pipeline.models import build_mlp, make_optimizer, save_model_deterministic
+from mnist_pipeline.sources.splits import scale_images
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.train.models import build_mlp, make_optimizer, save_model_deterministic
 
 keras.utils.set_random_seed(seed)
 tf.config.experimental.enable_op_determinism()
@@ -217,11 +217,11 @@ def test_two_workers_on_loopback_train_and_only_the_chief_saves(tmp_path: Path, 
     assert sorted(p.name for p in outs[0].iterdir()) == ["model.keras"]
     assert list(outs[1].iterdir()) == [], "a non-chief worker wrote outputs"
 
-    from mnist_pipeline.data import scale_images
-    from mnist_pipeline.datasets import DATASETS
-    from mnist_pipeline.idx import read_idx
-    from mnist_pipeline.models import load_model
     from mnist_pipeline.prepared import idx_spec
+    from mnist_pipeline.sources.datasets import DATASETS
+    from mnist_pipeline.sources.idx import read_idx
+    from mnist_pipeline.sources.splits import scale_images
+    from mnist_pipeline.train.models import load_model
 
     model = load_model(outs[0] / "model.keras", idx_spec(DATASETS["mnist"]))
     x_test = scale_images(read_idx(mirror_root / "mnist" / "t10k-images-idx3-ubyte.gz", "images")[:1000], 255.0, 0.5)

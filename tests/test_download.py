@@ -33,8 +33,9 @@ from conftest import import_or_skip
 from faultkit import error_line, stage_dir
 from idxkit import encode_idx
 
-from mnist_pipeline.config import DownloadConfig
-from mnist_pipeline.datasets import (
+from mnist_pipeline.core.config import DownloadConfig
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.sources.datasets import (
     DATASETS,
     TEST_IMAGES,
     TEST_LABELS,
@@ -44,9 +45,15 @@ from mnist_pipeline.datasets import (
     FileSpec,
     raw_name,
 )
-from mnist_pipeline.download import FetchError, Payload, download_dataset, fetch_file, file_deadline, mirrors_for
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.sources.download import (
+    FetchError,
+    Payload,
+    download_dataset,
+    fetch_file,
+    file_deadline,
+    mirrors_for,
+)
+from mnist_pipeline.sources.idx import read_idx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 Behaviour = Callable[[http.server.BaseHTTPRequestHandler], None]
@@ -691,7 +698,7 @@ def test_trickling_https_mirror_hits_the_deadline(tls_server: MirrorServer, data
 def test_credentials_in_a_mirror_url_never_reach_a_message(tmp_path: Path, user_info: str,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """A password in a mirror URL (params.yaml or $DATASET_MIRROR) is redacted in the error line."""
-    from mnist_pipeline.cli import fail
+    from mnist_pipeline.core.cli import fail
 
     file = FileSpec("tiny.gz", "0" * 64, "0" * 32, 1)
     port = closed_port()

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import PROJECT_ROOT, TINY_PARAMS, Project, make_project
 
-from mnist_pipeline.cpu_kernels import describe_cpu
+from mnist_pipeline.train.cpu_kernels import describe_cpu
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""`python -m mnist_pipeline.export_folder`: an IDX data set as a folder of class subfolders, run as a user runs it."""
+"""`python -m mnist_pipeline.sources.export_folder`: an IDX data set as class subfolders, run as a user runs it."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ from conftest import PROJECT_ROOT, subprocess_env
 from faultkit import write_raw
 from PIL import Image
 
-from mnist_pipeline.config import load_config, with_overrides
-from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
-from mnist_pipeline.idx import parse_idx, read_idx
-from mnist_pipeline.imagefolder import prepare_folder
+from mnist_pipeline.core.config import load_config, with_overrides
 from mnist_pipeline.prepared import split_paths
+from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.sources.idx import parse_idx, read_idx
+from mnist_pipeline.sources.imagefolder import prepare_folder
 
 
 def export(cwd: Path, *args: str, mirror: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = subprocess_env(**({"DATASET_MIRROR": str(mirror)} if mirror else {}))
     if not mirror:
         env.pop("DATASET_MIRROR", None)
-    return subprocess.run([sys.executable, "-m", "mnist_pipeline.export_folder", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "mnist_pipeline.sources.export_folder", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

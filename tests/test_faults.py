@@ -16,7 +16,7 @@ import yaml
 from faultkit import StageDir, error_line, labels_for, last_error_line, stage_dir, write_prepared, write_raw
 from idxkit import encode_idx
 
-from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 
 PREPARED = Path("data/prepared")
 RAW = Path("data/raw/mnist")
@@ -257,7 +257,7 @@ def test_download_every_mirror_fails(project: StageDir, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A valid model, one with a Python Lambda layer, and one with the wrong input shape."""
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     folder = tmp_path_factory.mktemp("models")
     dense = [keras.layers.Dense(10, activation="softmax")]

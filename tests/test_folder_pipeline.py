@@ -19,8 +19,8 @@ import pytest
 from conftest import Project, make_project
 from PIL import Image
 
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS
-from mnist_pipeline.idx import parse_idx
+from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.sources.idx import parse_idx
 
 # Spaces in every name, and letters beyond ASCII: they must come through to every table as written.
 DIGIT_NAMES = ("0 zéro", "1 un", "2 deux", "3 trois", "4 quatre", "5 cinq", "6 six", "7 sept", "8 huit",

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from conftest import requires
 
-from mnist_pipeline.config import load_config
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.predict import prepare_images
+from mnist_pipeline.core.config import load_config
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.inference.predict import prepare_images
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mnist_pipeline"
@@ -73,14 +73,14 @@ def _reading_opens(tree: ast.AST) -> list[int]:
 
 def test_every_picture_reader_opens_files_through_the_one_regular_file_check() -> None:
     """A module that hands files to Pillow reads them only through files.open_regular."""
-    readers = [p for p in sorted(PACKAGE.glob("*.py")) if "from PIL import" in p.read_text(encoding="utf-8")]
+    readers = [p for p in sorted(PACKAGE.rglob("*.py")) if "from PIL import" in p.read_text(encoding="utf-8")]
     assert {"imageprep.py", "imagefolder.py", "predict.py", "serve.py"} <= {p.name for p in readers}
     found = {p.name: lines for p in readers if (lines := _reading_opens(ast.parse(p.read_text(encoding="utf-8"))))}
     assert found == {}, f"builtin open() for reading, not files.open_regular: {found}"
 
 
 def test_open_regular_names_what_a_path_is_instead_of_reading_it(tmp_path: Path) -> None:
-    from mnist_pipeline.files import NotRegularFile, open_regular
+    from mnist_pipeline.core.files import NotRegularFile, open_regular
 
     with pytest.raises(NotRegularFile, match=r"not a regular file \(a directory\)"):
         open_regular(tmp_path)
@@ -96,7 +96,7 @@ def test_confusion_plot_is_bounded_in_pixels_whatever_the_class_count(tmp_path: 
     import numpy as np
     from PIL import Image
 
-    from mnist_pipeline.plots import TOP_CONFUSIONS, plot_confusion
+    from mnist_pipeline.evaluate.plots import TOP_CONFUSIONS, plot_confusion
 
     rng = np.random.default_rng(classes)
     confusion = rng.integers(0, 4, (classes, classes))
@@ -116,8 +116,8 @@ def test_folder_preprocess_holds_a_chunk_of_bytes_not_of_images(tmp_path: Path) 
     import numpy as np
     from PIL import Image
 
-    from mnist_pipeline.data import CHUNK_BYTES
-    from mnist_pipeline.imagefolder import prepare_folder
+    from mnist_pipeline.sources.imagefolder import prepare_folder
+    from mnist_pipeline.sources.splits import CHUNK_BYTES
 
     images = tmp_path / "images"
     rng = np.random.default_rng(0)
@@ -150,8 +150,8 @@ def _tiff(path: Path, values: list[list[int]], dtype: str) -> Path:
 
 def test_32_bit_integer_tiff_is_refused_not_clipped(tmp_path: Path) -> None:
     """Mode I holds values up to 2**31: clipped at 65535, 100000 and 70000 would both become white."""
-    from mnist_pipeline.imagefolder import BadImage, decode, pixel_limit
-    from mnist_pipeline.predict import prepare_folder_picture
+    from mnist_pipeline.inference.predict import prepare_folder_picture
+    from mnist_pipeline.sources.imagefolder import BadImage, decode, pixel_limit
 
     cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 4})
     wide = _tiff(tmp_path / "wide.tif", [[0, 70000], [100000, 2**31 - 1]], "int32")
@@ -168,7 +168,7 @@ def test_32_bit_integer_tiff_is_refused_not_clipped(tmp_path: Path) -> None:
 def test_16_bit_tiff_is_still_scaled_by_its_full_range(tmp_path: Path) -> None:
     import numpy as np
 
-    from mnist_pipeline.imagefolder import decode, pixel_limit
+    from mnist_pipeline.sources.imagefolder import decode, pixel_limit
 
     cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"image_size": 2})
     deep = _tiff(tmp_path / "deep.tif", [[0, 257], [32896, 65535]], "uint16")
@@ -178,7 +178,7 @@ def test_16_bit_tiff_is_still_scaled_by_its_full_range(tmp_path: Path) -> None:
 
 def _count_keys() -> list[str]:
     """Every params key that holds an integer or a list of integers, from the config's own schema."""
-    from mnist_pipeline.config import leaf_keys
+    from mnist_pipeline.core.config import leaf_keys
 
     return sorted(key for key, field in leaf_keys().items() if field.annotation in (int, list[int]))
 
@@ -190,7 +190,7 @@ def test_every_count_param_has_an_upper_bound(key: str) -> None:
 
     import yaml
 
-    from mnist_pipeline.config import leaf_keys, set_dotted, validate
+    from mnist_pipeline.core.config import leaf_keys, set_dotted, validate
 
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     tree = copy.deepcopy(tree)
@@ -250,7 +250,7 @@ def _remove_chain(top: Path, name: str, depth: int) -> None:
 
 
 def _scan_deep(images: Path, policy: str) -> None:
-    from mnist_pipeline.imagefolder import MAX_DEPTH, BadFiles, scan
+    from mnist_pipeline.sources.imagefolder import MAX_DEPTH, BadFiles, scan
 
     cfg = load_config(ROOT / "params.yaml").preprocess.model_copy(update={"bad_images": policy, "image_size": 8})
     bad = BadFiles(str(images), fail=policy == "fail")
@@ -275,7 +275,7 @@ def _spec(size: int = 28, channels: int = 1, classes: int = 10) -> Any:
 
 def test_a_model_too_big_for_memory_is_refused_before_building_in_one_line() -> None:
     """model.hidden [1000000, 1000000]: a trillion weights; TensorFlow took minutes to a 40-line error."""
-    from mnist_pipeline.footprint import check_fits
+    from mnist_pipeline.train.footprint import check_fits
 
     cfg = load_config(ROOT / "params.yaml")
     model = cfg.model.model_copy(update={"hidden": [1000000, 1000000]})
@@ -297,8 +297,8 @@ def test_a_model_too_big_for_memory_is_refused_before_building_in_one_line() -> 
                                     {"type": "cnn", "cnn.batch_norm_first": False, "cnn.strided_blocks": 1}])
 def test_memory_estimate_counts_the_weights_keras_builds(update: dict[str, Any]) -> None:
     """The estimate follows the builders: its weight count is Keras' own count_params of the built model."""
-    from mnist_pipeline.footprint import estimate
-    from mnist_pipeline.models import build_model
+    from mnist_pipeline.train.footprint import estimate
+    from mnist_pipeline.train.models import build_model
 
     cfg = load_config(ROOT / "params.yaml")
     cnn = cfg.model.cnn.model_copy(update={k[4:]: v for k, v in update.items() if k.startswith("cnn.")})
@@ -311,7 +311,7 @@ def test_a_file_name_with_a_newline_stays_on_its_own_output_line(tmp_path: Path)
     """`a\\nb.png` once printed as two lines of mnist-predict's text output, the second looking like a file."""
     import numpy as np
 
-    from mnist_pipeline.predict import classify, format_text
+    from mnist_pipeline.inference.predict import classify, format_text
 
     name = tmp_path / "seven\n8.png: 8 (99.0%)\x1b[2J.png"
     probabilities = np.full((1, 10), 0.01, np.float32)
@@ -380,7 +380,7 @@ def test_same_bytes_under_two_classes_are_reported_as_conflicting_labels(
     import numpy as np
     from PIL import Image
 
-    from mnist_pipeline.imagefolder import prepare_folder
+    from mnist_pipeline.sources.imagefolder import prepare_folder
 
     images = tmp_path / "images"
     rng = np.random.default_rng(1)
@@ -399,8 +399,8 @@ def test_same_bytes_under_two_classes_are_reported_as_conflicting_labels(
 GROUP_WRITER = """
 import os, signal, sys
 from pathlib import Path
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.files import output_group, save_json
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.files import output_group, save_json
 
 out = sys.argv[1]
 
@@ -456,7 +456,7 @@ def test_evaluate_outputs_change_together_or_not_at_all(tmp_path: Path, how: str
 ])
 def test_output_paths_are_checked_before_the_work(tmp_path: Path, blocker: str, expected: str) -> None:
     """`models` as a file once failed train only after all its epochs; `.cache` as a file on every rerun."""
-    from mnist_pipeline.files import check_output_paths
+    from mnist_pipeline.core.files import check_output_paths
 
     if blocker.endswith("/"):
         (tmp_path / blocker).mkdir(parents=True)
@@ -472,8 +472,8 @@ def test_a_finite_but_impossible_pixel_in_a_prepared_array_is_refused(tmp_path: 
     import numpy as np
     from PIL import Image
 
-    from mnist_pipeline.imagefolder import prepare_folder
     from mnist_pipeline.prepared import load_spec, load_split, save_spec
+    from mnist_pipeline.sources.imagefolder import prepare_folder
 
     images = tmp_path / "images"
     rng = np.random.default_rng(2)
@@ -503,7 +503,7 @@ def test_mnist_predict_refuses_the_new_data_sets_classes_for_a_model_of_the_old_
 
     import yaml
 
-    from mnist_pipeline.predict import parse_args, run
+    from mnist_pipeline.inference.predict import parse_args, run
 
     params = _params_with(tmp_path, "  dataset: mnist ", "  dataset: fashion_mnist ")
     (tmp_path / "models").mkdir()
@@ -531,8 +531,8 @@ def test_mnist_predict_refuses_the_new_data_sets_classes_for_a_model_of_the_old_
 
 STAGE_LIKE = """
 import threading
-from mnist_pipeline.cli import run_stage
-from mnist_pipeline.files import atomic_path
+from mnist_pipeline.core.cli import run_stage
+from mnist_pipeline.core.files import atomic_path
 
 def main(output):
     with atomic_path(output) as tmp:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from idxkit import encode_idx
 
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, MAX_IDX_BYTES, read_idx
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, MAX_IDX_BYTES, read_idx
 
 
 def sample(n: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -20,13 +20,13 @@ from conftest import PROJECT_ROOT, skip_unless_ci
 from faultkit import error_line, stage_dir
 from PIL import Image
 
-from mnist_pipeline.config import PreprocessConfig, load_config, with_overrides
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
-from mnist_pipeline.imagefolder import MANIFEST, decode, prepare_folder, split_key, split_of
+from mnist_pipeline.core.config import PreprocessConfig, load_config, with_overrides
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import SPLITS, spec_path, split_paths
+from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.imagefolder import MANIFEST, decode, prepare_folder, split_key, split_of
+from mnist_pipeline.sources.splits import scale_images
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
-from mnist_pipeline.imageprep import CENTRE, expand_paths, prepare_array, prepare_file, read_image
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.inference.imageprep import CENTRE, expand_paths, prepare_array, prepare_file, read_image
+from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.sources.idx import read_idx
 
 N_IMAGES = 300
 

@@ -29,7 +29,7 @@ def test_training_targets_are_float32() -> None:
     """One-hot targets in float32: Keras' to_categorical would make a float64 copy of the labels."""
     import numpy as np
 
-    from mnist_pipeline.training import one_hot
+    from mnist_pipeline.train.training import one_hot
 
     targets = one_hot(np.array([3, 0, 9], dtype=np.uint8), 10)
     assert targets.dtype == np.float32

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline.config import load_config, with_overrides
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_pipeline.idx import read_idx
-from mnist_pipeline.loop import batch_plan, fit_compiled
-from mnist_pipeline.models import build_cnn, build_mlp
+from mnist_pipeline.core.config import load_config, with_overrides
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.tensorflow_runtime import keras, tf
+from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import scale_images
+from mnist_pipeline.train.loop import batch_plan, fit_compiled
+from mnist_pipeline.train.models import build_cnn, build_mlp
+from mnist_pipeline.train.tensorflow_runtime import keras, tf
 
 MNIST = idx_spec(DATASETS["mnist"])
 N_TRAIN, N_VAL, BATCH, EPOCHS = 300, 100, 32, 2

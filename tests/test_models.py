@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.config import ACTIVATIONS, OPTIMIZERS, Config, load_config, with_overrides
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.models import (
+from mnist_pipeline.core.config import ACTIVATIONS, OPTIMIZERS, Config, load_config, with_overrides
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.train.models import (
     build_mlp,
     build_model,
     load_model,
@@ -24,9 +25,8 @@ from mnist_pipeline.models import (
     save_model_deterministic,
     save_weights,
 )
-from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.tensorflow_runtime import keras
-from mnist_pipeline.training import train_model
+from mnist_pipeline.train.tensorflow_runtime import keras
+from mnist_pipeline.train.training import train_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST = idx_spec(DATASETS["mnist"])
@@ -161,7 +161,7 @@ def test_training_twice_with_one_seed_gives_identical_weights(trained: keras.Mod
 
 SAVE_SCRIPT = """
 import sys, keras
-from mnist_pipeline.models import build_mlp, save_model_deterministic
+from mnist_pipeline.train.models import build_mlp, save_model_deterministic
 keras.utils.set_random_seed(0)
 save_model_deterministic(build_mlp([16], "relu", 0.1, 784, 10), sys.argv[1])
 """

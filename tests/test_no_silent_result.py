@@ -105,7 +105,7 @@ def test_a_write_fault_names_the_output_and_keeps_the_previous_file(tmp_path: Pa
 
 def test_evaluate_never_writes_nan_as_json(tmp_path: Path) -> None:
     """A model whose outputs are NaN must not leave `"loss": NaN`, which no JSON parser reads."""
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     project = stage_dir(tmp_path / "p")
     write_prepared(project.path / "data" / "prepared")

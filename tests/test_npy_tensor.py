@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mnist_pipeline.files import TENSOR_ALIGNMENT, load_npy
-from mnist_pipeline.loop import as_tensor
-from mnist_pipeline.tensorflow_runtime import tf
+from mnist_pipeline.core.files import TENSOR_ALIGNMENT, load_npy
+from mnist_pipeline.train.loop import as_tensor
+from mnist_pipeline.train.tensorflow_runtime import tf
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.uint8), np.dtype(np.int64)]
 

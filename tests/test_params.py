@@ -11,8 +11,8 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import StageDir, error_line, stage_dir, write_prepared, write_raw
 
-from mnist_pipeline.config import leaf_keys, load_config
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import leaf_keys, load_config
+from mnist_pipeline.core.errors import PipelineError
 
 OTHER_MIRRORS = ["https://example.org/fashion/"]
 
@@ -235,7 +235,7 @@ def _bad_values(key: str) -> list[Any]:
                                             for key in sorted(leaf_keys()) for value in _bad_values(key)])
 def test_every_leaf_key_refuses_values_outside_its_own_constraints(key: str, value: Any) -> None:
     """Generated from the schema, not a hand list of about 14 keys: every key, every constraint."""
-    from mnist_pipeline.config import set_dotted, validate
+    from mnist_pipeline.core.config import set_dotted, validate
 
     tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     set_dotted(tree, key, value)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from conftest import Project, make_project, subprocess_env
 
-from mnist_pipeline.config import load_config, parse_yaml, validate
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import load_config, parse_yaml, validate
+from mnist_pipeline.core.errors import PipelineError
 
 # Scalars YAML 1.1 and 1.2 read differently, and their neighbours.
 SCALARS = ["010", "0o10", "08", "0_10", "1:30", "1:30:00", "yes", "no", "on", "off", "y", "1_000", ".inf",
@@ -161,4 +161,4 @@ def test_a_value_the_dialects_read_otherwise_gets_the_exact_line(old: str, new: 
     assert old in text
     with pytest.raises(PipelineError) as error:
         validate(parse_yaml(text.replace(old, new, 1)))
-    assert f"error: {error.value}" == expected  # the line the stage prints (mnist_pipeline.cli.fail)
+    assert f"error: {error.value}" == expected  # the line the stage prints (mnist_pipeline.core.cli.fail)

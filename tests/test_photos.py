@@ -23,9 +23,8 @@ from PIL import Image
 from test_imageprep import VARIANTS, mnist_test
 from test_predict_cli import trained  # noqa: F401 (the same small model, trained once for this module)
 
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.imageprep import (
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.inference.imageprep import (
     FLAT_NOISE,
     FLAT_SHADING,
     connected_components,
@@ -37,6 +36,7 @@ from mnist_pipeline.imageprep import (
     read_image,
     to_ink,
 )
+from mnist_pipeline.sources.splits import scale_images
 
 N_PHOTOS = 200
 FRAME = (400, 300)  # width, height
@@ -132,7 +132,7 @@ def test_flat_pictures_keep_the_plain_recipe_and_photos_do_not(
 def test_photos_classified_nearly_as_well_as_the_clean_digits(
     trained: tuple[Path, float], digits: tuple[np.ndarray, np.ndarray], tmp_path: Path  # noqa: F811
 ) -> None:
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     model_path, _ = trained
     images, labels = digits
@@ -146,7 +146,7 @@ def test_photos_classified_nearly_as_well_as_the_clean_digits(
         else:
             picture.save(folder / f"{i:04d}.png")
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_pipeline.predict", "--json", "--model", str(model_path), str(folder)],
+        [sys.executable, "-m", "mnist_pipeline.inference.predict", "--json", "--model", str(model_path), str(folder)],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr

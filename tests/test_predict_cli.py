@@ -1,4 +1,4 @@
-"""`python -m mnist_pipeline.predict`, run as a user runs it, on real MNIST digits written as files.
+"""`python -m mnist_pipeline.inference.predict`, run as a user runs it, on real MNIST digits written as files.
 
 A small model is trained here on real MNIST (60,000 images, 1 epoch, batch 128: a few seconds),
 then classifies the first test digits in every variant of test_imageprep.VARIANTS. The floor:
@@ -26,11 +26,11 @@ from conftest import PROJECT_ROOT, requires, subprocess_env
 from PIL import Image
 from test_imageprep import VARIANTS, mnist_test, write_variants
 
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import scale_images
 
 N_IMAGES = 1000
 # Measured with this model on these 1,000 digits: 0.902 on the arrays; the variants ranged from
@@ -42,7 +42,7 @@ ACCURACY_SLACK = 0.03
 
 def run_predict(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mnist_pipeline.predict", *args],
+        [sys.executable, "-m", "mnist_pipeline.inference.predict", *args],
         cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300,
     )
 
@@ -64,8 +64,8 @@ def error_line(result: subprocess.CompletedProcess[str], tensorflow_loaded: bool
 @pytest.fixture(scope="module")
 def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """A model trained on real MNIST, saved as the train stage saves it, and its accuracy on the arrays."""
-    from mnist_pipeline.models import build_mlp, save_model_deterministic
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.models import build_mlp, save_model_deterministic
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
     y_train = read_idx(mirror_root / "mnist" / TRAIN_LABELS, "labels")
@@ -235,7 +235,7 @@ def test_model_path_that_is_not_a_regular_file_says_what_it_is(tmp_path: Path, m
 
 def test_load_model_says_what_the_path_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stages' loader (evaluate, predict-sample, mnist-serve) says the same as mnist-predict."""
-    from mnist_pipeline.models import load_model
+    from mnist_pipeline.train.models import load_model
 
     monkeypatch.chdir(tmp_path)
     Path("zero.keras").symlink_to("/dev/zero")
@@ -319,7 +319,7 @@ def test_closed_stdout_ends_quietly(trained: tuple[Path, float], mirror_root: Pa
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_pipeline.predict", "--model", str(model), "0.png", "1.png", "2.png"],
+        [sys.executable, "-m", "mnist_pipeline.inference.predict", "--model", str(model), "0.png", "1.png", "2.png"],
         cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     process.stdout.close()
@@ -349,7 +349,7 @@ def test_full_disk_on_stdout_is_one_line(trained: tuple[Path, float], mirror_roo
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     shutil.copy(tmp_path / "0.png", tmp_path / "x.png")
-    command = [sys.executable, "-m", "mnist_pipeline.predict", "--json", "--model", str(model)]
+    command = [sys.executable, "-m", "mnist_pipeline.inference.predict", "--json", "--model", str(model)]
     with open("/dev/full", "w") as full:
         result = subprocess.run([*command, "x.png"], cwd=tmp_path, env=subprocess_env(), stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=300)

@@ -9,12 +9,12 @@ import pytest
 from conftest import PROJECT_ROOT
 from idxkit import encode_idx
 
-from mnist_pipeline.config import PreprocessConfig, load_config
-from mnist_pipeline.data import load_raw, prepare, scale_images, stratified_split
-from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.core.config import PreprocessConfig, load_config
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import load_raw, prepare, scale_images, stratified_split
 
 NAMES = {"train_images": TRAIN_IMAGES, "train_labels": TRAIN_LABELS,
          "test_images": TEST_IMAGES, "test_labels": TEST_LABELS}

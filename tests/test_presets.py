@@ -11,8 +11,8 @@ import pytest
 import yaml
 from dvc.utils.hydra import apply_overrides
 
-from mnist_pipeline.config import load_config
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import load_config
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.presets import available, load_preset, set_args, shipped
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from conftest import subprocess_env
 from faultkit import StageDir, error_line, stage_dir, write_prepared
 from PIL import Image
 
-from mnist_pipeline.quiet import DEBUG_ENV
+from mnist_pipeline.core.quiet import DEBUG_ENV
 
 # TensorFlow's native log (absl format `I0000 00:00:...`) and the start-up lines it writes before absl is set up.
 TF_LOG_LINE = re.compile(
@@ -102,7 +102,7 @@ def test_debug_variable_brings_tensorflow_log_back(
 
 COMMAND = """
 import os, signal, sys, warnings
-from mnist_pipeline.cli import run_command
+from mnist_pipeline.core.cli import run_command
 def main():
     os.write(2, b"native line\\n")
     print("progress line", file=sys.stderr)

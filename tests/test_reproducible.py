@@ -18,7 +18,7 @@ import pytest
 from conftest import PROJECT_ROOT, Project, make_project
 from dvc_spec import covers, load_stages, output_files
 
-from mnist_pipeline.models import FIXED_SAVE_DATE, FIXED_ZIP_TIME
+from mnist_pipeline.train.models import FIXED_SAVE_DATE, FIXED_ZIP_TIME
 
 pytestmark = pytest.mark.slow
 

@@ -33,8 +33,8 @@ from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
 from dvc_spec import Stage, choices, covers, expand, leaf_params, load_stages
 from test_declared_deps import DIGIT_FOLDER, DIGITS_PER_CLASS, TRACE_HOOK, write_digit_folder
 
-from mnist_pipeline.config import MODEL_REGISTRY, keys_read_only_by, load_config, validate, with_overrides
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import MODEL_REGISTRY, keys_read_only_by, load_config, validate, with_overrides
+from mnist_pipeline.core.errors import PipelineError
 
 pytestmark = pytest.mark.slow
 

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 from conftest import Project, make_project
 
-from mnist_pipeline.checkpoint import Checkpoints, capture
-from mnist_pipeline.files import sweep_leftovers
+from mnist_pipeline.core.files import sweep_leftovers
+from mnist_pipeline.train.checkpoint import Checkpoints, capture
 
 MLP_EPOCHS = 4
 BASE_PARAMS = {"preprocess.val_size": 100, "train.epochs": MLP_EPOCHS}
@@ -96,8 +96,8 @@ def test_sweep_removes_only_the_temporaries_of_the_named_outputs(tmp_path: Path)
 
 def small_model(width: int = 8):  # type: ignore[no-untyped-def]
     """A compiled Dense model with dropout (a seed generator) and a built Adam, as a fresh process has it."""
-    from mnist_pipeline.tensorflow_runtime import keras
-    from mnist_pipeline.training import make_deterministic
+    from mnist_pipeline.train.tensorflow_runtime import keras
+    from mnist_pipeline.train.training import make_deterministic
 
     make_deterministic(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(width, activation="relu"),
@@ -108,7 +108,7 @@ def small_model(width: int = 8):  # type: ignore[no-untyped-def]
 
 def trained_checkpoint(folder: Path) -> tuple[Checkpoints, dict[str, np.ndarray], dict]:
     """A checkpoint after one epoch of a small model; the variables it holds, and the Generator's state."""
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     model = small_model()
     x = np.random.default_rng(1).random((32, 4), dtype=np.float32)

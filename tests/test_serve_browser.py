@@ -30,7 +30,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from servekit import Served, serving, trained_project
 from test_imageprep import mnist_test
 
-from mnist_pipeline.imageprep import prepare_file
+from mnist_pipeline.inference.imageprep import prepare_file
 
 # The pipeline run behind the model (servekit.trained_project) takes most of a minute.
 pytestmark = pytest.mark.slow

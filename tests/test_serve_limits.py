@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 import yaml
 
-from mnist_pipeline.serve import ModelCard, build_card, create_app, listen, server_config
+from mnist_pipeline.inference.serve import ModelCard, build_card, create_app, listen, server_config
 
 PNG_A = b"\x89PNG\r\n\x1a\n the matrix of the model served"
 PNG_B = b"\x89PNG\r\n\x1a\n the matrix of another model"

@@ -64,25 +64,26 @@ def test_the_projects_dvc_yaml_declares_exactly_the_imported_modules() -> None:
 
 def test_check_names_a_module_missing_from_a_stages_deps(tmp_path: Path) -> None:
     root = copy_project(tmp_path)
-    edit_deps(root, "train", remove="mnist_pipeline/errors.py")
+    edit_deps(root, "train", remove="mnist_pipeline/core/errors.py")
     result = stage_deps("--check", "--root", str(root))
     assert result.returncode == 1, result.stderr
-    assert result.stderr == "error: dvc.yaml: stage train: imports but does not declare mnist_pipeline/errors.py\n"
+    assert result.stderr == "error: dvc.yaml: stage train: imports but does not declare mnist_pipeline/core/errors.py\n"
 
 
 def test_check_names_a_declared_module_the_stage_never_imports(tmp_path: Path) -> None:
     root = copy_project(tmp_path)
-    edit_deps(root, "evaluate", add="mnist_pipeline/idx.py")
+    edit_deps(root, "evaluate", add="mnist_pipeline/sources/idx.py")
     result = stage_deps("--check", "--root", str(root))
     assert result.returncode == 1, result.stderr
-    assert result.stderr == "error: dvc.yaml: stage evaluate: declares but never imports mnist_pipeline/idx.py\n"
+    expected = "error: dvc.yaml: stage evaluate: declares but never imports mnist_pipeline/sources/idx.py\n"
+    assert result.stderr == expected
 
 
 def test_write_restores_the_computed_deps(tmp_path: Path) -> None:
     root = copy_project(tmp_path)
     assert stage_deps("--check", "--root", str(root)).returncode == 0
     consistent = load_stages(root)["train"].deps
-    edit_deps(root, "train", remove="mnist_pipeline/errors.py", add="mnist_pipeline/idx.py")
+    edit_deps(root, "train", remove="mnist_pipeline/core/errors.py", add="mnist_pipeline/sources/idx.py")
     assert stage_deps("--check", "--root", str(root)).returncode == 1
     assert stage_deps("--write", "--root", str(root)).returncode == 0
     assert stage_deps("--check", "--root", str(root)).returncode == 0
@@ -93,7 +94,7 @@ def digests(root: Path, files: set[str]) -> dict[str, str]:
     return {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in files}
 
 
-@pytest.mark.parametrize("edited", ["mnist_pipeline/idx.py"])
+@pytest.mark.parametrize("edited", ["mnist_pipeline/sources/idx.py"])
 def test_a_comment_edit_touches_only_the_stages_that_import_the_module(tmp_path: Path, edited: str) -> None:
     """The IDX reader is preprocess's alone: editing it must not make DVC rerun train, evaluate or predict-sample."""
     root = copy_project(tmp_path)

@@ -17,9 +17,9 @@ import pytest
 from conftest import TINY_PARAMS, Project, make_project
 from PIL import Image
 
-from mnist_pipeline.datasets import DATASETS, raw_name
-from mnist_pipeline.models import load_model
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.sources.datasets import DATASETS, raw_name
+from mnist_pipeline.train.models import load_model
 
 STAGES = ["download", "preprocess", "train", "evaluate", "predict-sample"]
 TRAIN_N, TEST_N = TINY_PARAMS["preprocess.train_limit"], TINY_PARAMS["preprocess.test_limit"]
@@ -45,7 +45,7 @@ def read_json(project: Project, path: str) -> Any:
 @pytest.fixture(scope="module")
 def test_probabilities(project: Project) -> np.ndarray:
     """The trained model's class probabilities for the test images, computed here with Keras itself."""
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     model = keras.saving.load_model(project.path / "models" / "model.keras")
     return model.predict(np.load(project.path / "data" / "prepared" / "x_test.npy"), verbose=0)

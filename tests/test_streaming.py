@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.checkpoint import Checkpoints, digest_arrays
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.loop import window_plan
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import load_split, read_rows, save_split, split_paths
+from mnist_pipeline.train.checkpoint import Checkpoints, digest_arrays
+from mnist_pipeline.train.loop import window_plan
 from tests.test_training import MNIST, config_with, mirror_splits
 
 N_TRAIN, N_VAL = 1000, 200
@@ -41,8 +41,8 @@ def mapped(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def train_streamed(prepared: Path, folder: Path, checkpoints: Checkpoints | None = None, **values: Any) -> tuple:
     """Train through the stage's own function on memory-mapped splits; the saved model's bytes and the history."""
-    from mnist_pipeline.models import save_model_deterministic
-    from mnist_pipeline.training import exceeds_budget, train_model
+    from mnist_pipeline.train.models import save_model_deterministic
+    from mnist_pipeline.train.training import exceeds_budget, train_model
 
     cfg = config_with({**STREAMED, **values})
     (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")
@@ -103,8 +103,8 @@ def test_window_plan_reads_every_image_once_in_a_seeded_order() -> None:
 
 
 def test_predictions_on_the_memory_mapped_test_set_equal_those_in_memory(prepared: Path) -> None:
-    from mnist_pipeline.models import build_model, predict_in_windows
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.models import build_model, predict_in_windows
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
     keras.utils.set_random_seed(0)
     model = build_model(config_with({}).model, MNIST)
@@ -155,9 +155,9 @@ def test_streamed_checks_catch_a_nan_and_an_unknown_label(tmp_path: Path) -> Non
 def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(mirror_root: Path,
                                                                                  tmp_path: Path) -> None:
     """Raw IDX images read and scaled 128 at a time, with a validation split and limits: the arrays of `prepare`."""
-    from mnist_pipeline.data import load_raw, open_raw, prepare, write_splits
-    from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
-    from mnist_pipeline.idx import IdxItems, read_idx
+    from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+    from mnist_pipeline.sources.idx import IdxItems, read_idx
+    from mnist_pipeline.sources.splits import load_raw, open_raw, prepare, write_splits
     from tests.idxkit import encode_idx
 
     raw_dir = tmp_path / "raw"
@@ -179,7 +179,7 @@ def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(
 
 def test_a_distribution_strategy_over_the_budget_is_refused_in_one_line(prepared: Path) -> None:
     """Only the default strategy streams: `fit` under a strategy would load the arrays whole."""
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.train.training import train_model
 
     cfg = config_with({**STREAMED, "train.strategy": "mirrored"})
     (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")

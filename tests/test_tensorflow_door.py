@@ -1,6 +1,6 @@
 """TensorFlow loads in one place, after the CPU's arithmetic is fixed: no other file of the project imports it.
 
-`mnist_pipeline/tensorflow_runtime.py` applies `mnist_pipeline/cpu_kernels.py`'s choice and then imports
+`mnist_pipeline/train/tensorflow_runtime.py` applies `mnist_pipeline/train/cpu_kernels.py`'s choice and then imports
 TensorFlow and Keras; an `import keras` anywhere else could run first, in some process, and load them with
 the CPU's own kernels and thread counts. Checked on the source of every Python file the project ships or
 runs: the package, the stages, tools, benchmarks, experiments and the tests' own helpers.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import PROJECT_ROOT
 
-DOOR = "mnist_pipeline/tensorflow_runtime.py"
+DOOR = "mnist_pipeline/train/tensorflow_runtime.py"
 FOLDERS = ("mnist_pipeline", "stages", "tools", "benchmarks", "experiments", "tests")
 TENSORFLOW = ("tensorflow", "keras", "tf_keras")
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.config import Config, load_config, with_overrides
-from mnist_pipeline.data import prepare
-from mnist_pipeline.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.core.config import Config, load_config, with_overrides
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.tensorflow_runtime import keras
+from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import prepare
+from mnist_pipeline.train.tensorflow_runtime import keras
 from tests.conftest import PROJECT_ROOT, subprocess_env
 
 MNIST = idx_spec(DATASETS["mnist"])
@@ -53,7 +53,7 @@ def splits(mirror_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def train(tmp_path: Path, splits: dict, name: str, with_val: bool = True, **values: Any) -> tuple[Any, dict, Path]:
-    from mnist_pipeline.training import train_model
+    from mnist_pipeline.train.training import train_model
 
     cfg = config_with({"train.epochs": 2, **values})
     x_val, y_val = splits["val"] if with_val else (splits["val"][0][:0], splits["val"][1][:0])
@@ -138,7 +138,7 @@ def test_label_smoothing_keeps_the_loss_above_the_smoothed_targets_entropy(tmp_p
     assert min(smoothed["loss"] + smoothed["val_loss"]) >= floor
     assert smoothed["accuracy"][-1] > 0.8  # it still learns the digits
     # Saved with its smoothed loss object, the model loads as the stages load it, and predicts the same.
-    from mnist_pipeline.models import load_model, save_model_deterministic
+    from mnist_pipeline.train.models import load_model, save_model_deterministic
 
     save_model_deterministic(model, tmp_path / "model.keras")
     x_val = splits["val"][0][:50]
@@ -159,9 +159,9 @@ def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
     """Not a terminal: each epoch prints exactly one progress line (stderr), and no bar."""
     code = (
         "from pathlib import Path\n"
-        "from mnist_pipeline.datasets import DATASETS\n"
+        "from mnist_pipeline.sources.datasets import DATASETS\n"
         "from mnist_pipeline.prepared import idx_spec\n"
-        "from mnist_pipeline.training import train_model\n"
+        "from mnist_pipeline.train.training import train_model\n"
         "from tests.test_training import config_with, mirror_splits\n"
         f"s = mirror_splits(Path({str(mirror_root)!r}), 500, 100)\n"
         "c = config_with({'train.epochs': 3})\n"
@@ -178,7 +178,7 @@ def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
 
 def test_terminal_chunks_give_identical_weights(tmp_path: Path, splits: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a terminal an epoch runs in loop.BAR_UPDATES calls to move the bar; the weights must not notice."""
-    from mnist_pipeline import progress
+    from mnist_pipeline.core import progress
 
     plain, history_plain, _ = train(tmp_path, splits, "a")
     monkeypatch.setattr(progress, "interactive", lambda: True)
@@ -199,8 +199,8 @@ def test_live_logger_writes_the_bytes_dvclives_keras_callback_writes(tmp_path: P
     loop (default strategy) and Keras' fit (any other strategy)."""
     from dvclive.keras import DVCLiveCallback
 
-    from mnist_pipeline.loop import fit_compiled
-    from mnist_pipeline.training import LiveLogger, one_hot
+    from mnist_pipeline.train.loop import fit_compiled
+    from mnist_pipeline.train.training import LiveLogger, one_hot
 
     (x, y), (x_val, y_val) = splits["train"], splits["val"]
     y, y_val = one_hot(y[:256], 10), one_hot(y_val[:64], 10)

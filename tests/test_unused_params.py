@@ -12,8 +12,8 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import stage_dir, write_prepared
 
-from mnist_pipeline.config import MODEL_TYPES, flatten, keys_read_only_by, leaf_keys, load_config, with_overrides
-from mnist_pipeline.unused_params import SHIPPED_VALUES, ignored_changes
+from mnist_pipeline.core.config import MODEL_TYPES, flatten, keys_read_only_by, leaf_keys, load_config, with_overrides
+from mnist_pipeline.train.unused_params import SHIPPED_VALUES, ignored_changes
 
 # Keys every model type reads.
 SHARED_MODEL_KEYS = {"model.type", "model.activation"}

@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.config import Config, load_config, with_overrides
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import read_idx
+from mnist_pipeline.core.config import Config, load_config, with_overrides
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.tensorflow_runtime import keras
-from mnist_pipeline.training import train_model
-from mnist_pipeline.whitening import patch_whitening_filters
+from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.sources.idx import read_idx
+from mnist_pipeline.sources.splits import scale_images
+from mnist_pipeline.train.tensorflow_runtime import keras
+from mnist_pipeline.train.training import train_model
+from mnist_pipeline.train.whitening import patch_whitening_filters
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MNIST = idx_spec(DATASETS["mnist"])

@@ -22,9 +22,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/compare.py`: the project root, so `tools.*` imports
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.significance import (
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.evaluate.significance import (
     Comparison,
     PerImage,
     compare_correct,

@@ -37,10 +37,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python tools/metrics_gate.py`: the project root, so `tools.*` imports
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import load_yaml
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.significance import Comparison, format_p
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.config import load_yaml
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.evaluate.significance import Comparison, format_p
 from tools.compare import INTERVAL, PER_IMAGE, NotFound, load_side, pair
 
 TOLERANCES_FILE = "metrics_tolerances.yaml"

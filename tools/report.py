@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_open
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import atomic_open
 
 METRICS_DIR = "metrics"
 

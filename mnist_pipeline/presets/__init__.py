@@ -20,9 +20,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import PARAMS_FILE, flatten, load_config, load_yaml, with_overrides
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.config import PARAMS_FILE, flatten, load_config, load_yaml, with_overrides
+from mnist_pipeline.core.errors import PipelineError
 
 SUFFIX = ".yaml"
 

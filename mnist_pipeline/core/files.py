@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.errors import PipelineError
 
 NPY_MAGIC = b"\x93NUMPY"
 # The temporary names beside an output `<name>`: `.tmp-<12 hex>-<name>` (atomic_path), `.tmp-<8 of

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from mnist_pipeline.config import MODEL_REGISTRY, keys_read_only_by
+from mnist_pipeline.core.config import MODEL_REGISTRY, keys_read_only_by
 
 if TYPE_CHECKING:
-    from mnist_pipeline.config import ModelConfig
+    from mnist_pipeline.core.config import ModelConfig
 
 # The values params.yaml ships with of the keys one model type only reads (which keys those are, the model
 # registry says: config.MODEL_REGISTRY; tests/test_unused_params.py holds the three in step).

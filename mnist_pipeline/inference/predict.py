@@ -26,14 +26,14 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from mnist_pipeline.cli import EXIT_FAULT, fail, one_line, run_command
-from mnist_pipeline.config import FOLDER, PreprocessConfig, load_config
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError, printable
-from mnist_pipeline.files import NotRegularFile, file_kind, md5_of, open_regular
-from mnist_pipeline.imageprep import SUFFIXES, expand_paths, prepare_with_warnings, read_image
+from mnist_pipeline.core.cli import EXIT_FAULT, fail, one_line, run_command
+from mnist_pipeline.core.config import FOLDER, PreprocessConfig, load_config
+from mnist_pipeline.core.errors import PipelineError, printable
+from mnist_pipeline.core.files import NotRegularFile, file_kind, md5_of, open_regular
+from mnist_pipeline.inference.imageprep import SUFFIXES, expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.splits import scale_images
 
 DEFAULT_MODEL = "models/model.keras"
 DEFAULT_PARAMS = "params.yaml"
@@ -183,7 +183,7 @@ def prepare_picture(source: str | os.PathLike[str] | io.BytesIO, name: str) -> t
 
 def prepare_folder_picture(path: Path, cfg: PreprocessConfig) -> np.ndarray:
     """A picture for a folder model: decoded, coloured and sized exactly as preprocess read the folder."""
-    from mnist_pipeline.imagefolder import BadImage, decode, pixel_limit
+    from mnist_pipeline.sources.imagefolder import BadImage, decode, pixel_limit
 
     try:
         with open_regular(path) as f, pixel_limit():
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
     if not files:
         return [], errors
     # Imported here: TensorFlow takes seconds to load, and bad input should not wait for it.
-    from mnist_pipeline.models import load_model
+    from mnist_pipeline.train.models import load_model
 
     model = load_model(args.model, how.spec)
     probabilities = model.predict(scale_images(np.stack(images), how.scale, how.offset), verbose=0)

@@ -19,11 +19,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mnist_pipeline.config import STRATEGIES
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import STRATEGIES
+from mnist_pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:
-    from mnist_pipeline.tensorflow_runtime import tf
+    from mnist_pipeline.train.tensorflow_runtime import tf
 
 TF_CONFIG_ENV = "TF_CONFIG"
 _EXAMPLE = '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
@@ -75,7 +75,7 @@ def is_chief(environ: Mapping[str, str] | None = None) -> bool:
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The strategy named by `train.strategy`. Create it before building models: multi_worker sets up collectives."""
-    from mnist_pipeline.tensorflow_runtime import tf
+    from mnist_pipeline.train.tensorflow_runtime import tf
 
     if name == "default":
         return tf.distribute.get_strategy()
@@ -111,7 +111,7 @@ def _keras_multi_worker_strategy() -> tf.distribute.Strategy:
     step; with two or more workers TF rejects both (keras-team/keras#20585). Reducing each
     element on its own, over replicas only for scalars, is what both callers mean.
     """
-    from mnist_pipeline.tensorflow_runtime import tf
+    from mnist_pipeline.train.tensorflow_runtime import tf
 
     class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         def reduce(self, reduce_op: Any, value: Any, axis: int | None) -> Any:

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_pipeline.config import ModelConfig, TrainConfig
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.config import ModelConfig, TrainConfig
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import PreparedSpec
 
 FLOAT_BYTES = 4

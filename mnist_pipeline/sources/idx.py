@@ -15,8 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import NotRegularFile, open_regular
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import NotRegularFile, open_regular
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension

@@ -1,14 +1,14 @@
 """The one door to TensorFlow: its CPU kernels and thread counts are fixed before it loads.
 
 Every module of the project that uses TensorFlow or Keras imports them from here, so no process can
-load TensorFlow with the CPU's or the environment's own choice (`mnist_pipeline.cpu_kernels` says why
+load TensorFlow with the CPU's or the environment's own choice (`mnist_pipeline.train.cpu_kernels` says why
 that matters for the bytes). A process that trains calls `cpu_kernels.choose` with its params first;
 any other gets the inference choice.
 """
 
 from __future__ import annotations
 
-from mnist_pipeline import cpu_kernels
+from mnist_pipeline.train import cpu_kernels
 
 cpu_kernels.chosen()  # before the imports below: TensorFlow reads the choice once, when it loads
 

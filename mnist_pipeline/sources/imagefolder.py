@@ -50,13 +50,13 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_pipeline import progress
-from mnist_pipeline.config import PreprocessConfig
-from mnist_pipeline.data import chunk_rows, pixel_range, scale_images
-from mnist_pipeline.datasets import DATASETS, TRAIN_IMAGES, raw_name
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import NotRegularFile, atomic_open, file_kind, open_regular
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.config import PreprocessConfig
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import NotRegularFile, atomic_open, file_kind, open_regular
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
+from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, raw_name
+from mnist_pipeline.sources.splits import chunk_rows, pixel_range, scale_images
 
 FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
 MANIFEST = "manifest.csv"

@@ -6,7 +6,7 @@ import sys
 
 from tqdm import tqdm
 
-from mnist_pipeline.errors import redact
+from mnist_pipeline.core.errors import redact
 
 
 def interactive() -> bool:

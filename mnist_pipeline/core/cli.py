@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import NoReturn
 
-from mnist_pipeline.errors import PipelineError, redact
-from mnist_pipeline.quiet import silence_native_stderr
+from mnist_pipeline.core.errors import PipelineError, redact
+from mnist_pipeline.core.quiet import silence_native_stderr
 
 EXIT_FAULT = 2
 EXIT_INTERRUPTED = 130
@@ -98,7 +98,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # A param that dvc.yaml puts in the command (a folder with a space) splits it: name the param instead.
-        from mnist_pipeline.config import load_config
+        from mnist_pipeline.core.config import load_config
 
         try:
             load_config()

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.errors import PipelineError
 
 # Images whose patches estimate the second moments: plenty for a 3x3 patch's 9 (or 27) dimensions.
 SAMPLE_IMAGES = 10_000

@@ -25,8 +25,8 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, ScalarEvent
 
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.sources.datasets import DATASETS
 
 PARAMS_FILE = "params.yaml"
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "swish", "linear")
@@ -37,7 +37,7 @@ LR_SCHEDULES = ("constant", "one_cycle")
 @dataclass(frozen=True)
 class ModelType:
     """A `model.type` as the project knows it, in one place: the params only it reads (a dotted key, or a
-    whole section such as `model.cnn`), and the function of mnist_pipeline.models that builds it from the
+    whole section such as `model.cnn`), and the function of mnist_pipeline.train.models that builds it from the
     `model` section. The unused-params warning, the model card and the builder dispatch all read this table."""
 
     reads: tuple[str, ...]
@@ -51,8 +51,8 @@ MODEL_REGISTRY: dict[str, ModelType] = {
 MODEL_TYPES = tuple(MODEL_REGISTRY)
 # The names of the choices that runtime modules act on are owned here, so that the schema, which every stage
 # imports, imports none of them: editing the strategy or kernel code reruns only the stages that run it.
-STRATEGIES = ("default", "mirrored", "multi_worker")  # train.strategy: mnist_pipeline/distribute.py runs each
-CPU_KERNELS = ("eigen", "onednn")  # train.cpu_kernels: mnist_pipeline/cpu_kernels.py sets each before TensorFlow
+STRATEGIES = ("default", "mirrored", "multi_worker")  # train.strategy: mnist_pipeline/train/distribute.py runs each
+CPU_KERNELS = ("eigen", "onednn")  # train.cpu_kernels: mnist_pipeline/train/cpu_kernels.py sets each before TensorFlow
 FIRST_CONVS = ("trained", "whitened")  # model.cnn.first_conv: learned, or fixed to patch-whitening filters
 # Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnist_pipeline import progress
-from mnist_pipeline.files import TENSOR_ALIGNMENT
-from mnist_pipeline.tensorflow_runtime import keras, tf
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.files import TENSOR_ALIGNMENT
+from mnist_pipeline.train.tensorflow_runtime import keras, tf
 
 # Updates of the live bar per epoch on a terminal; CI logs get one line per epoch and one call per epoch.
 BAR_UPDATES = 20

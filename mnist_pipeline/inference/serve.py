@@ -41,13 +41,11 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import MODEL_REGISTRY, flatten, keys_read_only_by, load_config
-from mnist_pipeline.data import scale_images
-from mnist_pipeline.datasets import DATASETS
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import NotRegularFile, md5_of, open_regular
-from mnist_pipeline.predict import (
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.config import MODEL_REGISTRY, flatten, keys_read_only_by, load_config
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import NotRegularFile, md5_of, open_regular
+from mnist_pipeline.inference.predict import (
     DEFAULT_MODEL,
     DEFAULT_PARAMS,
     MAX_PIXELS,
@@ -57,9 +55,11 @@ from mnist_pipeline.predict import (
     top_classes,
 )
 from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.splits import scale_images
 
 if TYPE_CHECKING:
-    from mnist_pipeline.tensorflow_runtime import keras
+    from mnist_pipeline.train.tensorflow_runtime import keras
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -209,7 +209,7 @@ class Predictor:
     """The model, loaded once, behind a lock: one inference at a time."""
 
     def __init__(self, model: keras.Model, scale: float, offset: float, class_names: tuple[str, ...], md5: str):
-        from mnist_pipeline.tensorflow_runtime import tf  # already loaded with the model
+        from mnist_pipeline.train.tensorflow_runtime import tf  # already loaded with the model
 
         # The model called directly, as one compiled graph: an eager call of the tutorial's MLP costs
         # about 8 ms of CPU, the graph under 1 ms; Keras' `predict` builds a data pipeline per call.
@@ -397,7 +397,7 @@ PREDICT_BODY = {
 
 def static_files() -> dict[str, tuple[bytes, str]]:
     """The page's files by name, read once: only these names are served, so no path can leave the folder."""
-    folder = resources.files("mnist_pipeline") / "web" / "static"
+    folder = resources.files("mnist_pipeline.inference") / "web" / "static"
     files = {}
     for entry in folder.iterdir():
         suffix = Path(entry.name).suffix
@@ -567,7 +567,7 @@ def serve(args: argparse.Namespace) -> None:
     sock = listen(args.host, args.port)
     with sock:
         # Imported here: TensorFlow takes seconds to load, and a bad argument should not wait for it.
-        from mnist_pipeline.models import load_model
+        from mnist_pipeline.train.models import load_model
 
         model = load_model(model_path, idx_spec(DATASETS[dataset]))
         if (loaded := md5_of(model_path)) != card.md5:  # rewritten by a training run meanwhile

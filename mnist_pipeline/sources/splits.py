@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.config import PreprocessConfig
-from mnist_pipeline.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, raw_name
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.idx import IdxItems, open_idx, read_idx
+from mnist_pipeline.core.config import PreprocessConfig
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, split_paths, split_writer
+from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, raw_name
+from mnist_pipeline.sources.idx import IdxItems, open_idx, read_idx
 
 
 def scale_images(images: np.ndarray, scale: float, offset: float) -> np.ndarray:

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_pipeline.config import MODEL_REGISTRY
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_path
+from mnist_pipeline.core.config import MODEL_REGISTRY
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import atomic_path
 from mnist_pipeline.prepared import read_rows
-from mnist_pipeline.tensorflow_runtime import keras
+from mnist_pipeline.train.tensorflow_runtime import keras
 
 if TYPE_CHECKING:
-    from mnist_pipeline.config import CnnConfig, ModelConfig
+    from mnist_pipeline.core.config import CnnConfig, ModelConfig
     from mnist_pipeline.prepared import PreparedSpec
 
 # Zip's own epoch: every entry gets it, so a save today and a save tomorrow are the same bytes.

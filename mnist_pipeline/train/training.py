@@ -1,6 +1,6 @@
 """Build, compile and train the model named by params, deterministically, logged per epoch with dvclive.
 
-The single-device path trains with the compiled loop of `mnist_pipeline.loop` (fit's steps without
+The single-device path trains with the compiled loop of `mnist_pipeline.train.loop` (fit's steps without
 fit's per-step overhead); a distribution strategy trains with Keras' own `fit`. Either way the same
 callback writes dvclive's files.
 """
@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from dvclive import Live
 
-from mnist_pipeline import cpu_kernels, progress
-from mnist_pipeline.checkpoint import Checkpoints, capture
-from mnist_pipeline.distribute import check_batch_size, make_strategy
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.loop import Diverged, Rows, fit_compiled, fit_streamed
-from mnist_pipeline.models import build_model, make_loss, make_optimizer
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import over_budget, read_rows
-from mnist_pipeline.tensorflow_runtime import keras, set_threads, tf
-from mnist_pipeline.whitening import SAMPLE_IMAGES, patch_whitening_filters
+from mnist_pipeline.train import cpu_kernels
+from mnist_pipeline.train.checkpoint import Checkpoints, capture
+from mnist_pipeline.train.distribute import check_batch_size, make_strategy
+from mnist_pipeline.train.loop import Diverged, Rows, fit_compiled, fit_streamed
+from mnist_pipeline.train.models import build_model, make_loss, make_optimizer
+from mnist_pipeline.train.tensorflow_runtime import keras, set_threads, tf
+from mnist_pipeline.train.whitening import SAMPLE_IMAGES, patch_whitening_filters
 
 if TYPE_CHECKING:
-    from mnist_pipeline.config import ModelConfig, TrainConfig
+    from mnist_pipeline.core.config import ModelConfig, TrainConfig
     from mnist_pipeline.prepared import PreparedSpec
 
 
@@ -91,7 +92,7 @@ class LiveLogger(keras.callbacks.Callback):
 
 
 class SaveCheckpoint(keras.callbacks.Callback):
-    """After each epoch, the state the next one depends on (mnist_pipeline.checkpoint): a killed run resumes there.
+    """After each epoch, the state the next one depends on (train.checkpoint): a killed run resumes there.
 
     Added after the logger, so an epoch is checkpointed once its logs are written. `rng` is the
     Generator the loop draws batch orders from; `history` the logs of epochs trained before this run.
@@ -151,7 +152,7 @@ def train_model(
     """Build, compile and train the model; returns it with the per-epoch history (as fit's History).
 
     `live_dir` None logs nothing: a worker of a multi-worker cluster that is not the chief.
-    With `train.strategy` `default` the compiled loop trains (mnist_pipeline.loop, single-device);
+    With `train.strategy` `default` the compiled loop trains (mnist_pipeline.train.loop, single-device);
     with any other, Keras' own `fit` runs under the strategy and `train.batch_size` is the global batch.
     `checkpoints` (compiled loop only): continue from the epoch it holds, if any, and save one after
     every epoch; the history returned covers every epoch, those of the interrupted run included.

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from mnist_pipeline import progress
-from mnist_pipeline.files import atomic_path, sweep_leftovers
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.files import atomic_path, sweep_leftovers
 from mnist_pipeline.prepared import check_rows, read_rows
 
 CHECKPOINT_DIR = Path(".cache") / "train-checkpoints"
@@ -138,7 +138,7 @@ class TrainingState:
 def _global_seed_variable(create: bool) -> Any:
     """The state variable of Keras' global SeedGenerator: None when no unseeded random op made one
     (and `create` is false). Keras has no public accessor for it; this is where keras.random keeps it."""
-    import mnist_pipeline.tensorflow_runtime  # noqa: F401 - Keras loads through the door, if not yet loaded
+    import mnist_pipeline.train.tensorflow_runtime  # noqa: F401 - Keras loads through the door, if not yet loaded
 
     # isort: split
     from keras.src.backend.common import global_state

@@ -3,7 +3,7 @@
 The layout is the one `data.dataset: folder` reads, so every reader has a folder to try the folder
 path with, and a way to compare it with the IDX path on the same pictures:
 
-    python -m mnist_pipeline.export_folder --dataset fashion_mnist --split test --out data/images
+    python -m mnist_pipeline.sources.export_folder --dataset fashion_mnist --split test --out data/images
 
     data/images/Ankle boot/test-00000.png
     data/images/T-shirt-top/test-00001.png      # a '/' in a class name becomes '-'
@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mnist_pipeline import progress
-from mnist_pipeline.cli import run_command
-from mnist_pipeline.config import PARAMS_FILE, load_config
-from mnist_pipeline.data import load_raw
-from mnist_pipeline.datasets import DATASETS, DatasetSpec, raw_name
-from mnist_pipeline.download import MIRROR_ENV, download_dataset
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import atomic_dir
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.cli import run_command
+from mnist_pipeline.core.config import PARAMS_FILE, load_config
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import atomic_dir
+from mnist_pipeline.sources.datasets import DATASETS, DatasetSpec, raw_name
+from mnist_pipeline.sources.download import MIRROR_ENV, download_dataset
+from mnist_pipeline.sources.splits import load_raw
 
 SPLITS = ("train", "test")
 LAYOUTS = ("classes", "splits")
@@ -120,7 +120,7 @@ def export(dataset: str, splits: Sequence[str], limit: int, image_format: str, o
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m mnist_pipeline.export_folder",
+        prog="python -m mnist_pipeline.sources.export_folder",
         description="Write an IDX data set as a folder of images, one subfolder per class "
         "('/' in a class name becomes '-'), the layout data.dataset: folder reads.",
     )

@@ -12,7 +12,7 @@ here is left to the CPU or to the environment:
 - the intra- and inter-op thread counts are `train.cpu_threads` for training, and `INFERENCE_THREADS`
   for every other process (evaluate, predict-sample, `mnist-predict`, `mnist-serve`).
 
-TensorFlow reads the first two once, when it loads: `mnist_pipeline.tensorflow_runtime`, the one module
+TensorFlow reads the first two once, when it loads: `mnist_pipeline.train.tensorflow_runtime`, the one module
 that imports TensorFlow, applies the choice first. A value the user set in the environment is overwritten.
 This module imports nothing of TensorFlow.
 """

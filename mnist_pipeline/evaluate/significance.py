@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.core.errors import PipelineError
 
 # The standard normal's 97.5% quantile: a two-sided 95% interval.
 Z_95 = 1.959963984540054

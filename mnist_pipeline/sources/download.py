@@ -30,11 +30,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from mnist_pipeline import progress
-from mnist_pipeline.config import DownloadConfig
-from mnist_pipeline.datasets import DatasetSpec, FileSpec, raw_name
-from mnist_pipeline.errors import PipelineError, redact
-from mnist_pipeline.files import NotRegularFile, atomic_path, open_regular
+from mnist_pipeline.core import progress
+from mnist_pipeline.core.config import DownloadConfig
+from mnist_pipeline.core.errors import PipelineError, redact
+from mnist_pipeline.core.files import NotRegularFile, atomic_path, open_regular
+from mnist_pipeline.sources.datasets import DatasetSpec, FileSpec, raw_name
 
 MIRROR_ENV = "DATASET_MIRROR"
 CHUNK = 1 << 16

@@ -1,9 +1,5 @@
-"""Pictures committed with the metrics, readable offline (no browser, no CDN).
-
-Saved without a timestamp or software tag, so the same data gives the same PNG bytes. Figures are
-matplotlib's `Figure` objects, rendered by Agg when saved: no pyplot, so no display backend to choose
-and no global figure state to close.
-"""
+"""Pictures committed with the evaluation metrics, readable offline (no browser, no CDN): the confusions and
+the captioned image grids, saved with `core.figures.save_png` so the same data gives the same bytes."""
 
 from __future__ import annotations
 
@@ -13,17 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from mnist_pipeline.files import atomic_path
-
-PNG_METADATA = {"Software": None}
-# Up to this many epochs each gets a tick; more get matplotlib's own few, not one label per epoch.
-MAX_EPOCH_TICKS = 30
-
-
-def save_png(figure: Figure, path: str | os.PathLike[str]) -> None:
-    """The figure as a PNG with the same bytes for the same data, written whole or not at all."""
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, metadata=PNG_METADATA)
+from mnist_pipeline.core.figures import save_png
 
 
 def image_grid(
@@ -56,26 +42,6 @@ def image_grid(
                 ax.imshow((image - low) / (high - low) if high > low else np.zeros_like(image))
             ax.set_title(captions[i], fontsize=9, color=(colors[i] if colors else "black"))
     figure.suptitle(title)
-    figure.tight_layout()
-    save_png(figure, path)
-
-
-def plot_training_curves(history: dict[str, list[float]], path: str | os.PathLike[str]) -> None:
-    """Loss and accuracy per epoch, train and (when held out) validation."""
-    figure = Figure(figsize=(10, 4))
-    axes = figure.subplots(1, 2)
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        epochs = np.arange(1, len(history.get(metric, [])) + 1)
-        ax.plot(epochs, history.get(metric, []), marker="o", label="train")
-        if f"val_{metric}" in history:
-            ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        if len(epochs) <= MAX_EPOCH_TICKS:
-            ax.set_xticks(epochs)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    figure.suptitle("Training curves")
     figure.tight_layout()
     save_png(figure, path)
 

@@ -24,8 +24,8 @@ from typing import IO, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.files import NotRegularFile, open_regular
+from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import NotRegularFile, open_regular
 
 FORMATS = ("PNG", "JPEG")
 SUFFIXES = (".png", ".jpg", ".jpeg")

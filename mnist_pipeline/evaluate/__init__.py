@@ -1,0 +1,1 @@
+"""Test-set metrics, their pictures and paired comparisons."""

@@ -1,0 +1,1 @@
+"""A trained model on new pictures: predict-sample, `mnist-predict` and `mnist-serve`."""

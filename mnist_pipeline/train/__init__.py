@@ -1,0 +1,1 @@
+"""Everything the train stage runs: model registry, loop, checkpoints, TensorFlow and its CPU pinning."""
