@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m stages.<name>`: put the venv first on PATH so dvc finds its python.
 RUN := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)"
 
-.PHONY: setup repro test test-fast lint bench bench-tta bench-scale
+.PHONY: setup repro test test-fast lint bench bench-tta bench-scale bench-loop
 
 setup: $(STAMP)
 
@@ -41,3 +41,8 @@ bench-scale: setup
 # docs/time_to_accuracy.txt and docs/time_to_accuracy.png.
 bench-tta: setup
 	$(RUN) python benchmarks/time_to_accuracy.py
+
+# The daily loop (edit train.epochs, dvc repro) and mnist-predict against the tutorial script and TensorFlow's
+# import, as ratios measured in one run (minutes); rewrites docs/daily_loop.txt.
+bench-loop: setup
+	$(RUN) python benchmarks/daily_loop.py
