@@ -573,7 +573,7 @@ STAGE_FAULTS = {
     "a single class": (_one_class, "error: images: only one class folder (0): expected at least 2 classes to tell "
                        "apart"),
     "not an image": (lambda root, d: (root / "1" / "notes.txt").write_text("notes"),
-                     "error: images/1/notes.txt: not an image (expected PNG, JPEG, BMP, TIFF or GIF): fix or "
+                     "error: images/1/notes.txt: not an image (expected PNG, JPEG, BMP, TIFF, GIF or WEBP): fix or "
                      "remove it, or set preprocess.bad_images: skip to leave such files out"),
     "pixel bomb": (lambda root, d: (root / "0" / "bomb.png").write_bytes(bomb_png(50_000, 50_000)),
                    "error: images/0/bomb.png: too many pixels (50000x50000, over preprocess.max_image_pixels = "
