@@ -478,8 +478,16 @@ def directory_pictures(folder: Path) -> list[Path]:
     known suffix, not hidden), sorted by name, not searched below. Anything else so named is kept: a
     dangling link, a link loop or a FIFO is refused on its own line by the open that follows, not passed
     over in silence; a folder is passed over."""
-    return sorted((folder / e.name for e in os.scandir(folder) if is_picture_name(e.name) and not e.is_dir()),
+    return sorted((folder / e.name for e in os.scandir(folder) if is_picture_name(e.name) and not _is_dir(e)),
                   key=lambda p: p.name)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder, through links; a link loop is no folder (its open says what it is)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
