@@ -27,16 +27,14 @@ def system_python_without_packages() -> str | None:
     return found if probe.returncode != 0 else None
 
 
-SYSTEM_PYTHON = system_python_without_packages()
-
-
-@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="no system python3 without numpy on this machine")
 def test_repro_with_the_system_python_ends_in_one_line_saying_to_activate_the_venv(tmp_path: Path) -> None:
-    assert SYSTEM_PYTHON is not None
+    system_python = system_python_without_packages()
+    if system_python is None:
+        pytest.skip("no system python3 without numpy on this machine")
     project = make_project(tmp_path / "repo", None)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(SYSTEM_PYTHON)  # `python` as a machine without the venv on PATH finds it
+    (bin_dir / "python").symlink_to(system_python)  # `python` as a machine without the venv on PATH finds it
     env = {**project.env, "PATH": f"{bin_dir}{os.pathsep}{SYSTEM_DIRS}"}
     env.pop("VIRTUAL_ENV", None)
     dvc = Path(sys.executable).parent / "dvc"  # `.venv/bin/dvc`, called by its path
