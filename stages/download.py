@@ -1,19 +1,18 @@
 """Stage download: fetch the data set's four IDX files, accepted only when their checksums match."""
 
 import os
-from pathlib import Path
 
 from mnist_pipeline.core.cli import run_stage
 from mnist_pipeline.core.config import FOLDER, load_config
 from mnist_pipeline.core.progress import say
 from mnist_pipeline.sources.datasets import DATASETS
-from mnist_pipeline.sources.download import MIRROR_ENV, download_dataset
+from mnist_pipeline.sources.download import MIRROR_ENV, download_dataset, note_folder_source
 
 
 def main(raw_dir: str) -> None:
     cfg = load_config()
     if cfg.data.dataset == FOLDER:  # the user's own images are already here: DVC tracks them (dvc add)
-        Path(raw_dir).mkdir(parents=True, exist_ok=True)
+        note_folder_source(raw_dir)  # an empty output would make DVC warn on every run
         say("download: data.dataset is folder: nothing to download (preprocess reads data.folder)")
         return
     download_dataset(DATASETS[cfg.data.dataset], raw_dir, cfg.download, env_root=os.environ.get(MIRROR_ENV))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Project, make_project
+from conftest import Project, make_project, ran_stages
 from PIL import Image
 
 from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
@@ -170,3 +170,24 @@ def test_rgb_folder_trains_the_mlp_and_the_cnn_on_colour_images(tmp_path: Path, 
     assert {row["actual"] for row in read_csv(project.path / "metrics/confusion.csv")} == set(classes.values())
     with Image.open(project.path / "metrics/predictions.png") as grid:
         assert grid.format == "PNG"
+
+
+@pytest.mark.slow
+def test_a_folder_run_leaves_a_note_in_data_raw_and_dvc_never_warns_it_is_empty(
+    tmp_path: Path, mirror_root: Path,
+) -> None:
+    from mnist_pipeline.sources.download import FOLDER_NOTE, FOLDER_NOTE_TEXT
+
+    project = make_project(tmp_path / "repo", mirror_root, FOLDER_PARAMS)
+    build_digit_folder(project.path / "data/images", mirror_root, 60)
+    project.dvc("add", "data/images")
+    project.commit("images")
+    first = project.dvc("repro")
+    again = project.dvc("repro")
+    status = project.dvc("status")
+    for result in (first, again, status):
+        assert "is empty" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert {"download", *REST} <= set(ran_stages(first.stdout + first.stderr))
+    assert ran_stages(again.stdout + again.stderr) == []
+    assert [p.name for p in (project.path / "data/raw").iterdir()] == [FOLDER_NOTE]
+    assert (project.path / "data/raw" / FOLDER_NOTE).read_text(encoding="utf-8") == FOLDER_NOTE_TEXT

@@ -45,7 +45,7 @@ def finishes(call: Callable[[], Any], fifo: Path) -> Any:
 
 
 @requires(hasattr(os, "mkfifo"), "FIFOs are POSIX")
-@pytest.mark.parametrize(("model", "expected"), [("mnist", "not a regular file (a FIFO): expected a PNG or JPEG file"),
+@pytest.mark.parametrize(("model", "expected"), [("mnist", "not a regular file (a FIFO): expected an image file"),
                                                ("folder", "not a regular file (a FIFO): expected an image file")],
                          ids=["mnist", "folder"])
 def test_mnist_predict_refuses_a_fifo_for_either_kind_of_model(tmp_path: Path, model: str, expected: str) -> None:
@@ -324,7 +324,8 @@ def test_a_file_name_with_a_newline_stays_on_its_own_output_line(tmp_path: Path)
     name.write_bytes(b"not a picture")
     files, _, errors = prepare_images([str(name)])
     assert files == [] and errors == [{"file": str(name), "error": f"{tmp_path}/seven\\n8.png: 8 (99.0%)\\x1b[2J.png: "
-                                                                     "not a PNG or JPEG image"}]
+                                                                     "not an image (expected PNG, JPEG, BMP, TIFF, GIF "
+                                                                     "or WEBP)"}]
 
 
 def _params_with(tmp_path: Path, old: str, new: str) -> Path:
@@ -370,7 +371,7 @@ def test_links_to_nothing_loops_and_fifos_in_a_directory_argument_are_reported_n
         {"file": str(folder / "loop.png"),
          "error": f"{folder}/loop.png: cannot open: too many levels of symbolic links"},
         {"file": str(folder / "pipe.png"),
-         "error": f"{folder}/pipe.png: not a regular file (a FIFO): expected a PNG or JPEG file"},
+         "error": f"{folder}/pipe.png: not a regular file (a FIFO): expected an image file"},
     ]
 
 
@@ -523,7 +524,7 @@ def test_mnist_predict_refuses_the_new_data_sets_classes_for_a_model_of_the_old_
     # Told which classes to use, it goes on (to the picture, which is refused on its own line).
     records, errors = run(parse_args(["--params", str(params), "--dataset", "mnist", "--model", str(model),
                                       str(picture)]))
-    assert records == [] and errors[0]["error"].endswith("not a PNG or JPEG image")
+    assert records == [] and errors[0]["error"].endswith("not an image (expected PNG, JPEG, BMP, TIFF, GIF or WEBP)")
     model.write_bytes(b"a model dvc.lock does not record")  # trained some other way: nothing to compare with
     records, errors = run(parse_args(["--params", str(params), "--model", str(model), str(picture)]))
     assert records == [] and len(errors) == 1

@@ -24,6 +24,7 @@ from mnist_pipeline.core.config import PreprocessConfig, load_config, with_overr
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import SPLITS, spec_path, split_paths
 from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.sources.formats import PICTURE_FORMATS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.imagefolder import MANIFEST, decode, prepare_folder, split_key, split_of
 from mnist_pipeline.sources.splits import scale_images
@@ -573,7 +574,7 @@ STAGE_FAULTS = {
     "a single class": (_one_class, "error: images: only one class folder (0): expected at least 2 classes to tell "
                        "apart"),
     "not an image": (lambda root, d: (root / "1" / "notes.txt").write_text("notes"),
-                     "error: images/1/notes.txt: not an image (expected PNG, JPEG, BMP, TIFF or GIF): fix or "
+                     "error: images/1/notes.txt: not an image (expected PNG, JPEG, BMP, TIFF, GIF or WEBP): fix or "
                      "remove it, or set preprocess.bad_images: skip to leave such files out"),
     "pixel bomb": (lambda root, d: (root / "0" / "bomb.png").write_bytes(bomb_png(50_000, 50_000)),
                    "error: images/0/bomb.png: too many pixels (50000x50000, over preprocess.max_image_pixels = "
@@ -736,3 +737,26 @@ def test_camera_orientation_tag_is_applied(digits) -> None:
     out = io.BytesIO()
     Image.fromarray(np.rot90(digit)).save(out, format="PNG", exif=exif)
     np.testing.assert_array_equal(decode(io.BytesIO(out.getvalue()), preprocess_cfg()), digit)
+
+
+@pytest.mark.parametrize("kind", list(PICTURE_FORMATS))
+def test_every_listed_format_is_read_alike_by_folders_and_by_mnist_predict(kind: str) -> None:
+    """The one list of formats: a folder data set and mnist-predict's reader both take each, to the same pixels
+    (losslessly saved, so both must give exactly the digit drawn)."""
+    from mnist_pipeline.inference.imageprep import read_image
+    from mnist_pipeline.sources.imagefolder import decode, pixel_limit
+
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255  # a "1"
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format=kind, **({"lossless": True} if kind == "WEBP" else {}))
+    if kind != "JPEG":  # JPEG is lossy: read, but not to the same bytes
+        buffer.seek(0)
+        with pixel_limit():
+            np.testing.assert_array_equal(decode(buffer, preprocess_cfg()), digit)
+        np.testing.assert_array_equal(read_image(io.BytesIO(buffer.getvalue()), kind), digit.astype(np.float64))
+    else:
+        buffer.seek(0)
+        with pixel_limit():
+            assert decode(buffer, preprocess_cfg()).shape == (28, 28)
+        assert read_image(io.BytesIO(buffer.getvalue()), kind).shape == (28, 28)

@@ -163,9 +163,9 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     cases = {
         tmp_path / "missing.png": "file not found",
         blank: "blank image",
-        text: "not a PNG or JPEG image",
+        text: "not an image",
         truncated: "unreadable image",
-        gif: "not a PNG or JPEG image",
+        gif: "blank image",  # a GIF is read now, as folder data sets read it: this one holds no ink
     }
     for path, expected in cases.items():
         with pytest.raises(PipelineError) as raised:
@@ -174,15 +174,17 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         assert message.startswith(str(path)) and expected in message and "\n" not in message, message
 
 
-def test_directories_expand_to_sorted_images(tmp_path: Path) -> None:
-    for name in ("b.png", "a.JPG", "c.jpeg", "readme.txt"):
+def test_directories_expand_to_sorted_images_of_every_format_hidden_names_passed_over(tmp_path: Path) -> None:
+    for name in ("b.png", "a.JPG", "c.jpeg", "readme.txt", "d.bmp", "e.TIFF", "e.tif", "f.gif", "g.webp",
+                 ".hidden.png", "._a.JPG"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub.png").mkdir()
-    assert [p.name for p in expand_paths([str(tmp_path)])] == ["a.JPG", "b.png", "c.jpeg"]
+    assert [p.name for p in expand_paths([str(tmp_path)])] == ["a.JPG", "b.png", "c.jpeg", "d.bmp", "e.TIFF", "e.tif",
+                                                               "f.gif", "g.webp"]
     assert expand_paths(["x.png", str(tmp_path / "b.png")]) == [Path("x.png"), tmp_path / "b.png"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(PipelineError, match="no PNG or JPEG files"):
+    with pytest.raises(PipelineError, match="no image files"):
         expand_paths([str(empty)])
 
 

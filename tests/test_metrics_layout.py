@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT, Project, make_project
+from conftest import PROJECT_ROOT, Project, make_project, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +25,9 @@ README = (PROJECT_ROOT / "README.md").read_text()
 DAILY_EXPERIMENT = "dvc exp run -S train.learning_rate=0.005 -S 'model.hidden=[128,128]'"
 GRID = "dvc exp run --queue -S 'train.learning_rate=0.01,0.003,0.001' -S 'model.hidden=[64,64],[128,128]'"
 GRID_POINT = ["-S", "train.learning_rate=0.01", "-S", "model.hidden=[64,64]"]
+# The Daily use block runs its experiment, restores params.yaml, then a whole preset.
+RESTORE = "git checkout params.yaml"
+PRESET_RUN = "dvc exp run $(python -m mnist_pipeline.presets cnn)"
 
 
 def widest(text: str) -> int:
@@ -94,3 +99,43 @@ def test_readme_exp_show_commands_fit_after_the_readme_experiments(experiments: 
         assert changed in header, header
     for noise in ("models/model.keras", "data/prepared", "macro_f1", "Created"):
         assert noise not in header, header
+
+
+def daily_block() -> list[str]:
+    """The code lines of the README's Daily use block, comments removed."""
+    block = README.split("## Daily use", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def preset_experiments(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A copy of the project after the Daily use block's sequence: its experiment, params.yaml restored,
+    then the `cnn` preset (its -S arguments from the presets command, as the shell's $(...) gives them)."""
+    lines = daily_block()
+    start = lines.index(DAILY_EXPERIMENT)
+    assert lines[start:].index(RESTORE) < lines[start:].index(PRESET_RUN), lines
+    copy = project.copy(tmp_path_factory.mktemp("preset-experiments") / "repo")
+    copy.dvc(*shlex.split(DAILY_EXPERIMENT)[1:])
+    copy.run(*shlex.split(RESTORE))
+    preset = subprocess.run([sys.executable, "-m", "mnist_pipeline.presets", "cnn"], cwd=copy.path,
+                            env=subprocess_env(), capture_output=True, text=True, check=True).stdout.split()
+    copy.dvc("exp", "run", *preset)
+    return copy
+
+
+def test_readme_exp_show_line_fits_after_the_daily_experiment_and_the_cnn_preset(
+    preset_experiments: Project,
+) -> None:
+    """A preset changes model.type, epochs, batch size, schedule and threads at once: the README's line
+    must still fit 120 columns, and still show the learning rate both experiments changed."""
+    [daily] = [shlex.split(line) for line in daily_block() if line.startswith("dvc exp show")]
+    shown = preset_experiments.dvc(*daily[1:]).stdout
+    print(" ".join(daily), f"-> {widest(shown)} columns", shown, sep="\n")
+    too_wide = [line for line in shown.splitlines() if len(line.rstrip()) > MAX_WIDTH]
+    assert not too_wide, shown
+    header = next(line for line in shown.splitlines() if "Experiment" in line)
+    for column in ("train.learning_rate", "model.type", "model.hidden", "accuracy", "errors"):
+        assert column in header, header
+    assert "train.cpu_threads" not in header and "…" not in shown, shown
+    # Both experiments are rows (more when the module's other experiments ran first: the copy holds them).
+    assert len(re.findall(r"[├└]── [0-9a-f]{7}", shown)) >= 2 and " cnn " in shown, shown

@@ -148,9 +148,9 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     cases = {
         ("nothere.png",): "nothere.png: file not found",
-        (str(text),): f"{text}: not a PNG or JPEG image",
+        (str(text),): f"{text}: not an image",
         (str(blank),): f"{blank}: blank image",
-        (str(tmp_path / "empty"),): "no PNG or JPEG files",
+        (str(tmp_path / "empty"),): "no image files",
     }
     for args, expected in cases.items():
         line = error_line(run_predict("--model", str(model), *args, cwd=tmp_path))
@@ -209,8 +209,8 @@ def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "zero.png").symlink_to("/dev/zero")
     (tmp_path / "loop.png").symlink_to("loop.png")
     cases = {
-        "fifo.png": "error: fifo.png: not a regular file (a FIFO): expected a PNG or JPEG file",
-        "zero.png": "error: zero.png: not a regular file (a character device): expected a PNG or JPEG file",
+        "fifo.png": "error: fifo.png: not a regular file (a FIFO): expected an image file",
+        "zero.png": "error: zero.png: not a regular file (a character device): expected an image file",
         "loop.png": "error: loop.png: cannot open: too many levels of symbolic links",
     }
     for name, expected in cases.items():
@@ -295,9 +295,10 @@ def test_bad_pictures_are_reported_and_the_good_ones_still_classified(
             "error: digits/blank.png: blank image: no ink stands out from the background (expected a digit)",
             "warning: digits/dim.png: low contrast: the ink stands out only 6.7 times the background's noise, "
             "paper texture may have been taken for ink",
-            "error: digits/notes.png: not a PNG or JPEG image",
+            "error: digits/notes.png: not an image (expected PNG, JPEG, BMP, TIFF, GIF or WEBP)",
             "error: missing.png: file not found",
-            "error: empty: no PNG or JPEG files in this directory (expected *.png, *.jpg)",
+            "error: empty: no image files in this directory (expected names ending .png, .jpg, .jpeg, .bmp, .tif, "
+            ".tiff, .gif or .webp; names starting with a dot are passed over)",
         ], result.stderr
         if output == "json":
             report = json.loads(result.stdout)

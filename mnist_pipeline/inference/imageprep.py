@@ -26,9 +26,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, open_regular
+from mnist_pipeline.sources.formats import FORMAT_NAMES, FORMATS, SUFFIXES, is_picture_name
 
-FORMATS = ("PNG", "JPEG")
-SUFFIXES = (".png", ".jpg", ".jpeg")
 FRAME = 28
 BOX = 20
 # MNIST's mean centre of mass in pixel coordinates, measured on the 10,000 test images
@@ -99,8 +98,8 @@ def _open_regular(path: str | os.PathLike[str], name: str) -> IO[bytes]:
         raise PipelineError(f"{name}: file not found") from None
     except NotRegularFile as e:
         if stat.S_ISDIR(e.mode):
-            raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file") from None
-        raise PipelineError(f"{name}: not a regular file ({e.kind}): expected a PNG or JPEG file") from None
+            raise PipelineError(f"{name}: is a directory, expected an image file") from None
+        raise PipelineError(f"{name}: not a regular file ({e.kind}): expected an image file") from None
     except OSError as e:
         raise PipelineError(f"{name}: cannot open: {(e.strerror or str(e)).lower()}") from None
 
@@ -117,7 +116,8 @@ def read_image(
     path: str | os.PathLike[str] | io.BytesIO, name: str | None = None, max_pixels: int | None = None,
     shrink_jpeg: bool = False,
 ) -> np.ndarray:
-    """A PNG or JPEG file as float64 greyscale (H, W), EXIF rotation applied; errors name the file.
+    """A picture (formats.FORMATS, recognised by its bytes, whatever its name) as float64 greyscale (H, W),
+    EXIF rotation applied; errors name the file.
 
     `max_pixels` is checked from the header, before any pixel is decoded: a small file can declare
     an image too large to hold in memory. With `shrink_jpeg`, a JPEG over the limit is decoded at
@@ -138,17 +138,21 @@ def read_image(
             image = ImageOps.exif_transpose(image)
             image.load()
             return _greyscale(image, name)
+    except PipelineError:
+        raise
     except FileNotFoundError:
         raise PipelineError(f"{name}: file not found") from None
     except IsADirectoryError:
-        raise PipelineError(f"{name}: is a directory, expected a PNG or JPEG file") from None
+        raise PipelineError(f"{name}: is a directory, expected an image file") from None
     except UnidentifiedImageError:
-        raise PipelineError(f"{name}: not a PNG or JPEG image") from None
+        raise PipelineError(f"{name}: not an image (expected {FORMAT_NAMES})") from None
     except Image.DecompressionBombError as e:
         raise PipelineError(f"{name}: refused: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:
         # Truncated or corrupt data after a valid header.
         raise PipelineError(f"{name}: unreadable image ({e})") from None
+    except Exception as e:  # a corrupt TIFF, GIF or WebP: Pillow's parsers raise many other types
+        raise PipelineError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
 
 
 def to_ink(grey: np.ndarray, name: str) -> np.ndarray:
@@ -469,21 +473,35 @@ def prepare_file(path: str | os.PathLike[str]) -> np.ndarray:
     return prepare_array(read_image(path), str(path))
 
 
-def expand_paths(paths: list[str], suffixes: tuple[str, ...] = SUFFIXES) -> list[Path]:
-    """Files as given; a directory stands for its files named `*.png`, `*.jpg` (or `suffixes`), sorted by name.
+def directory_pictures(folder: Path) -> list[Path]:
+    """The pictures a directory stands for: its entries whose names formats.is_picture_name accepts (a
+    known suffix, not hidden), sorted by name, not searched below. Anything else so named is kept: a
+    dangling link, a link loop or a FIFO is refused on its own line by the open that follows, not passed
+    over in silence; a folder is passed over."""
+    return sorted((folder / e.name for e in os.scandir(folder) if is_picture_name(e.name) and not _is_dir(e)),
+                  key=lambda p: p.name)
 
-    Every such name is kept unless it is a folder: a dangling link, a link loop or a FIFO is then refused
-    on its own line by the open that follows, not passed over in silence."""
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder, through links; a link loop is no folder (its open says what it is)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given, in the order given; a directory stands for directory_pictures. Naming a directory's
+    pictures one by one, in that order, gives the same files: both are read by their bytes alone."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes and not p.is_dir())
+            images = directory_pictures(path)
             if not images:
-                if suffixes == SUFFIXES:
-                    raise PipelineError(f"{path}: no PNG or JPEG files in this directory (expected *.png, *.jpg)")
-                wanted = ", ".join(f"*{s}" for s in suffixes)
-                raise PipelineError(f"{path}: no image files in this directory (expected {wanted})")
+                wanted = ", ".join(SUFFIXES[:-1]) + f" or {SUFFIXES[-1]}"
+                raise PipelineError(f"{path}: no image files in this directory (expected names ending {wanted}; "
+                                    "names starting with a dot are passed over)")
             found.extend(images)
         else:
             found.append(path)

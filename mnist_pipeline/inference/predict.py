@@ -30,9 +30,10 @@ from mnist_pipeline.core.cli import EXIT_FAULT, fail, one_line, run_command
 from mnist_pipeline.core.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.core.errors import PipelineError, printable
 from mnist_pipeline.core.files import NotRegularFile, file_kind, md5_of, open_regular
-from mnist_pipeline.inference.imageprep import SUFFIXES, expand_paths, prepare_with_warnings, read_image
+from mnist_pipeline.inference.imageprep import expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.formats import FORMAT_NAMES
 from mnist_pipeline.sources.splits import scale_images
 
 DEFAULT_MODEL = "models/model.keras"
@@ -44,16 +45,16 @@ DEFAULT_SCALE, DEFAULT_OFFSET = 255.0, 0.5
 # Larger pictures are refused from their header (a PNG) or decoded at 1/2, 1/4 or 1/8 of their size
 # (a JPEG): a 141 KB PNG can declare 10000x10000 pixels, gigabytes once decoded. The same as mnist-serve's.
 MAX_PIXELS = 12_000_000
-# A folder model's pictures in a directory argument: the formats preprocess reads a folder in.
-FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mnist-predict",
-        description="Classify PNG or JPEG pictures of digits (or clothes, for fashion_mnist) with the trained model.",
+        description=f"Classify pictures ({FORMAT_NAMES}) of digits (or clothes, for fashion_mnist) with the "
+                    "trained model.",
     )
-    parser.add_argument("images", nargs="+", help="image files, or directories whose PNG/JPEG files are all classified")
+    parser.add_argument("images", nargs="+",
+                        help="image files, or directories whose image files (by suffix, not hidden) are all classified")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained Keras model (default {DEFAULT_MODEL})")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     parser.add_argument("--top", type=int, default=3, help="how many most likely classes to list (default 3)")
@@ -140,20 +141,24 @@ def top_classes(row: np.ndarray, class_names: tuple[str, ...], top: int) -> list
     return [{"class": int(c), "name": class_names[c], "probability": round(float(row[c]), 6)} for c in order]
 
 
+def record(file: str | None, row: np.ndarray, class_names: tuple[str, ...], top: int) -> dict[str, Any]:
+    """What one picture is: the predicted class, its name and probability, and the `top` most likely
+    classes. `mnist-predict --json` prints these fields and `mnist-serve` answers them (adding its own),
+    so a client reads both alike. `file` is None for a picture sent as a raw request body."""
+    ranked = top_classes(row, class_names, top)
+    best = ranked[0]
+    return {
+        "file": file,
+        "predicted": best["class"],
+        "predicted_name": best["name"],
+        "probability": best["probability"],
+        "top": ranked,
+    }
+
+
 def classify(probabilities: np.ndarray, files: list[Path], class_names: tuple[str, ...], top: int) -> list[dict]:
-    """One record per file: the predicted class, its probability and the `top` most likely classes."""
-    records = []
-    for file, row in zip(files, probabilities, strict=True):
-        ranked = top_classes(row, class_names, top)
-        best = ranked[0]
-        records.append({
-            "file": str(file),
-            "predicted": best["class"],
-            "predicted_name": best["name"],
-            "probability": best["probability"],
-            "top": ranked,
-        })
-    return records
+    """One record per file."""
+    return [record(str(file), row, class_names, top) for file, row in zip(files, probabilities, strict=True)]
 
 
 def format_text(record: dict[str, Any]) -> str:
@@ -209,7 +214,7 @@ def prepare_images(
     errors: list[dict[str, str]] = []
     for argument in given:
         try:
-            found = expand_paths([argument], SUFFIXES if folder is None else FOLDER_SUFFIXES)
+            found = expand_paths([argument])
         except PipelineError as e:
             fail(e)
             errors.append({"file": argument, "error": one_line(e)})
@@ -285,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # Pillow warns (two lines on stderr) about pictures over 89 million pixels; MAX_PIXELS is far stricter.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # A corrupt TIFF's tags make Pillow warn on stderr besides the one `error:` line that reports the file.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
 
     def classify_and_print() -> int:
         records, errors = run(args)

@@ -51,11 +51,12 @@ from mnist_pipeline.inference.predict import (
     MAX_PIXELS,
     check_trained_on,
     prepare_picture,
+    record,
     settings,
-    top_classes,
 )
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.sources.formats import FORMAT_NAMES, PICTURE_FORMATS
 from mnist_pipeline.sources.splits import scale_images
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ GRACE_S = 10
 # answer on it): a client that sends half its headers, or 10 of the 1,000 bytes it declared, is cut off
 # rather than holding a connection for minutes. Idle keep-alive connections close sooner (uvicorn's 5 s).
 REQUEST_TIMEOUT_S = 20.0
-RAW_TYPES = ("image/png", "image/jpeg")
 MULTIPART = "multipart/form-data"
 UPLOAD_FIELD = "file"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -226,19 +226,17 @@ class Predictor:
         with self._lock:
             return self._call(x).numpy()[0].astype(np.float64)
 
-    def __call__(self, data: bytes, name: str) -> dict[str, Any]:
+    def __call__(self, data: bytes, name: str, file: str | None) -> dict[str, Any]:
+        """mnist-predict's record of the picture (`file`: the upload's file name, None for a raw body), and
+        what the page shows besides: every probability, the model's md5 and the 28x28 image it saw."""
         # mnist-predict's own preparation: the pixel limit checked from the header before decoding (an
         # over-limit JPEG decoded reduced), MNIST's recipe, and a warning per doubt about a photo.
         image, warnings = prepare_picture(io.BytesIO(data), name)
         row = self.probabilities(image)
-        ranked = top_classes(row, self.class_names, TOP)
         png = io.BytesIO()
         Image.fromarray(image).save(png, format="PNG")
         return {
-            "class": ranked[0]["class"],
-            "name": ranked[0]["name"],
-            "probability": ranked[0]["probability"],
-            "top": ranked,
+            **record(file, row, self.class_names, TOP),
             "probabilities": [round(float(p), 6) for p in row],
             "class_names": list(self.class_names),
             "model_md5": self.md5,
@@ -370,22 +368,25 @@ def server_config(app: FastAPI, host: str, request_timeout_s: float = REQUEST_TI
     return config
 
 
+PICTURE_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
-        "description": f"A PNG or JPEG picture of one digit, at most {MAX_BODY_BYTES:,} bytes and "
-                       f"{MAX_PIXELS:,} pixels: the raw bytes, or a form upload in the field '{UPLOAD_FIELD}'.",
+        "description": f"A picture of one digit ({FORMAT_NAMES}, recognised by its bytes), at most "
+                       f"{MAX_BODY_BYTES:,} bytes and {MAX_PIXELS:,} pixels: the raw bytes with any Content-Type "
+                       f"(`curl --data-binary @digit.png`), or a form upload in the field '{UPLOAD_FIELD}'.",
         "content": {
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            **{f"image/{kind.lower()}": PICTURE_SCHEMA for kind in PICTURE_FORMATS},
+            "application/octet-stream": PICTURE_SCHEMA,
             MULTIPART: {"schema": {"type": "object", "required": [UPLOAD_FIELD],
                                    "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}}}},
         },
     },
-    "responses": {"200": {"description": "The class, its name, every probability and the 28x28 image the "
-                                         "model saw (base64 PNG)",
+    "responses": {"200": {"description": "mnist-predict --json's record of the picture (file: the upload's "
+                                         "name, null for a raw body), every probability and the 28x28 image "
+                                         "the model saw (base64 PNG)",
                           "content": {"application/json": {"example": {
-                              "class": 7, "name": "7", "probability": 0.98,
+                              "file": None, "predicted": 7, "predicted_name": "7", "probability": 0.98,
                               "top": [{"class": 7, "name": "7", "probability": 0.98}],
                               "probabilities": [0.0] * 7 + [0.98] + [0.0] * 2,
                               "class_names": [str(d) for d in range(10)],
@@ -406,10 +407,11 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-async def _upload_bytes(request: Request, content_type: str) -> tuple[bytes, str]:
-    """The picture's bytes and the name errors call it by, from a raw body or a form upload."""
-    if content_type in RAW_TYPES:
-        return await request.body(), "request body"
+async def _upload_bytes(request: Request, content_type: str) -> tuple[bytes, str, str | None]:
+    """The picture's bytes, the name errors call it by and its file name (None for a raw body), from a form
+    upload or, whatever else the Content-Type says, the raw body: the bytes say what picture it is."""
+    if content_type != MULTIPART:
+        return await request.body(), "request body", None
     try:
         form = await request.form(max_files=1, max_fields=4)
     except (HTTPException, ClientDisconnect):
@@ -419,13 +421,17 @@ async def _upload_bytes(request: Request, content_type: str) -> tuple[bytes, str
     upload = form.get(UPLOAD_FIELD)
     if upload is None or isinstance(upload, str):
         raise HTTPException(422, f"{MULTIPART} body without a file in the field '{UPLOAD_FIELD}'")
-    name = f"upload '{(upload.filename or '')[:80]}'"
-    return await upload.read(), name
+    filename = upload.filename or ""
+    return await upload.read(), f"upload '{filename[:80]}'", filename
 
 
 def create_app(predictor: Predictor, card: ModelCard) -> FastAPI:
     """The web app: the page and its files, the model card, and the API."""
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, blank offline, and no pinned
+    # package ships those files. The OpenAPI description itself is served at /openapi.json.
     app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
         title="mnist-serve",
         version="1",
         description=f"The trained {card.dataset} classifier (model md5 {card.md5}). The page at / draws digits; "
@@ -477,15 +483,11 @@ def create_app(predictor: Predictor, card: ModelCard) -> FastAPI:
               response_model=None)
     async def predict(request: Request) -> JSONResponse:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in (*RAW_TYPES, MULTIPART):
-            shown = f"Content-Type '{content_type[:60]}'" if content_type else "no Content-Type"
-            raise HTTPException(415, f"{shown}: expected {', '.join(RAW_TYPES)} (the raw picture) or {MULTIPART} "
-                                     f"(a file in the field '{UPLOAD_FIELD}')")
-        data, name = await _upload_bytes(request, content_type)
+        data, name, file = await _upload_bytes(request, content_type)
         if not data:
-            raise HTTPException(400, f"{name} is empty: expected the bytes of a PNG or JPEG picture")
+            raise HTTPException(400, f"{name} is empty: expected the bytes of a picture ({FORMAT_NAMES})")
         try:
-            result = await anyio.to_thread.run_sync(predictor, data, name, limiter=slots)
+            result = await anyio.to_thread.run_sync(predictor, data, name, file, limiter=slots)
         except PipelineError as e:
             raise HTTPException(400, str(e)) from None
         return JSONResponse(result)
@@ -579,7 +581,7 @@ def serve(args: argparse.Namespace) -> None:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"mnist-serve: http://{shown}:{port}/ (model {model_path}, md5 {card.md5}, {dataset}); "
-              "API docs at /docs; Ctrl-C stops", flush=True)
+              "API description at /openapi.json; Ctrl-C stops", flush=True)
         QuietSignalServer(server_config(app, args.host)).run(sockets=[sock])
 
 

@@ -49,6 +49,11 @@ MIN_DEADLINE_S = 60.0
 MIN_PAYLOAD_RATE = 100_000
 URL_SCHEMES = ("http", "https", "file")
 NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular file"
+# What the download stage writes when the data set is a folder of the user's own pictures: its output is
+# then this one note, not an empty folder DVC would warn about on every run.
+FOLDER_NOTE = "folder-source.txt"
+FOLDER_NOTE_TEXT = ("data.dataset is folder: nothing is downloaded. The preprocess stage reads the pictures "
+                    "from the folder data.folder names.\n")
 
 
 class FetchError(Exception):
@@ -81,6 +86,14 @@ class Mirror:
     def shows_location(self) -> bool:
         """A public mirror's label is its URL; `$DATASET_MIRROR`'s label hides which folders were read."""
         return self.roots != (self.label,)
+
+
+def note_folder_source(raw_dir: str | os.PathLike[str]) -> Path:
+    """The download stage's whole output for a folder data set: one short note saying where the data is."""
+    final = Path(raw_dir) / FOLDER_NOTE
+    with atomic_path(final) as tmp:
+        tmp.write_text(FOLDER_NOTE_TEXT, encoding="utf-8")
+    return final
 
 
 def mirrors_for(spec: DatasetSpec, public: list[str], env_root: str | None) -> list[Mirror]:

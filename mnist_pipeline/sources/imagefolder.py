@@ -56,9 +56,9 @@ from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, atomic_open, file_kind, open_regular
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
 from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, raw_name
+from mnist_pipeline.sources.formats import FORMAT_NAMES, FORMATS, is_hidden
 from mnist_pipeline.sources.splits import chunk_rows, pixel_range, scale_images
 
-FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "class", "split", "index", "sha256")
 SKIPPED = "skipped"
@@ -182,7 +182,7 @@ def _class_folders(root: str, top: str, bad: BadFiles) -> list[str]:
     real_root = os.path.realpath(root)
     classes = []
     for entry in sorted(os.scandir(where), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if is_hidden(entry.name):
             continue
         name = f"{top}/{printable(entry.name)}" if top else printable(entry.name)
         if not entry.is_dir():
@@ -213,7 +213,7 @@ def _enough_classes(where: str, classes: list[str]) -> None:
 
 def _split_folders(root: str) -> list[str]:
     """With `split: folders`, the split folders at the top of `root`: train/ and test/, val/ if there."""
-    found = {entry.name: entry for entry in os.scandir(root) if not entry.name.startswith(".")}
+    found = {entry.name: entry for entry in os.scandir(root) if not is_hidden(entry.name)}
     for name in sorted(found):
         if name not in SPLITS or not found[name].is_dir():
             kind = "folder" if found[name].is_dir() else "file"
@@ -239,7 +239,7 @@ def _files(folder: str, rel: str, real_root: str, ancestors: frozenset[str], bad
                               "expected images at most that deep"))
         return
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if is_hidden(entry.name):
             continue
         here = f"{rel}/{printable(entry.name)}"
         if not is_utf8(entry.name):
@@ -401,7 +401,7 @@ def decode(f: BinaryIO, cfg: PreprocessConfig) -> np.ndarray:
     try:
         image = Image.open(f, formats=FORMATS)
     except UnidentifiedImageError:
-        raise BadImage("not an image", "expected PNG, JPEG, BMP, TIFF or GIF") from None
+        raise BadImage("not an image", f"expected {FORMAT_NAMES}") from None
     except Image.DecompressionBombError as e:
         raise BadImage("too many pixels", f"{e}; preprocess.max_image_pixels = {cfg.max_image_pixels:,}") from None
     except Exception as e:  # a corrupt header: Pillow's parsers raise many types

@@ -134,7 +134,7 @@ function show(data) {
   }));
   seen.src = data.image;
   statusLine.className = data.warnings.length ? "status warning" : "status";
-  statusLine.textContent = [`${data.name}, ${(100 * data.probability).toFixed(1)}% sure`, ...data.warnings]
+  statusLine.textContent = [`${data.predicted_name}, ${(100 * data.probability).toFixed(1)}% sure`, ...data.warnings]
     .join(". Warning: ");
 }
 
