@@ -54,7 +54,7 @@ MAX_LINE = 64 << 10
 SHOWN = 10
 # What a field of a bad row shows at most: a 60 KB field must not make a 60 KB error line.
 SHOWN_FIELD = 20
-_DIGITS = re.compile(rb"[0-9]+(?:,[0-9]+)*")
+_SHORT_NUMBERS = re.compile(rb"[0-9]{1,3}(?:,[0-9]{1,3})*")
 WHAT = f"Kaggle's digit CSV: a header row {HEADER_TEXT}, then one 28x28 image a row"
 
 
@@ -127,6 +127,16 @@ def check_header(path: str, line: bytes | None) -> None:
                         f"expected {HEADER[column]!r} ({HEADER_TEXT})")
 
 
+def integer(field: bytes, high: int) -> int | None:
+    """The field's value when it is a plain decimal integer 0..high (leading zeros allowed), else None;
+    a field of thousands of digits is refused by its length, never converted."""
+    digits = field.lstrip(b"0")
+    if not field.isdigit() or len(digits) > len(str(high)):
+        return None
+    value = int(digits or b"0")
+    return value if value <= high else None
+
+
 def parse_row(line: bytes | None) -> tuple[int, bytes]:
     """A row's label and its 784 pixels as bytes; BadRow says what is wrong with the first bad field."""
     if line is None:
@@ -134,17 +144,18 @@ def parse_row(line: bytes | None) -> tuple[int, bytes]:
     fields = line.split(b",")
     if len(fields) != len(HEADER):
         raise BadRow(f"{len(fields)} columns: expected {len(HEADER)} ({HEADER_TEXT})")
-    label = fields[0]
-    if not label.isdigit() or int(label) > MAX_LABEL:
-        raise BadRow(f"label {shown(label)}: expected an integer 0-{MAX_LABEL}")
-    if not _DIGITS.fullmatch(line):
-        column = next(i for i, value in enumerate(fields) if not value.isdigit())
+    label = integer(fields[0], MAX_LABEL)
+    if label is None:
+        raise BadRow(f"label {shown(fields[0])}: expected an integer 0-{MAX_LABEL}")
+    if _SHORT_NUMBERS.fullmatch(line):  # the usual row: numbers of 1 to 3 digits, converted at once
+        pixels = np.fromiter(map(int, fields[1:]), dtype=np.int16, count=N_PIXELS)
+        if pixels.max() <= 255:
+            return label, pixels.astype(np.uint8).tobytes()
+    values = [integer(value, 255) for value in fields[1:]]
+    if None in values:
+        column = 1 + values.index(None)
         raise BadRow(f"{HEADER[column]} = {shown(fields[column])}: expected an integer 0-255")
-    pixels = np.fromiter(map(int, fields[1:]), dtype=np.int64, count=N_PIXELS)
-    if pixels.max() > 255:
-        column = 1 + int(np.argmax(pixels > 255))
-        raise BadRow(f"{HEADER[column]} = {shown(fields[column])}: expected an integer 0-255")
-    return int(label), pixels.astype(np.uint8).tobytes()
+    return label, bytes(values)  # type: ignore[arg-type]  # no None left
 
 
 def row_split(seed: int, line: bytes, cfg: PreprocessConfig) -> str:
@@ -198,7 +209,7 @@ def park(rows: dict[str, BinaryIO], labels: dict[str, bytearray], f: BinaryIO, p
 
 
 def check_counts(path: str, counts: dict[str, int], cfg: PreprocessConfig, skipped: int) -> None:
-    after = f" after skipping {skipped} bad rows" if skipped else ""
+    after = f" after skipping {skipped} bad row{'s' * (skipped != 1)}" if skipped else ""
     if not any(counts.values()):
         raise PipelineError(f"{path}: no image rows{after}: expected at least one row after the header")
     for split, fraction in (("train", f"test_fraction = {cfg.test_fraction:g}, val_fraction = "
