@@ -32,7 +32,7 @@ from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, 
 from mnist_pipeline.sources.digit_csv import MAX_LINE, prepare_csv, row_split
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.imagefolder import MANIFEST, prepare_folder
-from mnist_pipeline.sources.registry import SOURCES, prepare
+from mnist_pipeline.sources.registry import SOURCES, Source, prepare
 from mnist_pipeline.sources.splits import open_raw, prepared_spec, scale_images, write_splits
 
 HEADER = "label," + ",".join(f"pixel{i}" for i in range(784))
@@ -272,8 +272,11 @@ def test_params_the_csv_cannot_honour_are_refused(tmp_path: Path, digits, params
 # The Source interface: one registry, the schema's names, and the old sources unchanged through it
 
 
-def test_every_dataset_name_of_the_schema_has_exactly_one_source() -> None:
+def test_every_dataset_name_of_the_schema_has_exactly_one_source_implementing_the_interface() -> None:
     assert tuple(SOURCES) == DATASET_NAMES
+    assert all(isinstance(source, Source) for source in SOURCES.values())
+    assert [type(SOURCES[name]).__name__ for name in ("mnist", "fashion_mnist", "folder", "digit_csv")] == [
+        "IdxSource", "IdxSource", "FolderSource", "DigitCsvSource"]
 
 
 def test_idx_source_through_the_registry_writes_what_the_idx_functions_write(tmp_path: Path,

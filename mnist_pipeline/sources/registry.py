@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from mnist_pipeline.core.config import DIGIT_CSV, FOLDER, PreprocessConfig
 from mnist_pipeline.prepared import PreparedSpec
@@ -21,6 +21,7 @@ from mnist_pipeline.sources.imagefolder import MANIFEST, FolderSource
 from mnist_pipeline.sources.splits import IdxSource
 
 
+@runtime_checkable
 class Source(Protocol):
     """One kind of data preprocess reads. `writes_manifest`: whether it lists each input in `manifest.csv`."""
 
