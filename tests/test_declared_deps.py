@@ -26,7 +26,8 @@ The values run are listed, not taken from the schema's choices. `data.dataset: f
 not run: the sandboxes hold only the default data set's download (data/raw is download's output in
 the default configuration), and fashion_mnist goes through the same IDX code path and reads the same
 keys as mnist, so its run would only cost a second download. The folder run reads a small folder of
-real MNIST test digits written as PNG files into the workspace (DIGIT_FOLDER).
+real MNIST test digits written as PNG files into the workspace (DIGIT_FOLDER), the digit CSV run the
+same kind of digits as rows of a CSV file (DIGIT_CSV).
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ from mnist_pipeline.sources.idx import read_idx
 # is not empty at the default fractions, few enough to decode in a moment.
 DIGIT_FOLDER = "data/digits"
 DIGIT_CLASSES, DIGITS_PER_CLASS = 3, 10
+# The digit CSV configuration's file: the same digits as rows of Kaggle's train.csv layout.
+DIGIT_CSV = "data/digits.csv"
 # Keys whose value picks which other keys a stage reads: value -> the overrides its run needs besides
 # the key itself. Each stage declaring the key runs once more per value listed.
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "model.type": {"cnn": {}},
-    "data.dataset": {"folder": {"data.folder": DIGIT_FOLDER}},
+    "data.dataset": {"folder": {"data.folder": DIGIT_FOLDER}, "digit_csv": {"data.folder": DIGIT_CSV}},
 }
 # Values of a variant key that are not run, and why (the module docstring says more).
 NOT_RUN = {
@@ -321,6 +324,15 @@ def write_digit_folder(root: Path, mirror: Path, classes: int = DIGIT_CLASSES, p
             Image.fromarray(pixels).save(folder / f"{skip + index:04d}.png")
 
 
+def write_digit_csv(path: Path, mirror: Path, rows: int = DIGIT_CLASSES * DIGITS_PER_CLASS * 2) -> None:
+    """The first `rows` real MNIST test digits as Kaggle's digit CSV: a header, then label and 784 pixels a row."""
+    images = read_idx(mirror / "mnist" / TEST_IMAGES, "images")[:rows]
+    labels = read_idx(mirror / "mnist" / TEST_LABELS, "labels")[:rows]
+    header = "label," + ",".join(f"pixel{i}" for i in range(images[0].size))
+    path.write_text(header + "\n" + "".join(f"{label}," + ",".join(map(str, pixels.reshape(-1).tolist())) + "\n"
+                                            for pixels, label in zip(images, labels, strict=True)))
+
+
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Workspace:
     """The project (SANDBOX_PARAMS applied) and the folder variant's digits in `work`, and the hook
@@ -337,6 +349,7 @@ def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Worksp
         set_dotted(tree, key, value)
     (space.work / PARAMS_FILE).write_text(yaml.safe_dump(tree, sort_keys=False))
     write_digit_folder(space.work / DIGIT_FOLDER, mirror_root)
+    write_digit_csv(space.work / DIGIT_CSV, mirror_root)
     return space
 
 
@@ -377,6 +390,12 @@ def test_every_value_of_a_variant_key_is_run_or_excused(leaves: dict) -> None:
         assert leaves[key] not in values, f"{key}: {leaves[key]} is params.yaml's value, run already"
         left = set(choices(key)) - {leaves[key]} - set(values) - {v for k, v in NOT_RUN if k == key}
         assert not left, f"{key}: values {sorted(left)} are neither run (VARIANTS) nor excused (NOT_RUN)"
+
+
+def test_the_digit_csv_variant_reads_its_file(runs: dict[str, list[Run]]) -> None:
+    """The CSV run really took the CSV path: its dep is DIGIT_CSV, which it opened."""
+    (csv_run,) = [r for r in runs["preprocess"] if DIGIT_CSV in r.stage.deps]
+    assert DIGIT_CSV in csv_run.reads, sorted(csv_run.reads)
 
 
 def test_the_folder_variant_reads_its_folder(runs: dict[str, list[Run]]) -> None:

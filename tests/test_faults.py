@@ -78,12 +78,12 @@ PARAMS_FAULTS: list[tuple[str, dict[str, Any] | Callable[[str], str | bytes], st
     ("model.hidden=[64, 0]", {"model.hidden": [64, 0]},
      "error: params.yaml: model.hidden = [64, 0]: expected a list of 0 to 16 integers in [1, 1000000]"),
     ("data.dataset=fashion-mnist", {"data.dataset": "fashion-mnist"},
-     "error: params.yaml: data.dataset = 'fashion-mnist': expected one of mnist, fashion_mnist, folder "
+     "error: params.yaml: data.dataset = 'fashion-mnist': expected one of mnist, fashion_mnist, folder, digit_csv "
      "(did you mean 'fashion_mnist'?)"),
     ("data.dataset=cifar10", {"data.dataset": "cifar10"},
-     "error: params.yaml: data.dataset = 'cifar10': expected one of mnist, fashion_mnist, folder"),
+     "error: params.yaml: data.dataset = 'cifar10': expected one of mnist, fashion_mnist, folder, digit_csv"),
     ("data.dataset=../../etc", {"data.dataset": "../../etc"},
-     "error: params.yaml: data.dataset = '../../etc': expected one of mnist, fashion_mnist, folder"),
+     "error: params.yaml: data.dataset = '../../etc': expected one of mnist, fashion_mnist, folder, digit_csv"),
     ("model.activation=rleu", {"model.activation": "rleu"},
      "error: params.yaml: model.activation = 'rleu': expected one of relu, sigmoid, tanh, elu, selu, gelu, softplus, "
      "swish, linear (did you mean 'relu'?)"),

@@ -34,9 +34,12 @@ BAD_VALUES = [
     ("evaluate.batch_size", -1, "evaluate.batch_size = -1: expected an integer in [1, 65536]"),
     ("download.retries", 50, "download.retries = 50: expected an integer in [0, 10]"),
     ("model.hidden", [64, 0], "model.hidden = [64, 0]: expected a list of 0 to 16 integers in [1, 1000000]"),
-    ("data.dataset", "cifar10", "data.dataset = 'cifar10': expected one of mnist, fashion_mnist, folder"),
-    ("data.dataset", "../../etc", "data.dataset = '../../etc': expected one of mnist, fashion_mnist, folder"),
-    ("data.dataset", "fashion-mnist", "expected one of mnist, fashion_mnist, folder (did you mean 'fashion_mnist'?)"),
+    ("data.dataset", "cifar10", "data.dataset = 'cifar10': expected one of mnist, fashion_mnist, folder, "
+     "digit_csv"),
+    ("data.dataset", "../../etc", "data.dataset = '../../etc': expected one of mnist, fashion_mnist, folder, "
+     "digit_csv"),
+    ("data.dataset", "fashion-mnist", "expected one of mnist, fashion_mnist, folder, digit_csv (did you mean "
+     "'fashion_mnist'?)"),
     ("data.folder", "data/my images", "data.folder = 'data/my images': expected a folder inside the project named "
      "with letters, digits, '.', '_', '-' and '/'"),
     ("data.folder", "../images", "data.folder = '../images': expected a folder inside the project"),

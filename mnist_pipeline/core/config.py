@@ -69,7 +69,12 @@ _FOLDER_TEXT = re.compile(r"[A-Za-z0-9._/-]+")
 
 # A folder of the user's own images, one subfolder per class, read by preprocess from `data.folder`.
 FOLDER = "folder"
-DATASET_NAMES = (*DATASETS, FOLDER)
+# Kaggle's digit CSV (`label,pixel0,...,pixel783`, one image a row), read by preprocess from `data.folder`.
+DIGIT_CSV = "digit_csv"
+# Sources that read the user's own files at `data.folder`: nothing to download. Each name is a key of
+# mnist_pipeline/sources/registry.py's SOURCES, as every IDX data set is; the schema imports none of them.
+LOCAL_SOURCES = (FOLDER, DIGIT_CSV)
+DATASET_NAMES = (*DATASETS, *LOCAL_SOURCES)
 COLORS = ("grayscale", "rgb")
 BAD_IMAGES = ("fail", "skip")
 FOLDER_SPLITS = ("hash", "folders")  # preprocess.split: by a hash of each path, or as the folder already has them

@@ -92,9 +92,9 @@ def settings(params_path: str | None, dataset: str | None) -> Settings:
     cfg = load_config(path)
     preprocess: PreprocessConfig = cfg.preprocess
     name = dataset or cfg.data.dataset
-    if name == FOLDER:
+    if name not in DATASETS:  # a folder or a CSV: the classes are those preprocess wrote down
         spec = load_spec(path.parent / PREPARED_DIR)
-        return Settings(name, spec, preprocess.scale, preprocess.offset, preprocess)
+        return Settings(name, spec, preprocess.scale, preprocess.offset, preprocess if name == FOLDER else None)
     return Settings(name, idx_spec(DATASETS[name]), preprocess.scale, preprocess.offset, None)
 
 

@@ -54,7 +54,6 @@ from mnist_pipeline.inference.predict import (
     record,
     settings,
 )
-from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.formats import FORMAT_NAMES, PICTURE_FORMATS
 from mnist_pipeline.sources.splits import scale_images
@@ -152,11 +151,13 @@ def _entries(stage: Any, kind: str) -> list[dict[str, Any]]:
     return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
-def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | None) -> ModelCard:
-    """The model card, from the model file, dvc.lock, params and the evaluate stage's outputs in `root`."""
+def build_card(model_path: Path, root: Path, dataset: str, params_file: Path | None,
+               class_names: tuple[str, ...] | None = None) -> ModelCard:
+    """The model card, from the model file, dvc.lock, params and the evaluate stage's outputs in `root`;
+    the class names are the IDX data set's unless given (a CSV model's, from its prepared data)."""
     md5 = md5_of(model_path)
     card: dict[str, Any] = {"path": str(model_path), "md5": md5, "dataset": dataset,
-                            "class_names": DATASETS[dataset].class_names}
+                            "class_names": class_names or DATASETS[dataset].class_names}
     stages = _read_lock(root)
     rel = _relative(model_path, root)
     for name, stage in stages.items():
@@ -559,7 +560,8 @@ def serve(args: argparse.Namespace) -> None:
     if params_file.is_file():
         check_trained_on(model_path, params_file, dataset)
     try:
-        card = build_card(model_path, params_file.parent, dataset, params_file if params_file.is_file() else None)
+        card = build_card(model_path, params_file.parent, dataset, params_file if params_file.is_file() else None,
+                          how.spec.class_names)
     except OSError as e:
         raise PipelineError(f"{model_path}: cannot read ({e.strerror or e})") from None
     if not is_loopback(args.host):
@@ -571,11 +573,11 @@ def serve(args: argparse.Namespace) -> None:
         # Imported here: TensorFlow takes seconds to load, and a bad argument should not wait for it.
         from mnist_pipeline.train.models import load_model
 
-        model = load_model(model_path, idx_spec(DATASETS[dataset]))
+        model = load_model(model_path, how.spec)
         if (loaded := md5_of(model_path)) != card.md5:  # rewritten by a training run meanwhile
             raise PipelineError(f"{model_path}: changed while mnist-serve started (md5 {card.md5}, now {loaded}): "
                                 "start it again once training has written the model")
-        predictor = Predictor(model, scale, offset, DATASETS[dataset].class_names, card.md5)
+        predictor = Predictor(model, scale, offset, how.spec.class_names, card.md5)
         predictor.probabilities(np.zeros((28, 28), np.uint8))  # the first call builds the graph: no user waits
         app = create_app(predictor, card)
         host, port = sock.getsockname()[:2]

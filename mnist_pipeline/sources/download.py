@@ -52,8 +52,8 @@ NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular
 # What the download stage writes when the data set is a folder of the user's own pictures: its output is
 # then this one note, not an empty folder DVC would warn about on every run.
 FOLDER_NOTE = "folder-source.txt"
-FOLDER_NOTE_TEXT = ("data.dataset is folder: nothing is downloaded. The preprocess stage reads the pictures "
-                    "from the folder data.folder names.\n")
+FOLDER_NOTE_TEXT = ("data.dataset is a local source (folder, digit_csv): nothing is downloaded. The preprocess "
+                    "stage reads the folder or file data.folder names.\n")
 
 
 class FetchError(Exception):
@@ -89,7 +89,7 @@ class Mirror:
 
 
 def note_folder_source(raw_dir: str | os.PathLike[str]) -> Path:
-    """The download stage's whole output for a folder data set: one short note saying where the data is."""
+    """The download stage's whole output for a local source (a folder, a CSV): a note saying where the data is."""
     final = Path(raw_dir) / FOLDER_NOTE
     with atomic_path(final) as tmp:
         tmp.write_text(FOLDER_NOTE_TEXT, encoding="utf-8")

@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -563,3 +563,12 @@ def prepare_folder(root: str, prepared_dir: str | os.PathLike[str], cfg: Preproc
             progress.say(f"preprocess: {split}: {len(labels)} images -> {split_paths(prepared, split)[0]}")
     write_manifest(prepared, found.rows)
     return spec
+
+
+class FolderSource:
+    """The user's images at `data.folder`, one subfolder per class (`data.dataset: folder`)."""
+
+    writes_manifest: ClassVar[bool] = True
+
+    def prepare(self, path: str, prepared_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> PreparedSpec:
+        return prepare_folder(path, prepared_dir, cfg)

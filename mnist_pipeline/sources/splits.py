@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from mnist_pipeline.core import progress
 from mnist_pipeline.core.config import PreprocessConfig
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, split_paths, split_writer
@@ -174,3 +178,19 @@ def write_splits(
             test.write(scaled(raw["test_images"], start, stop), test_labels[start:stop])
     return {split: (count, split_paths(prepared_dir, split)[0])
             for split, count in (("train", len(train_idx)), ("val", len(val_idx)), ("test", n_test))}
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """A downloaded IDX data set (`<raw_dir>/<name>/`, the download stage's output): the source of mnist and
+    fashion_mnist. Raw images are read, scaled and written a chunk at a time: any size of data set fits."""
+
+    dataset: DatasetSpec
+    writes_manifest: ClassVar[bool] = False
+
+    def prepare(self, path: str, prepared_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> PreparedSpec:
+        spec = prepared_spec(self.dataset, cfg)
+        written = write_splits(open_raw(path, self.dataset), cfg, prepared_dir, spec)
+        for split, (count, images) in written.items():
+            progress.say(f"preprocess: {split}: {count} images -> {images}")
+        return spec
