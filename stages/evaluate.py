@@ -11,6 +11,7 @@ from mnist_pipeline.core.files import check_output_paths, output_group, save_jso
 from mnist_pipeline.evaluate.metrics import classification_report
 from mnist_pipeline.evaluate.plots import image_grid, plot_confusion
 from mnist_pipeline.evaluate.significance import interval_report, per_image_text, small_test_set_warning
+from mnist_pipeline.inference.onnx_model import load_model
 from mnist_pipeline.prepared import load_spec, load_split, split_sha256
 
 WRONG_SHOWN = 15
@@ -26,12 +27,8 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     class_names = spec.class_names
     # Memory-mapped: the test set is predicted a window at a time, so its size is bounded by the disk only.
     x_test, y_test = load_split(prepared_dir, "test", spec, mmap=True)
-    # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
-    # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
-    from mnist_pipeline.train.models import load_model, predict_in_windows
-
-    model = load_model(model_path, spec)
-    probabilities = predict_in_windows(model, x_test, cfg.evaluate.batch_size)
+    model = load_model(model_path, spec.n_pixels, spec.n_classes)
+    probabilities = model.probabilities(x_test, cfg.evaluate.batch_size)
     report, per_class, confusion = classification_report(probabilities, y_test, class_names)
     predicted = probabilities.argmax(axis=1)
 
