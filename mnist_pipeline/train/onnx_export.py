@@ -52,7 +52,10 @@ def inference_model(model: keras.Model) -> keras.Model:
 
 
 def canonical(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Rename every tensor and node in graph order and drop what depends on the exporting process."""
+    """Rename every tensor and node in graph order and drop what depends on the exporting process.
+
+    Names are given in the order nodes use them, and the weights are listed in that order too: tf2onnx
+    lists them by its own counter-based names, an order that changes from one process to the next."""
     graph = proto.graph
     (graph_input,), (graph_output,) = graph.input, graph.output
     names = {graph_input.name: INPUT_NAME, graph_output.name: OUTPUT_NAME}
@@ -62,14 +65,17 @@ def canonical(proto: onnx.ModelProto) -> onnx.ModelProto:
             return name  # an omitted optional input
         return names.setdefault(name, f"t{len(names) - 2}")
 
-    for tensor in graph.initializer:
-        tensor.name = rename(tensor.name)
-        tensor.doc_string = ""
     for i, node in enumerate(graph.node):
         node.input[:] = [rename(n) for n in node.input]
         node.output[:] = [rename(n) for n in node.output]
         node.name = f"n{i}_{node.op_type}"
         node.doc_string = ""
+    weights = sorted(graph.initializer, key=lambda t: int(rename(t.name)[1:]))
+    for tensor in weights:
+        tensor.name = rename(tensor.name)
+        tensor.doc_string = ""
+    graph.ClearField("initializer")
+    graph.initializer.extend(weights)
     graph_input.name, graph_output.name = INPUT_NAME, OUTPUT_NAME
     for value in (graph_input, graph_output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
