@@ -8,7 +8,7 @@ import numpy as np
 from mnist_pipeline.core.cli import run_stage
 from mnist_pipeline.core.config import load_config
 from mnist_pipeline.core.files import check_output_paths, output_group, save_json
-from mnist_pipeline.evaluate.metrics import classification_report
+from mnist_pipeline.evaluate.metrics import STABLE_DECIMALS, classification_report
 from mnist_pipeline.evaluate.plots import image_grid, plot_confusion
 from mnist_pipeline.evaluate.significance import interval_report, per_image_text, small_test_set_warning
 from mnist_pipeline.inference.onnx_model import load_model
@@ -33,8 +33,11 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     predicted = probabilities.argmax(axis=1)
 
     wrong = np.flatnonzero(predicted != y_test)
-    confidence = probabilities[wrong, predicted[wrong]]
-    worst = wrong[np.argsort(-confidence, kind="stable")[:WRONG_SHOWN]]
+    # Ranked by the confidence rounded as the metrics are (ties in image order): another CPU's kernels
+    # differ in the last bits only, and must not reorder the picture.
+    confidence = np.round(probabilities[wrong, predicted[wrong]].astype(np.float64), STABLE_DECIMALS)
+    ranked = np.argsort(-confidence, kind="stable")[:WRONG_SHOWN]
+    worst, shown = wrong[ranked], confidence[ranked]
 
     # Written aside, then moved in together: a failure or a kill part-way leaves all the old outputs.
     top = probabilities[np.arange(len(predicted)), predicted]
@@ -53,8 +56,8 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
         plot_confusion(confusion, class_names, confusion_png)
         image_grid(
             x_test[worst],
-            [f"#{i}: pred {class_names[predicted[i]]}\n{probabilities[i, predicted[i]]:.1%}, "
-             f"true {class_names[y_test[i]]}" for i in worst],
+            [f"#{i}: pred {class_names[predicted[i]]}\n{c:.1%}, true {class_names[y_test[i]]}"
+             for i, c in zip(worst, shown, strict=True)],
             mistakes_png,
             title=f"Most confidently wrong ({len(wrong)} mistakes in {len(y_test)})",
             image_shape=spec.array_shape,

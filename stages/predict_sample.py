@@ -4,6 +4,7 @@ from mnist_pipeline.core.cli import run_stage
 from mnist_pipeline.core.config import load_config
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import check_output_paths, save_json
+from mnist_pipeline.evaluate.metrics import STABLE_DECIMALS
 from mnist_pipeline.evaluate.plots import image_grid
 from mnist_pipeline.inference.onnx_model import load_model
 from mnist_pipeline.prepared import load_spec, load_split, read_rows
@@ -28,7 +29,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
             "label": int(t),
             "predicted_name": class_names[p],
             "label_name": class_names[t],
-            "probability": round(float(probabilities[i, p]), 6),
+            "probability": round(float(probabilities[i, p]), STABLE_DECIMALS),  # the same on every CPU
         }
         for i, (p, t) in enumerate(zip(predicted, labels, strict=True))
     ]

@@ -78,8 +78,7 @@ def load_model(path: str | os.PathLike[str], n_pixels: int, n_classes: int) -> O
         with open_regular(path) as f:
             data = f.read(MAX_MODEL_BYTES + 1)
     except FileNotFoundError:
-        raise PipelineError(f"{path}: model file not found (train it with `dvc repro train`, or pass --model PATH)"
-                            ) from None
+        raise PipelineError(f"{path}: file not found (run the train stage: dvc repro train)") from None
     except NotRegularFile as e:
         raise PipelineError(f"{path}: not a regular file ({e.kind}): expected an ONNX model file") from None
     except OSError as e:  # a symbolic link loop, a path through a file, no permission
