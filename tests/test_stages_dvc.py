@@ -199,7 +199,7 @@ def test_accuracy_interval_is_the_wilson_interval_of_the_test_sets_count_right(p
 
 def test_evaluate_warns_in_one_line_that_200_test_images_are_too_few(project: Project, tmp_path: Path) -> None:
     """Run again into another folder, so the project's outputs stay as dvc repro left them."""
-    result = project.run("python", "-m", "stages.evaluate", "models/model.keras", "data/prepared", str(tmp_path))
+    result = project.run("python", "-m", "stages.evaluate", "models/model.onnx", "data/prepared", str(tmp_path))
     correct = read_json(project, "metrics/accuracy_interval.json")["correct"]
     (warning,) = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warning.startswith(f"evaluate: warning: {TEST_N} test images give accuracy {correct / TEST_N:.4f} +-")
