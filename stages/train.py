@@ -58,7 +58,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
         plot_training_curves(history, live_tmp / "curves.png")
         # The ONNX file the inference commands read, checked against Keras before any model file is written.
         checked = check_images(x_train, x_val)
-        onnx_bytes, difference = export_checked(model, checked)
+        onnx_bytes, difference = export_checked(model, checked, f"{model_dir}/model.onnx")
         say(f"train: model.onnx agrees with Keras on {len(checked)} {'validation' if len(x_val) else 'training'} "
             f"images (largest probability difference {difference:.2g})")
     save_model_deterministic(model, f"{model_dir}/model.keras")

@@ -98,6 +98,20 @@ def test_export_twice_gives_the_same_bytes(cnn) -> None:
     assert b"tf2onnx" not in first  # no producer version or exporter's own names left in
 
 
+def test_an_export_that_disagrees_with_keras_is_refused_in_one_line(mlp, cnn, mirror_root: Path) -> None:
+    """The train stage's check, given another model's ONNX bytes: one line naming the file and the first image."""
+    from mnist_pipeline.train.onnx_export import export_checked, largest_difference, to_onnx
+
+    x, _ = real_mnist(mirror_root, TEST_IMAGES, TEST_LABELS, N_TEST)
+    with pytest.raises(PipelineError) as raised:
+        largest_difference(mlp, to_onnx(cnn), x, "models/model.onnx")
+    message = str(raised.value)
+    assert message.startswith("models/model.onnx: image ") and "\n" not in message, message
+    assert message.endswith("the export is not the trained model; nothing was written"), message
+    _, difference = export_checked(mlp, x)
+    assert 0 <= difference < 1e-5
+
+
 def test_training_only_layers_are_not_exported_but_the_keras_model_keeps_them(cnn) -> None:
     from mnist_pipeline.train.onnx_export import TRAINING_ONLY, inference_model
 

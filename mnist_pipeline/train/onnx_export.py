@@ -103,9 +103,9 @@ def to_onnx(model: keras.Model) -> bytes:
     return canonical(proto).SerializeToString(deterministic=True)
 
 
-def largest_difference(model: keras.Model, data: bytes, images: np.ndarray) -> float:
+def largest_difference(model: keras.Model, data: bytes, images: np.ndarray, name: str = "model.onnx") -> float:
     """ONNX Runtime's probabilities against Keras' on `images`: the largest difference, once every image's
-    most likely class is the same; a PipelineError when one is not."""
+    most likely class is the same; a PipelineError naming the file `name` would have been when one is not."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -121,9 +121,9 @@ def largest_difference(model: keras.Model, data: bytes, images: np.ndarray) -> f
         if len(differ):
             i = int(differ[0])
             raise PipelineError(
-                f"model.onnx: image {start + i}: ONNX Runtime predicts class {int(found[i].argmax())}, Keras "
+                f"{name}: image {start + i}: ONNX Runtime predicts class {int(found[i].argmax())}, Keras "
                 f"{int(expected[i].argmax())} ({len(differ)} of {len(batch)} images in rows {start}-"
-                f"{start + len(batch) - 1} differ): the export is not the trained model; no model.onnx written")
+                f"{start + len(batch) - 1} differ): the export is not the trained model; nothing was written")
         largest = max(largest, float(np.abs(expected - found).max(initial=0.0)))
     return largest
 
@@ -135,10 +135,10 @@ def check_images(x_train: np.ndarray, x_val: np.ndarray) -> np.ndarray:
     return read_rows(chosen, 0, CHECK_IMAGES) if len(chosen) > CHECK_IMAGES else np.asarray(chosen)
 
 
-def export_checked(model: keras.Model, images: np.ndarray) -> tuple[bytes, float]:
+def export_checked(model: keras.Model, images: np.ndarray, name: str = "model.onnx") -> tuple[bytes, float]:
     """The ONNX bytes of `model`, checked on `images`, and the largest probability difference found."""
     data = to_onnx(model)
-    return data, largest_difference(model, data, images)
+    return data, largest_difference(model, data, images, name)
 
 
 def save_onnx(data: bytes, path: str | os.PathLike[str]) -> None:
