@@ -25,6 +25,7 @@ from mnist_pipeline.core.config import load_config, with_overrides
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.inference.onnx_model import load_model
 from mnist_pipeline.prepared import idx_spec, save_spec, save_split
+from mnist_pipeline.presets import available, load_preset
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
@@ -87,6 +88,27 @@ def test_onnx_runtime_predicts_the_same_classes_as_keras_on_real_test_images(
     found = load_model(tmp_path / "model.onnx", SPEC.n_pixels, SPEC.n_classes).probabilities(x)
     np.testing.assert_array_equal(found.argmax(axis=1), expected.argmax(axis=1))
     assert np.abs(found - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("preset", [None, *available()])
+def test_every_preset_model_exports_and_onnx_runtime_agrees(preset: str | None, mirror_root: Path,
+                                                            tmp_path: Path) -> None:
+    """params.yaml's model and each preset's (untrained: the layers, not the weights, decide what exports)."""
+    from mnist_pipeline.train.models import build_model
+    from mnist_pipeline.train.onnx_export import export_checked, save_onnx
+    from mnist_pipeline.train.tensorflow_runtime import keras
+
+    cfg = load_config(PROJECT_ROOT / "params.yaml")
+    if preset:
+        cfg = with_overrides(cfg, load_preset(preset, params=str(PROJECT_ROOT / "params.yaml")))
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg.model, SPEC)  # fashion presets: the same shapes, 10 classes
+    x, _ = real_mnist(mirror_root, TEST_IMAGES, TEST_LABELS, 200)
+    data, difference = export_checked(model, x)
+    save_onnx(data, tmp_path / "model.onnx")
+    found = load_model(tmp_path / "model.onnx", SPEC.n_pixels, SPEC.n_classes).probabilities(x)
+    np.testing.assert_array_equal(found.argmax(axis=1), np.asarray(model(x, training=False)).argmax(axis=1))
+    assert difference < 1e-5
 
 
 def test_export_twice_gives_the_same_bytes(cnn) -> None:
