@@ -42,7 +42,7 @@ SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (2, 0), (-2, 0), (0, 2), (0,
 STAGES = (
     ("preprocess", ["-m", "stages.preprocess", "data/raw", "data/prepared"]),
     ("train", ["-m", "stages.train", "data/prepared", "models", "metrics/train", "metrics/train.json"]),
-    ("evaluate", ["-m", "stages.evaluate", "models/model.keras", "data/prepared", "metrics"]),
+    ("evaluate", ["-m", "stages.evaluate", "models/model.onnx", "data/prepared", "metrics"]),
 )
 TIME_LIMIT, RSS_LIMIT = 1.3, 1.5
 DOC_START, DOC_END = "<!-- data-scale output: start -->", "<!-- data-scale output: end -->"

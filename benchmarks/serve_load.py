@@ -1,7 +1,7 @@
 """mnist-serve under load: 1,000 POST /api/predict requests, 16 at a time, over loopback.
 
     python benchmarks/serve_load.py                                   # trains a small MLP and CNN first
-    python benchmarks/serve_load.py --model mlp=models/model.keras    # or serve given models
+    python benchmarks/serve_load.py --model mlp=models/model.onnx    # or serve given models
     python benchmarks/serve_load.py --requests 1000 --concurrency 16
 
 Without --model it trains the two networks of params.yaml, the default MLP (the tutorial's
@@ -55,14 +55,14 @@ def find_mirror() -> Path:
 
 
 def train_models(mirror: Path, folder: Path) -> dict[str, Path]:
-    """The default MLP and CNN of params.yaml, trained briefly on real MNIST and saved as the train stage saves."""
+    """The default MLP and CNN of params.yaml, trained briefly on real MNIST and exported as the train stage exports."""
     from mnist_pipeline.core.config import load_config, with_overrides
     from mnist_pipeline.prepared import idx_spec
     from mnist_pipeline.sources.datasets import DATASETS, TRAIN_LABELS
     from mnist_pipeline.sources.datasets import TRAIN_IMAGES as IMAGES_FILE
     from mnist_pipeline.sources.idx import read_idx
     from mnist_pipeline.sources.splits import scale_images
-    from mnist_pipeline.train.models import save_model_deterministic
+    from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
     from mnist_pipeline.train.training import train_model
 
     base = load_config(PROJECT_ROOT / "params.yaml")
@@ -76,8 +76,8 @@ def train_models(mirror: Path, folder: Path) -> dict[str, Path]:
         cfg = with_overrides(base, {**overrides, "train.epochs": EPOCHS}, "benchmark")
         started = time.perf_counter()
         model, _ = train_model(cfg.model, cfg.train, spec, x, y, empty_x, empty_y, None)
-        paths[name] = folder / f"{name}.keras"
-        save_model_deterministic(model, paths[name])
+        paths[name] = folder / f"{name}.onnx"
+        save_onnx(to_onnx(model), paths[name])
         print(f"# trained {name}: {TRAIN_IMAGES} images, {EPOCHS} epochs, {time.perf_counter() - started:.1f} s",
               flush=True)
     return paths

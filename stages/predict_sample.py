@@ -4,7 +4,9 @@ from mnist_pipeline.core.cli import run_stage
 from mnist_pipeline.core.config import load_config
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import check_output_paths, save_json
+from mnist_pipeline.evaluate.metrics import STABLE_DECIMALS
 from mnist_pipeline.evaluate.plots import image_grid
+from mnist_pipeline.inference.onnx_model import load_model
 from mnist_pipeline.prepared import load_spec, load_split, read_rows
 
 
@@ -18,11 +20,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
     images, labels = read_rows(x_test, start, start + count), y_test[start : start + count]
     if len(labels) == 0:
         raise PipelineError(f"params.yaml: predict.start = {start}: expected less than the {len(y_test)} test images")
-    # TensorFlow loads only now: a bad params.yaml or input file ends in its one-line error,
-    # without TensorFlow's start-up log lines on stderr or the seconds its import takes.
-    from mnist_pipeline.train.models import load_model
-
-    probabilities = load_model(model_path, spec).predict(images, verbose=0)
+    probabilities = load_model(model_path, spec.n_pixels, spec.n_classes).probabilities(images)
     predicted = probabilities.argmax(axis=1)
     rows = [
         {
@@ -31,7 +29,7 @@ def main(model_path: str, prepared_dir: str, out_dir: str) -> None:
             "label": int(t),
             "predicted_name": class_names[p],
             "label_name": class_names[t],
-            "probability": round(float(probabilities[i, p]), 6),
+            "probability": round(float(probabilities[i, p]), STABLE_DECIMALS),  # the same on every CPU
         }
         for i, (p, t) in enumerate(zip(predicted, labels, strict=True))
     ]

@@ -17,10 +17,12 @@ from mnist_pipeline.train.unused_params import ignored_changes
 def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) -> None:
     cfg = load_config()
     # A file where a folder belongs (`models`, `.cache`) is one line now, not after every epoch.
-    check_output_paths(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", f"{live_dir}/curves.png",
+    check_output_paths(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", f"{model_dir}/model.onnx",
+                       f"{live_dir}/curves.png",
                        summary_path, *([CHECKPOINT_DIR / "run"] if cfg.train.checkpoint else []))
     # Temporary files of a run killed outright (SIGKILL) go now, not hours later at the first write.
-    sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", live_dir, summary_path)
+    sweep_leftovers(f"{model_dir}/model.keras", f"{model_dir}/model.weights.h5", f"{model_dir}/model.onnx", live_dir,
+                    summary_path)
     for line in ignored_changes(cfg.model):  # a leftover of an earlier experiment, most likely
         say(f"train: warning: {line}")
     spec = load_spec(prepared_dir)
@@ -40,6 +42,7 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     if warning:
         say(f"train: warning: {warning}")
     from mnist_pipeline.train.models import save_model_deterministic, save_weights
+    from mnist_pipeline.train.onnx_export import check_images, export_checked, save_onnx
     from mnist_pipeline.train.training import train_model
 
     if not is_chief():
@@ -53,8 +56,14 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
     with atomic_dir(live_dir) as live_tmp:
         model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_tmp, checkpoints)
         plot_training_curves(history, live_tmp / "curves.png")
+        # The ONNX file the inference commands read, checked against Keras before any model file is written.
+        checked = check_images(x_train, x_val)
+        onnx_bytes, difference = export_checked(model, checked, f"{model_dir}/model.onnx")
+        say(f"train: model.onnx agrees with Keras on {len(checked)} {'validation' if len(x_val) else 'training'} "
+            f"images (largest probability difference {difference:.2g})")
     save_model_deterministic(model, f"{model_dir}/model.keras")
     save_weights(model, f"{model_dir}/model.weights.h5")
+    save_onnx(onnx_bytes, f"{model_dir}/model.onnx")
     # The tracked summary: the last epoch's numbers, and how many epochs (dvclive's folder counts steps from 0).
     summary = {key: round(float(values[-1]), 6) for key, values in history.items()}
     save_json(summary_path, {**summary, "epochs": len(history["loss"])})

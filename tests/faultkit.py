@@ -26,8 +26,8 @@ STAGE_ARGS = {
     "download": ("data/raw",),
     "preprocess": ("data/raw", "data/prepared"),
     "train": ("data/prepared", "models", "metrics/train", "metrics/train.json"),
-    "evaluate": ("models/model.keras", "data/prepared", "metrics"),
-    "predict_sample": ("models/model.keras", "data/prepared", "metrics"),
+    "evaluate": ("models/model.onnx", "data/prepared", "metrics"),
+    "predict_sample": ("models/model.onnx", "data/prepared", "metrics"),
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from faultkit import StageDir, error_line, labels_for, last_error_line, stage_dir, write_prepared, write_raw
+from faultkit import StageDir, error_line, labels_for, stage_dir, write_prepared, write_raw
 from idxkit import encode_idx
 
 from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
@@ -252,79 +251,66 @@ def test_download_every_mirror_fails(project: StageDir, tmp_path: Path) -> None:
                                                         project.path / "data" / "raw" / "mnist"]
 
 
-# --- model files, read by evaluate and predict-sample (these load TensorFlow, whose log lines come first) ---
+# --- model files: models/model.onnx, read by evaluate and predict-sample with ONNX Runtime ---
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A valid model, one with a Python Lambda layer, and one with the wrong input shape."""
+    """A valid model, one with the wrong input shape (exported as the train stage exports), and a Keras file."""
+    from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     folder = tmp_path_factory.mktemp("models")
-    dense = [keras.layers.Dense(10, activation="softmax")]
     models = {
-        "good": keras.Sequential([keras.Input((784,)), *dense]),
-        "lambda": keras.Sequential([keras.Input((784,)), keras.layers.Lambda(lambda x: x * 2),
-                                    keras.layers.Dense(10, activation="softmax")]),
+        "good": keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")]),
         "shape": keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
                                    keras.layers.Dense(10, activation="softmax")]),
     }
     paths = {}
     for name, model in models.items():
-        paths[name] = folder / f"{name}.keras"
-        model.save(paths[name])
+        paths[name] = folder / f"{name}.onnx"
+        save_onnx(to_onnx(model), paths[name])
+    paths["keras"] = folder / "good.keras"
+    models["good"].save(paths["keras"])
     return paths
 
 
 def install_model(project: StageDir, source: Path | None = None, data: bytes | None = None) -> Path:
-    path = project.path / "models" / "model.keras"
+    path = project.path / "models" / "model.onnx"
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(source.read_bytes() if source else data or b"")
     return path
 
 
 def test_model_missing(prepared: StageDir) -> None:
-    assert last_error_line(prepared.run("evaluate")) == (
-        "error: models/model.keras: file not found (run the train stage: dvc repro train)")
+    assert error_line(prepared.run("evaluate")) == (
+        "error: models/model.onnx: file not found (run the train stage: dvc repro train)")
 
 
 def test_model_truncated(prepared: StageDir, model_files: dict[str, Path]) -> None:
     path = install_model(prepared, model_files["good"])
     truncate(path, 5000)
-    assert last_error_line(prepared.run("evaluate")) == (
-        "error: models/model.keras: not a Keras model: expected a .keras zip archive, found 5000 bytes "
-        "that are not one (truncated, or another format)")
+    assert error_line(prepared.run("evaluate")).startswith(
+        "error: models/model.onnx: not a loadable ONNX model (5000 bytes: ")
     assert not (prepared.path / "metrics").exists()
 
 
-def test_model_not_keras(prepared: StageDir) -> None:
+def test_model_not_onnx(prepared: StageDir) -> None:
     install_model(prepared, data=b"GIF89a not a model")
-    assert last_error_line(prepared.run("predict_sample")) == (
-        "error: models/model.keras: not a Keras model: expected a .keras zip archive, found 18 bytes "
-        "that are not one (truncated, or another format)")
+    line = error_line(prepared.run("predict_sample"))
+    assert line.startswith("error: models/model.onnx: not a loadable ONNX model (18 bytes: "), line
+    assert line.endswith("expected the train stage's model.onnx (dvc repro train)"), line
 
 
-def test_model_zip_without_keras_config(prepared: StageDir) -> None:
-    path = install_model(prepared)
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("notes.txt", "hello")
-    assert last_error_line(prepared.run("evaluate")) == (
-        "error: models/model.keras: not a loadable Keras model "
-        "(KeyError: \"There is no item named 'config.json' in the archive\")")
-
-
-def test_model_with_python_code_is_refused(prepared: StageDir, model_files: dict[str, Path]) -> None:
-    """safe_mode=True: a shared model file cannot run its own Python on load."""
-    install_model(prepared, model_files["lambda"])
-    assert last_error_line(prepared.run("evaluate")) == (
-        "error: models/model.keras: refused: the model holds Python code (a Lambda layer) and models load "
-        "with safe_mode=True; rebuild it from layers without Python functions")
+def test_a_keras_file_in_place_of_the_onnx_model_is_refused(prepared: StageDir, model_files: dict[str, Path]) -> None:
+    install_model(prepared, model_files["keras"])
+    assert error_line(prepared.run("evaluate")).startswith("error: models/model.onnx: not a loadable ONNX model (")
 
 
 def test_model_with_wrong_input_shape(prepared: StageDir, model_files: dict[str, Path]) -> None:
     install_model(prepared, model_files["shape"])
-    assert last_error_line(prepared.run("predict_sample")) == (
-        "error: models/model.keras: expected a model from (784,) images to (10,) class probabilities, "
-        "found (28, 28) to (10,)")
+    assert error_line(prepared.run("predict_sample")) == (
+        "error: models/model.onnx: expected a model from (batch, 784) images to (batch, 10) class probabilities, "
+        "found inputs [(None, 28, 28)] and outputs [(None, 10)]")
 
 
 def test_a_good_model_passes_these_checks(prepared: StageDir, model_files: dict[str, Path]) -> None:

@@ -160,12 +160,13 @@ def test_random_bytes_as_an_image_are_prepared_or_refused_in_one_line(data: byte
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (untrained) MNIST-shaped Keras model, saved as train saves one: the commands get past "no model"
+    """A real (untrained) MNIST-shaped model, exported as train exports one: the commands get past "no model"
     to the decoders and to inference."""
-    from mnist_pipeline.train.models import build_mlp, save_model_deterministic
+    from mnist_pipeline.train.models import build_mlp
+    from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
 
-    path = tmp_path_factory.mktemp("tiny-model") / "model.keras"
-    save_model_deterministic(build_mlp([4], "relu", 0.0, 784, 10), path)
+    path = tmp_path_factory.mktemp("tiny-model") / "model.onnx"
+    save_onnx(to_onnx(build_mlp([4], "relu", 0.0, 784, 10)), path)
     return path
 
 
@@ -190,7 +191,7 @@ def test_a_real_stage_with_mutated_params_ends_cleanly_and_keeps_its_output(tree
     project = stage_dir(tmp_path_factory.mktemp("fuzz-params") / "p")
     write_prepared(project.path / "data" / "prepared")
     (project.path / "models").mkdir()
-    shutil.copy2(tiny_model, project.path / "models" / "model.keras")
+    shutil.copy2(tiny_model, project.path / "models" / "model.onnx")
     project.params_file.write_text(yaml.safe_dump(tree, allow_unicode=True))
     previous = project.path / "metrics" / "predictions.json"
     previous.parent.mkdir(parents=True)

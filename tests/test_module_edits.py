@@ -20,7 +20,7 @@ from tools.stage_deps import TABLE_END, TABLE_START, module_table
 DOC = PROJECT_ROOT / "docs" / "module-stages.md"
 TRAINING_ONLY = ("checkpoint.py", "loop.py", "training.py", "whitening.py", "footprint.py", "distribute.py",
                  "tensorflow_runtime.py", "cpu_kernels.py", "models.py", "metrics.py", "significance.py",
-                 "serve.py", "predict.py", "imageprep.py")
+                 "serve.py", "predict.py", "imageprep.py", "onnx_export.py", "onnx_model.py")
 
 
 def library_modules(root: Path) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faultkit import error_line, last_error_line, stage_dir, write_prepared, write_raw
+from faultkit import error_line, stage_dir, write_prepared, write_raw
 
 from mnist_pipeline.prepared import split_paths
 
@@ -49,7 +49,7 @@ def test_prepared_arrays_that_are_not_finite_are_refused(tmp_path: Path, stage: 
     np.save(x_path, x)
     if stage != "train":  # evaluate and predict-sample need a model file; the arrays are checked first
         (project.path / "models").mkdir()
-        (project.path / "models" / "model.keras").write_bytes(b"unused")
+        (project.path / "models" / "model.onnx").write_bytes(b"unused")
     line = error_line(project.run(stage))
     assert line == (f"error: data/prepared/x_{split}.npy: 1 pixel values are not finite (NaN or infinity): "
                     "expected finite numbers (rerun preprocess: dvc repro -f -s preprocess)")
@@ -105,6 +105,7 @@ def test_a_write_fault_names_the_output_and_keeps_the_previous_file(tmp_path: Pa
 
 def test_evaluate_never_writes_nan_as_json(tmp_path: Path) -> None:
     """A model whose outputs are NaN must not leave `"loss": NaN`, which no JSON parser reads."""
+    from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     project = stage_dir(tmp_path / "p")
@@ -114,8 +115,8 @@ def test_evaluate_never_writes_nan_as_json(tmp_path: Path) -> None:
     weights[0][:] = np.nan
     model.set_weights(weights)
     (project.path / "models").mkdir()
-    model.save(project.path / "models" / "model.keras")
-    line = last_error_line(project.run("evaluate"))
+    save_onnx(to_onnx(model), project.path / "models" / "model.onnx")
+    line = error_line(project.run("evaluate"))
     assert line == ("error: metrics/evaluate.json: refusing to write a value that is not finite (NaN or infinity): "
                     "JSON cannot hold it, and the result it stands for is meaningless")
     assert not (project.path / "metrics" / "evaluate.json").exists()

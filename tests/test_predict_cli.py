@@ -27,7 +27,6 @@ from PIL import Image
 from test_imageprep import VARIANTS, mnist_test, write_variants
 
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
@@ -47,24 +46,21 @@ def run_predict(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def error_line(result: subprocess.CompletedProcess[str], tensorflow_loaded: bool = False) -> str:
-    """The command's stderr must be one `error:` line, with exit status 2.
-
-    Once TensorFlow is imported its C++ runtime logs a few startup lines of its own to stderr,
-    which no setting silences in TF 2.21: then only the last line is ours.
-    """
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The command's stderr must be one `error:` line, with exit status 2: no TensorFlow loads to add its own."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert tensorflow_loaded or len(lines) == 1, result.stderr
+    assert len(lines) == 1, result.stderr
     assert lines[-1].startswith("error: "), result.stderr
     return lines[-1]
 
 
 @pytest.fixture(scope="module")
 def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """A model trained on real MNIST, saved as the train stage saves it, and its accuracy on the arrays."""
-    from mnist_pipeline.train.models import build_mlp, save_model_deterministic
+    """A model trained on real MNIST, exported as the train stage exports it, and its accuracy on the arrays."""
+    from mnist_pipeline.train.models import build_mlp
+    from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
@@ -75,8 +71,8 @@ def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     model.fit(x_train, y_train, epochs=1, batch_size=128, verbose=0)
     images, labels = mnist_test(mirror_root, N_IMAGES)
     accuracy = float(np.mean(model.predict(scale_images(images, 255.0, 0.5), verbose=0).argmax(1) == labels))
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    save_model_deterministic(model, path)
+    path = tmp_path_factory.mktemp("model") / "model.onnx"
+    save_onnx(to_onnx(model), path)
     return path, accuracy
 
 
@@ -139,7 +135,7 @@ def test_text_output_with_params_class_names(trained: tuple[Path, float], fashio
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:
-    model = tmp_path / "model.keras"
+    model = tmp_path / "model.onnx"
     model.write_bytes(b"only its existence is checked before the images")
     blank = tmp_path / "blank.png"
     Image.new("RGB", (64, 48), (255, 255, 255)).save(blank)
@@ -155,21 +151,21 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     for args, expected in cases.items():
         line = error_line(run_predict("--model", str(model), *args, cwd=tmp_path))
         assert expected in line, line
-    line = error_line(run_predict("--model", "absent.keras", str(blank), cwd=tmp_path))
-    assert "absent.keras: model file not found" in line
+    line = error_line(run_predict("--model", "absent.onnx", str(blank), cwd=tmp_path))
+    assert "absent.onnx: model file not found" in line
 
 
 def test_unloadable_model_is_one_line(tmp_path: Path, mirror_root: Path) -> None:
     images, _ = mnist_test(mirror_root, 1)
     Image.fromarray(images[0]).save(tmp_path / "digit.png")
-    shutil.copy(tmp_path / "digit.png", tmp_path / "model.keras")
-    line = error_line(run_predict("--model", "model.keras", "digit.png", cwd=tmp_path), tensorflow_loaded=True)
-    assert line.startswith("error: model.keras: not a"), line
+    shutil.copy(tmp_path / "digit.png", tmp_path / "model.onnx")
+    line = error_line(run_predict("--model", "model.onnx", "digit.png", cwd=tmp_path))
+    assert line.startswith("error: model.onnx: not a"), line
 
 
 def stand_in_model(folder: Path) -> Path:
     """A regular file named like a model: only its existence is checked before the pictures are."""
-    path = folder / "model.keras"
+    path = folder / "model.onnx"
     path.write_bytes(b"only its existence is checked before the images")
     return path
 
@@ -199,7 +195,7 @@ def test_huge_pictures_are_refused_from_their_header(tmp_path: Path) -> None:
                      "could be decompression bomb DOS attack.",
     }
     for name, expected in cases.items():
-        assert error_line(run_predict("--model", "model.keras", name, cwd=tmp_path)) == expected
+        assert error_line(run_predict("--model", "model.onnx", name, cwd=tmp_path)) == expected
 
 
 def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
@@ -214,20 +210,20 @@ def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
         "loop.png": "error: loop.png: cannot open: too many levels of symbolic links",
     }
     for name, expected in cases.items():
-        assert error_line(run_predict("--model", "model.keras", name, cwd=tmp_path)) == expected
+        assert error_line(run_predict("--model", "model.onnx", name, cwd=tmp_path)) == expected
 
 
 def test_model_path_that_is_not_a_regular_file_says_what_it_is(tmp_path: Path, mirror_root: Path) -> None:
     """A model linked to /dev/zero or to itself used to be "file not found"."""
     images, _ = mnist_test(mirror_root, 1)
     Image.fromarray(images[0]).save(tmp_path / "digit.png")
-    (tmp_path / "zero.keras").symlink_to("/dev/zero")
-    (tmp_path / "self.keras").symlink_to("self.keras")
-    os.mkfifo(tmp_path / "fifo.keras")
+    (tmp_path / "zero.onnx").symlink_to("/dev/zero")
+    (tmp_path / "self.onnx").symlink_to("self.onnx")
+    os.mkfifo(tmp_path / "fifo.onnx")
     cases = {
-        "zero.keras": "error: zero.keras: not a regular file (a character device): expected a .keras model file",
-        "self.keras": "error: self.keras: cannot open: too many levels of symbolic links",
-        "fifo.keras": "error: fifo.keras: not a regular file (a FIFO): expected a .keras model file",
+        "zero.onnx": "error: zero.onnx: not a regular file (a character device): expected an ONNX model file",
+        "self.onnx": "error: self.onnx: cannot open: too many levels of symbolic links",
+        "fifo.onnx": "error: fifo.onnx: not a regular file (a FIFO): expected an ONNX model file",
     }
     for model, expected in cases.items():
         assert error_line(run_predict("--model", model, "digit.png", cwd=tmp_path)) == expected
@@ -235,19 +231,19 @@ def test_model_path_that_is_not_a_regular_file_says_what_it_is(tmp_path: Path, m
 
 def test_load_model_says_what_the_path_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stages' loader (evaluate, predict-sample, mnist-serve) says the same as mnist-predict."""
-    from mnist_pipeline.train.models import load_model
+    from mnist_pipeline.inference.onnx_model import load_model
 
     monkeypatch.chdir(tmp_path)
-    Path("zero.keras").symlink_to("/dev/zero")
-    Path("self.keras").symlink_to("self.keras")
+    Path("zero.onnx").symlink_to("/dev/zero")
+    Path("self.onnx").symlink_to("self.onnx")
     cases = {
-        "zero.keras": "zero.keras: not a regular file (a character device): expected a .keras model file",
-        "self.keras": "self.keras: cannot open: too many levels of symbolic links",
-        "absent.keras": "absent.keras: file not found (run the train stage: dvc repro train)",
+        "zero.onnx": "zero.onnx: not a regular file (a character device): expected an ONNX model file",
+        "self.onnx": "self.onnx: cannot open: too many levels of symbolic links",
+        "absent.onnx": "absent.onnx: file not found (run the train stage: dvc repro train)",
     }
     for path, expected in cases.items():
         with pytest.raises(PipelineError) as raised:
-            load_model(path, idx_spec(DATASETS["mnist"]))
+            load_model(path, 784, 10)
         assert str(raised.value) == expected
 
 
@@ -257,7 +253,7 @@ def test_mistyped_params_path_fails_even_without_a_params_file(tmp_path: Path, m
     Image.fromarray(images[0]).save(tmp_path / "digit.png")
     stand_in_model(tmp_path)
     assert not (tmp_path / "params.yaml").exists()
-    line = error_line(run_predict("--params", "nope.yaml", "--model", "model.keras", "digit.png", cwd=tmp_path))
+    line = error_line(run_predict("--params", "nope.yaml", "--model", "model.onnx", "digit.png", cwd=tmp_path))
     assert line == "error: nope.yaml: file not found (run from the project root)"
 
 
@@ -354,12 +350,12 @@ def test_full_disk_on_stdout_is_one_line(trained: tuple[Path, float], mirror_roo
     with open("/dev/full", "w") as full:
         result = subprocess.run([*command, "x.png"], cwd=tmp_path, env=subprocess_env(), stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=300)
-    line = error_line(result, tensorflow_loaded=True)
+    line = error_line(result)
     assert line == "error: <stdout>: no space left on device"
     assert "Exception ignored" not in result.stderr
     with open(tmp_path / "out.json", "w") as out:
         result = subprocess.run([*command, "0.png", "1.png", "2.png"], cwd=tmp_path, env=subprocess_env(),
                                 stdout=out, stderr=subprocess.PIPE, text=True, timeout=300,
                                 preexec_fn=limit_file_size(512))
-    assert error_line(result, tensorflow_loaded=True) == "error: <stdout>: file too large"
+    assert error_line(result) == "error: <stdout>: file too large"
     assert (tmp_path / "out.json").read_bytes() == b""

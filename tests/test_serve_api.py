@@ -108,7 +108,7 @@ def test_predict_raw_png_gives_class_probabilities_md5_and_the_image_mnist_predi
     assert answer["probability"] == max(answer["probabilities"])
     assert answer["class_names"] == [str(d) for d in range(10)]
     assert answer["warnings"] == []  # a clean drawing: no doubt about the background
-    model_md5 = hashlib.md5((project / "models" / "model.keras").read_bytes()).hexdigest()
+    model_md5 = hashlib.md5((project / "models" / "model.onnx").read_bytes()).hexdigest()
     assert answer["model_md5"] == model_md5
     # The 28x28 image the page shows is exactly what mnist-predict's preparation makes of the file.
     np.testing.assert_array_equal(decoded_image(answer), prepare_file(picture))
@@ -150,8 +150,8 @@ def test_health_and_model_card_name_the_model_dvc_lock_records(server: Served, p
     assert status == 200
     card = json.loads(body)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    locked = next(o for o in lock["train"]["outs"] if o["path"] == "models/model.keras")
-    assert card["model"] == {"path": "models/model.keras", "md5": locked["md5"], "dvc_lock_stage": "train"}
+    locked = next(o for o in lock["train"]["outs"] if o["path"] == "models/model.onnx")
+    assert card["model"] == {"path": "models/model.onnx", "md5": locked["md5"], "dvc_lock_stage": "train"}
     evaluated = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert card["test_accuracy"] == evaluated["accuracy"]
     assert card["params"]["train.epochs"] == 5 and card["params"]["model.hidden"] == [64, 64]
@@ -261,34 +261,34 @@ def test_bad_request_gets_one_json_error_line_and_the_server_keeps_serving(serve
 
 
 def test_missing_model_stops_at_start_with_one_error_line(tmp_path: Path) -> None:
-    result = run_serve(tmp_path, "--model", "models/missing.keras", "--port", "0")
-    assert error_line(result) == ("error: models/missing.keras: model file not found (train it with `dvc repro`, "
+    result = run_serve(tmp_path, "--model", "models/missing.onnx", "--port", "0")
+    assert error_line(result) == ("error: models/missing.onnx: model file not found (train it with `dvc repro`, "
                                   "or pass --model PATH)")
-    assert result.stderr.count("\n") == 1  # refused before TensorFlow loads
+    assert result.stderr.count("\n") == 1  # refused before the model loads
 
 
 def test_unreadable_model_stops_at_start_with_one_error_line(tmp_path: Path) -> None:
-    broken = tmp_path / "model.keras"
-    broken.write_bytes(b"PK\x03\x04 the first bytes of a zip, and no more")
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"\x08\x08\x12\x0emnist_pipeline the first bytes of an ONNX file, and no more")
     result = run_serve(tmp_path, "--model", str(broken), "--port", "0")
-    assert error_line(result).startswith(f"error: {broken}: not a Keras model")
+    assert error_line(result).startswith(f"error: {broken}: not a loadable ONNX model")
 
 
 def test_params_path_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "model.keras").write_bytes(b"never read: the params come first")
-    result = run_serve(tmp_path, "--params", "nowhere/params.yaml", "--model", "model.keras", "--port", "0")
+    (tmp_path / "model.onnx").write_bytes(b"never read: the params come first")
+    result = run_serve(tmp_path, "--params", "nowhere/params.yaml", "--model", "model.onnx", "--port", "0")
     line = error_line(result)
     assert line.startswith("error: nowhere/params.yaml: file not found"), line
 
 
 def test_other_host_warns_and_a_busy_port_is_one_error_line(tmp_path: Path) -> None:
     # The port is taken before the model loads: a file that is only there is enough to get that far.
-    (tmp_path / "model.keras").write_bytes(b"not loaded before the port is bound")
+    (tmp_path / "model.onnx").write_bytes(b"not loaded before the port is bound")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_serve(tmp_path, "--host", "0.0.0.0", "--port", str(port), "--model", "model.keras")
+        result = run_serve(tmp_path, "--host", "0.0.0.0", "--port", str(port), "--model", "model.onnx")
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("mnist-serve: warning: --host 0.0.0.0 serves the model"), lines
     assert error_line(result) == f"error: 0.0.0.0:{port}: cannot listen (Address already in use)"
@@ -301,7 +301,7 @@ def test_class_names_and_card_follow_the_params_data_set(project: Path, tmp_path
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["dataset"] = "fashion_mnist"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    model = project / "models" / "model.keras"
+    model = project / "models" / "model.onnx"
     with serving(tmp_path, "--params", str(tmp_path / "params.yaml"), "--model", str(model),
                  log_dir=tmp_path) as fashion:
         status, answer = post_png(fashion, png_bytes(mnist_test(mirror_root, 1)[0][0]))

@@ -35,14 +35,14 @@ def evaluated_project(root: Path) -> Path:
     """A project whose dvc.lock records a model and the evaluate stage's outputs for it."""
     (root / "models").mkdir(parents=True)
     (root / "metrics").mkdir()
-    model = root / "models" / "model.keras"
+    model = root / "models" / "model.onnx"
     model.write_bytes(b"model bytes")
     metrics = json.dumps({"accuracy": 0.9646}).encode()
     (root / "metrics" / "evaluate.json").write_bytes(metrics)
     (root / "metrics" / "confusion.png").write_bytes(PNG_A)
     lock = {"schema": "2.0", "stages": {
-        "train": {"outs": [{"path": "models/model.keras", "md5": md5(b"model bytes")}]},
-        "evaluate": {"deps": [{"path": "models/model.keras", "md5": md5(b"model bytes")}],
+        "train": {"outs": [{"path": "models/model.onnx", "md5": md5(b"model bytes")}]},
+        "evaluate": {"deps": [{"path": "models/model.onnx", "md5": md5(b"model bytes")}],
                      "outs": [{"path": "metrics/evaluate.json", "md5": md5(metrics)},
                               {"path": "metrics/confusion.png", "md5": md5(PNG_A)}]}}}
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))

@@ -3,7 +3,8 @@
 Every picture is prepared as MNIST was (imageprep.py) and scaled as preprocess scales the data
 set, so the model sees what it was trained on. A model trained on a folder of your own images
 (`data.dataset: folder`) gets each picture read as preprocess read the folder (its size and colour),
-and its class names from `data/prepared.json`. Bad input is reported before TensorFlow loads: one
+and its class names from `data/prepared.json`. The model is the train stage's ONNX file, run by ONNX
+Runtime (inference/onnx_model.py): no TensorFlow. Bad input is reported before the model is read: one
 `error:` line per bad picture, the others still classified, and exit status 2 at the end.
 """
 
@@ -31,12 +32,12 @@ from mnist_pipeline.core.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.core.errors import PipelineError, printable
 from mnist_pipeline.core.files import NotRegularFile, file_kind, md5_of, open_regular
 from mnist_pipeline.inference.imageprep import expand_paths, prepare_with_warnings, read_image
+from mnist_pipeline.inference.onnx_model import DEFAULT_MODEL, load_model
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
 from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.formats import FORMAT_NAMES
 from mnist_pipeline.sources.splits import scale_images
 
-DEFAULT_MODEL = "models/model.keras"
 DEFAULT_PARAMS = "params.yaml"
 # Where preprocess writes the prepared data's description, relative to the project (dvc.yaml's argument).
 PREPARED_DIR = "data/prepared"
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("images", nargs="+",
                         help="image files, or directories whose image files (by suffix, not hidden) are all classified")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained Keras model (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained ONNX model (default {DEFAULT_MODEL})")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     parser.add_argument("--top", type=int, default=3, help="how many most likely classes to list (default 3)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="class names to use (default: params.yaml's)")
@@ -169,7 +170,7 @@ def format_text(record: dict[str, Any]) -> str:
 
 
 def check_model_file(path: str) -> None:
-    """The model must be a regular file: say what it is otherwise, before TensorFlow takes seconds to load."""
+    """The model must be a regular file: say what it is otherwise, before any picture is read."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -177,7 +178,7 @@ def check_model_file(path: str) -> None:
     except OSError as e:  # a symbolic link loop, a path through a file, no permission
         raise PipelineError(f"{path}: cannot open: {(e.strerror or str(e)).lower()}") from None
     if not stat.S_ISREG(mode):
-        raise PipelineError(f"{path}: not a regular file ({file_kind(mode)}): expected a .keras model file")
+        raise PipelineError(f"{path}: not a regular file ({file_kind(mode)}): expected an ONNX model file")
 
 
 def prepare_picture(source: str | os.PathLike[str] | io.BytesIO, name: str) -> tuple[np.ndarray, list[str]]:
@@ -246,11 +247,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[dict[str, str]]]:
     files, images, errors = prepare_images(args.images, how.folder)
     if not files:
         return [], errors
-    # Imported here: TensorFlow takes seconds to load, and bad input should not wait for it.
-    from mnist_pipeline.train.models import load_model
-
-    model = load_model(args.model, how.spec)
-    probabilities = model.predict(scale_images(np.stack(images), how.scale, how.offset), verbose=0)
+    model = load_model(args.model, how.spec.n_pixels, how.spec.n_classes)
+    probabilities = model.probabilities(scale_images(np.stack(images), how.scale, how.offset))
     top = min(args.top, how.spec.n_classes)
     return classify(probabilities, files, how.spec.class_names, top), errors
 

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import numpy as np
@@ -45,6 +45,7 @@ from mnist_pipeline.core.cli import run_command
 from mnist_pipeline.core.config import MODEL_REGISTRY, flatten, keys_read_only_by, load_config
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, md5_of, open_regular
+from mnist_pipeline.inference.onnx_model import OnnxModel, load_model
 from mnist_pipeline.inference.predict import (
     DEFAULT_MODEL,
     DEFAULT_PARAMS,
@@ -57,9 +58,6 @@ from mnist_pipeline.inference.predict import (
 from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.formats import FORMAT_NAMES, PICTURE_FORMATS
 from mnist_pipeline.sources.splits import scale_images
-
-if TYPE_CHECKING:
-    from mnist_pipeline.train.tensorflow_runtime import keras
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -209,13 +207,8 @@ def train_params(flat: dict[str, Any]) -> dict[str, Any]:
 class Predictor:
     """The model, loaded once, behind a lock: one inference at a time."""
 
-    def __init__(self, model: keras.Model, scale: float, offset: float, class_names: tuple[str, ...], md5: str):
-        from mnist_pipeline.train.tensorflow_runtime import tf  # already loaded with the model
-
-        # The model called directly, as one compiled graph: an eager call of the tutorial's MLP costs
-        # about 8 ms of CPU, the graph under 1 ms; Keras' `predict` builds a data pipeline per call.
-        self._call = tf.function(lambda x: model(x, training=False),
-                                 input_signature=[tf.TensorSpec((None, model.input_shape[1]), tf.float32)])
+    def __init__(self, model: OnnxModel, scale: float, offset: float, class_names: tuple[str, ...], md5: str):
+        self._model = model
         self.scale, self.offset = scale, offset
         self.class_names = class_names
         self.md5 = md5
@@ -225,7 +218,7 @@ class Predictor:
         """Class probabilities of one prepared (28, 28) uint8 image."""
         x = scale_images(image[None], self.scale, self.offset)
         with self._lock:
-            return self._call(x).numpy()[0].astype(np.float64)
+            return self._model.probabilities(x)[0].astype(np.float64)
 
     def __call__(self, data: bytes, name: str, file: str | None) -> dict[str, Any]:
         """mnist-predict's record of the picture (`file`: the upload's file name, None for a raw body), and
@@ -523,7 +516,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="mnist-serve",
         description="Serve the trained model: a page to draw digits on, and an HTTP API (POST /api/predict).",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained Keras model (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained ONNX model (default {DEFAULT_MODEL})")
     parser.add_argument("--params",
                         help=f"params file for data.dataset, preprocess scaling and the model card (default: "
                              f"{DEFAULT_PARAMS} when it exists, else MNIST's x/255 - 0.5)")
@@ -567,18 +560,16 @@ def serve(args: argparse.Namespace) -> None:
     if not is_loopback(args.host):
         print(f"mnist-serve: warning: --host {args.host} serves the model to every machine that can reach this "
               "one (the default, 127.0.0.1, serves this machine only)", file=sys.stderr, flush=True)
-    # Bound before TensorFlow loads: a busy port fails at once, and early requests wait in the queue.
+    # Bound before the model loads: a busy port fails at once, and early requests wait in the queue.
     sock = listen(args.host, args.port)
     with sock:
-        # Imported here: TensorFlow takes seconds to load, and a bad argument should not wait for it.
-        from mnist_pipeline.train.models import load_model
-
-        model = load_model(model_path, how.spec)
+        spec = how.spec
+        model = load_model(model_path, spec.n_pixels, spec.n_classes)
         if (loaded := md5_of(model_path)) != card.md5:  # rewritten by a training run meanwhile
             raise PipelineError(f"{model_path}: changed while mnist-serve started (md5 {card.md5}, now {loaded}): "
                                 "start it again once training has written the model")
-        predictor = Predictor(model, scale, offset, how.spec.class_names, card.md5)
-        predictor.probabilities(np.zeros((28, 28), np.uint8))  # the first call builds the graph: no user waits
+        predictor = Predictor(model, scale, offset, spec.class_names, card.md5)
+        predictor.probabilities(np.zeros((28, 28), np.uint8))  # the first run allocates its buffers: no user waits
         app = create_app(predictor, card)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
