@@ -241,7 +241,7 @@ def served_log(project: Path) -> str:
         request = urllib.request.Request(match.group(1) + "api/predict", data=(project / "digit.png").read_bytes(),
                                          headers={"Content-Type": "image/png"}, method="POST")
         with urllib.request.urlopen(request, timeout=START_LIMIT_S) as reply:
-            assert json.loads(reply.read())["class"] == 7
+            assert json.loads(reply.read())["predicted"] == 7
     finally:
         process.terminate()
         process.wait(timeout=60)
