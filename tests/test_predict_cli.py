@@ -64,7 +64,8 @@ def error_line(result: subprocess.CompletedProcess[str], tensorflow_loaded: bool
 @pytest.fixture(scope="module")
 def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """A model trained on real MNIST, saved as the train stage saves it, and its accuracy on the arrays."""
-    from mnist_pipeline.train.models import build_mlp, save_model_deterministic
+    from mnist_pipeline.train.model_types.mlp import build_mlp
+    from mnist_pipeline.train.models import save_model_deterministic
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)

@@ -12,8 +12,12 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import stage_dir, write_prepared
 
-from mnist_pipeline.core.config import MODEL_TYPES, flatten, keys_read_only_by, leaf_keys, load_config, with_overrides
-from mnist_pipeline.train.unused_params import SHIPPED_VALUES, ignored_changes
+from mnist_pipeline.core.config import flatten, with_overrides
+from mnist_pipeline.train.registry import MODEL_TYPES, keys_read_only_by, leaf_keys, load_config
+from mnist_pipeline.train.unused_params import ignored_changes
+
+# Each model type's keys with the values it says params.yaml ships them with.
+SHIPPED_VALUES = {key: value for kind in MODEL_TYPES.values() for key, value in kind.shipped().items()}
 
 # Keys every model type reads.
 SHARED_MODEL_KEYS = {"model.type", "model.activation"}

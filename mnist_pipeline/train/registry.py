@@ -143,3 +143,13 @@ def unread_keys(chosen: str | None) -> set[str]:
 def build_model(model: Any, spec: PreparedSpec) -> keras.Model:
     """The network of `model.type` for the data set's images and classes; weights are drawn from the global seed."""
     return model_type(model).build(model, spec)
+
+
+def validate(tree: Any, path: str = config.PARAMS_FILE) -> config.Config:
+    """core's `validate` with the model section checked in full."""
+    return config.validate(tree, path, SCHEMA)
+
+
+def leaf_keys() -> dict[str, FieldInfo]:
+    """Every dotted key of params.yaml, the model types' included, with its field."""
+    return config.leaf_keys(SCHEMA)
