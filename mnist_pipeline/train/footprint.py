@@ -66,9 +66,10 @@ def check_fits(model: ModelConfig, train: TrainConfig, spec: PreparedSpec, avail
     available = memory_limit() if available is None else available
     if need.nbytes <= available:
         return
-    keys = model_type(model).size_values(model)
+    sizes = model_type(model).size_values(model)
+    keys = f"{sizes}, " if sizes else ""
     raise PipelineError(
-        f"params.yaml: {keys}, train.batch_size = {train.batch_size}, train.optimizer = {train.optimizer}: "
+        f"params.yaml: {keys}train.batch_size = {train.batch_size}, train.optimizer = {train.optimizer}: "
         f"training needs at least {_size(need.nbytes)} ({need.parameters:,} weights with their gradients and "
         f"{need.slots} optimizer slots, {_size(FLOAT_BYTES * need.activations)} of layer outputs per batch), "
         f"more than the {_size(available)} of memory here: expected a smaller model or batch")
