@@ -11,14 +11,11 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from conftest import PROJECT_ROOT, Project, make_project
+from faultkit import error_line, stage_dir
 
-from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.train import registry
-from mnist_pipeline.train.model_types import mlp
 from tools.model_params import TABLE_END, TABLE_START, params_table
 
 DOC = PROJECT_ROOT / "docs" / "params.md"
@@ -63,14 +60,22 @@ def test_the_docs_params_table_is_the_one_the_registry_gives() -> None:
     assert "| `mlp` | `model.hidden` | `[64, 64]` |" in table  # a row per key, with its shipped value
 
 
-def test_a_module_without_a_builder_is_refused_by_name() -> None:
-    broken = ModuleType("mnist_pipeline.train.model_types.broken")
-    broken.__file__ = "mnist_pipeline/train/model_types/broken.py"
-    broken.Params, broken.SIZE_KEYS = mlp.Params, ()
-    with pytest.raises(PipelineError) as refused:
-        registry._check("broken", broken)
-    assert str(refused.value) == ("mnist_pipeline/train/model_types/broken.py: model type 'broken' defines no build, "
-                                  "weights_and_outputs: expected Params, SIZE_KEYS, build, weights_and_outputs")
+@pytest.mark.parametrize(("source", "expected"), [
+    (LINEAR.replace("def build(", "def make("), "model type 'broken' defines no build: expected Params, SIZE_KEYS, "
+     "build, weights_and_outputs"),
+    (LINEAR.replace("def build(model: Any, spec: Any) -> Any:", "def build(model, spec) -> Any"),
+     "model type 'broken' does not import: SyntaxError: expected ':'"),
+    (LINEAR.replace('documented(number(0.0, 1.0), 0.0, "L2 penalty on the weights")', "number(0.0, 1.0)"),
+     "model type 'broken': model.linear.l2 has no shipped value or description"),
+], ids=["no-builder", "syntax-error", "undocumented-key"])
+def test_a_faulty_model_type_module_stops_the_train_stage_with_one_line_naming_it(
+        tmp_path: Path, source: str, expected: str) -> None:
+    project = stage_dir(tmp_path / "p")
+    (project.path / "mnist_pipeline/train/model_types/broken.py").write_text(source)
+    line = error_line(project.run("train"))
+    assert line.startswith(f"error: {project.path}/mnist_pipeline/train/model_types/broken.py: "), line
+    assert expected in line
+    assert not (project.path / "models").exists()
 
 
 def changed_stages(project: Project) -> set[str]:

@@ -22,10 +22,10 @@ def _cell(text: str) -> str:
 
 def params_table() -> str:
     """Markdown: one row per key a model type reads, with the type, its shipped value, allowed values and use."""
-    from mnist_pipeline.train.registry import MODEL_TYPES
+    from mnist_pipeline.train.registry import all_types
 
     rows = ["| model.type | key | shipped value | allowed | what it does |", "| --- | --- | --- | --- | --- |"]
-    for name, kind in MODEL_TYPES.items():
+    for name, kind in all_types().items():
         shipped = kind.shipped()
         for key, field in kind.fields().items():
             rows.append(f"| `{name}` | `{key}` | `{json.dumps(shipped[key])}` | {_cell(field.description or '')} | "

@@ -9,6 +9,7 @@ of train (tools/stage_deps.py sees this module import the package whole): a modu
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -70,7 +71,7 @@ class ModelType:
         return ", ".join(parts)
 
 
-def _check(name: str, module: ModuleType) -> ModelType:
+def checked(name: str, module: ModuleType) -> ModelType:
     """A module that lacks a part, or whose keys are not all documented, is refused by name."""
     where = f"{module.__file__}: model type '{name}'"
     missing = [part for part in REQUIRED if not hasattr(module, part)]
@@ -84,14 +85,28 @@ def _check(name: str, module: ModuleType) -> ModelType:
     return kind
 
 
-def discover() -> dict[str, ModelType]:
-    """Every module of the model_types package, by name, sorted; no two may claim the same key."""
+def _imported(name: str) -> ModuleType:
+    """The model type's module; one that does not import (a syntax error, a missing name) is one line naming it."""
+    try:
+        return importlib.import_module(f"{model_types.__name__}.{name}")
+    except Exception as e:  # whatever the module raises, the fault is in that file
+        folder = os.path.dirname(model_types.__file__ or "")
+        text = " ".join(str(e).split())
+        raise PipelineError(f"{folder}/{name}.py: model type '{name}' does not import: {type(e).__name__}: "
+                            f"{text}") from None
+
+
+@functools.cache
+def all_types() -> dict[str, ModelType]:
+    """Every module of the model_types package, by name, sorted; no two may claim the same key.
+
+    Found on first use, not on import: a faulty module ends the stage in its one-line error, like a bad param."""
     found: dict[str, ModelType] = {}
     owner: dict[str, str] = {}
     for info in sorted(pkgutil.iter_modules(model_types.__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
             continue
-        kind = _check(info.name, importlib.import_module(f"{model_types.__name__}.{info.name}"))
+        kind = checked(info.name, _imported(info.name))
         for field in kind.params.model_fields:
             if field in owner or field in config.ModelConfig.model_fields:
                 other = owner.get(field, "every model type")
@@ -102,42 +117,37 @@ def discover() -> dict[str, ModelType]:
     return found
 
 
-MODEL_TYPES: dict[str, ModelType] = discover()
-
-
-def _schema() -> type[config.Config]:
+@functools.cache
+def schema() -> type[config.Config]:
     """core's Config with a `model` section that knows every model type's keys, each checked by its own type."""
-    names = tuple(MODEL_TYPES)
+    names = tuple(all_types())
     namespace = {
         "__module__": __name__,
         "__annotations__": {"type": Literal[names]},
         "type": config.choice(names),
         "model_config": ConfigDict(frozen=True, extra="forbid", strict=True),
     }
-    section = type("ModelConfig", (*(kind.params for kind in MODEL_TYPES.values()), config.ModelConfig), namespace)
+    section = type("ModelConfig", (*(kind.params for kind in all_types().values()), config.ModelConfig), namespace)
     return create_model("Config", __base__=config.Config, __module__=__name__, model=(section, ...))
-
-
-SCHEMA = _schema()
 
 
 def load_config(path: str | os.PathLike[str] = config.PARAMS_FILE) -> config.Config:
     """params.yaml with the model section checked in full: what the train stage and tools that build models read."""
-    return config.load_config(path, SCHEMA)
+    return config.load_config(path, schema())
 
 
 def model_type(model: Any) -> ModelType:
-    return MODEL_TYPES[model.type]
+    return all_types()[model.type]
 
 
 def keys_read_only_by(kind: str) -> list[str]:
     """The keys only `kind` reads: the model type's own."""
-    return MODEL_TYPES[kind].read_keys()
+    return all_types()[kind].read_keys()
 
 
 def unread_keys(chosen: str | None) -> set[str]:
     """The keys no part of training reads when `model.type` is `chosen`: every other type's."""
-    return {key for name, kind in MODEL_TYPES.items() if name != chosen for key in kind.read_keys()}
+    return {key for name, kind in all_types().items() if name != chosen for key in kind.read_keys()}
 
 
 def build_model(model: Any, spec: PreparedSpec) -> keras.Model:
@@ -147,9 +157,9 @@ def build_model(model: Any, spec: PreparedSpec) -> keras.Model:
 
 def validate(tree: Any, path: str = config.PARAMS_FILE) -> config.Config:
     """core's `validate` with the model section checked in full."""
-    return config.validate(tree, path, SCHEMA)
+    return config.validate(tree, path, schema())
 
 
 def leaf_keys() -> dict[str, FieldInfo]:
     """Every dotted key of params.yaml, the model types' included, with its field."""
-    return config.leaf_keys(SCHEMA)
+    return config.leaf_keys(schema())

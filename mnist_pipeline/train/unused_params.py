@@ -14,14 +14,14 @@ import json
 from typing import Any
 
 from mnist_pipeline.core.config import flatten
-from mnist_pipeline.train.registry import MODEL_TYPES
+from mnist_pipeline.train.registry import all_types
 
 
 def ignored_changes(model: Any) -> list[str]:
     """One line per key that `model.type` does not read and that differs from its shipped value."""
     values = flatten(model.model_dump(), "model.")
     lines = []
-    for name, kind in MODEL_TYPES.items():
+    for name, kind in all_types().items():
         if name == model.type:
             continue
         for key, shipped in kind.shipped().items():
