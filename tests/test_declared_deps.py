@@ -410,7 +410,9 @@ def test_every_declared_param_is_read(name: str, runs: dict[str, list[Run]], lea
 def test_imported_modules_are_exactly_the_code_deps(name: str, runs: dict[str, list[Run]]) -> None:
     imported = union(runs[name], "modules") - set(package_inits(PROJECT_ROOT))
     declared = STAGES[name].code_deps
-    assert not imported - declared, f"stage {name} imports undeclared modules: {sorted(imported - declared)}"
+    # A package folder dep (model_types: its modules are found at run time) declares every file in it.
+    undeclared = {m for m in imported - declared if not any(covers(m, d) for d in STAGES[name].deps)}
+    assert not undeclared, f"stage {name} imports undeclared modules: {sorted(undeclared)}"
     assert not declared - imported, f"stage {name} declares modules it never imports: {sorted(declared - imported)}"
 
 
