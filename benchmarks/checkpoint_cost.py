@@ -16,17 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline.core.config import load_config, with_overrides
+from mnist_pipeline.core.config import with_overrides
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.presets import load_preset
 from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.train.checkpoint import Checkpoints, capture, digest_arrays
+from mnist_pipeline.train.registry import load_config
 
 REPEATS = 30
 
 
 def checkpoint_ms(overrides: dict, folder: Path) -> tuple[float, float, int]:
-    from mnist_pipeline.train.models import build_model, make_optimizer
+    from mnist_pipeline.train.models import make_optimizer
+    from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.training import make_deterministic
 
     cfg = with_overrides(load_config(), overrides)

@@ -56,13 +56,14 @@ def find_mirror() -> Path:
 
 def train_models(mirror: Path, folder: Path) -> dict[str, Path]:
     """The default MLP and CNN of params.yaml, trained briefly on real MNIST and exported as the train stage exports."""
-    from mnist_pipeline.core.config import load_config, with_overrides
+    from mnist_pipeline.core.config import with_overrides
     from mnist_pipeline.prepared import idx_spec
     from mnist_pipeline.sources.datasets import DATASETS, TRAIN_LABELS
     from mnist_pipeline.sources.datasets import TRAIN_IMAGES as IMAGES_FILE
     from mnist_pipeline.sources.idx import read_idx
     from mnist_pipeline.sources.splits import scale_images
     from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
+    from mnist_pipeline.train.registry import load_config
     from mnist_pipeline.train.training import train_model
 
     base = load_config(PROJECT_ROOT / "params.yaml")

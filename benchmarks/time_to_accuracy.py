@@ -39,9 +39,10 @@ ERROR_TICKS = (0.005, 0.007, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9)
 
 def child(name: str) -> None:
     """Train one configuration on MNIST, prepared as the preprocess stage does, and print its per-epoch points."""
-    from mnist_pipeline.core.config import load_config, with_overrides
+    from mnist_pipeline.core.config import with_overrides
     from mnist_pipeline.presets import load_preset
     from mnist_pipeline.train import cpu_kernels
+    from mnist_pipeline.train.registry import load_config
 
     params = PROJECT_ROOT / "params.yaml"
     cfg = load_config(params)

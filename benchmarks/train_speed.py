@@ -115,7 +115,8 @@ def mirror_splits(cfg: Config) -> tuple[PreparedSpec, dict[str, tuple[Any, Any]]
 
 def child_ours(seed: int, workdir: Path) -> None:
     """train_model at the project's params (train.seed set), on the preprocess stage's arrays."""
-    from mnist_pipeline.core.config import load_config, with_overrides
+    from mnist_pipeline.core.config import with_overrides
+    from mnist_pipeline.train.registry import load_config
 
     cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), {"train.seed": seed})
     spec, splits = mirror_splits(cfg)

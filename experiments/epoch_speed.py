@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mnist_pipeline.core.config import Config, load_config, with_overrides
+from mnist_pipeline.core.config import Config, with_overrides
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.presets import load_preset
 from mnist_pipeline.train import cpu_kernels
+from mnist_pipeline.train.registry import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREPARED = Path(os.environ.get("PREPARED_DIR", "/tmp/full/data/prepared"))
@@ -68,7 +69,8 @@ def main() -> None:
     from mnist_pipeline.prepared import idx_spec
     from mnist_pipeline.sources.datasets import DATASETS
     from mnist_pipeline.train.loop import fit_compiled
-    from mnist_pipeline.train.models import build_model, make_optimizer
+    from mnist_pipeline.train.models import make_optimizer
+    from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.tensorflow_runtime import keras
     from mnist_pipeline.train.training import make_deterministic, one_hot, set_cpu_threads
 

@@ -26,13 +26,14 @@ import numpy as np
 import yaml
 
 from mnist_pipeline.core.cli import run_command
-from mnist_pipeline.core.config import flatten, load_config, with_overrides
+from mnist_pipeline.core.config import flatten, with_overrides
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images, stratified_split
 from mnist_pipeline.train import cpu_kernels
+from mnist_pipeline.train.registry import load_config
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -70,7 +71,8 @@ def tune(a: argparse.Namespace) -> None:
     x_val, y_val = scale_images(x[val], pre.scale, pre.offset), y[val]
     cpu_kernels.choose(cfg.train.cpu_kernels, cfg.train.cpu_threads)  # before TensorFlow loads, as the train stage does
 
-    from mnist_pipeline.train.models import build_model, make_optimizer
+    from mnist_pipeline.train.models import make_optimizer
+    from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.tensorflow_runtime import (
         keras,  # after the data is read: TensorFlow's import is slow
         tf,

@@ -2,7 +2,6 @@
 
 
 from mnist_pipeline.core.cli import run_stage
-from mnist_pipeline.core.config import load_config
 from mnist_pipeline.core.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
 from mnist_pipeline.core.progress import say
 from mnist_pipeline.prepared import load_spec, load_split, nbytes, over_budget
@@ -11,6 +10,7 @@ from mnist_pipeline.train.checkpoint import CHECKPOINT_DIR, Checkpoints, digest_
 from mnist_pipeline.train.curves import plot_training_curves
 from mnist_pipeline.train.distribute import is_chief
 from mnist_pipeline.train.footprint import check_fits
+from mnist_pipeline.train.registry import load_config
 from mnist_pipeline.train.unused_params import ignored_changes
 
 

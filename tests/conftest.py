@@ -168,6 +168,7 @@ def make_project(path: Path, mirror: Path | None, params: dict[str, Any] | None 
     project.git("config", "user.email", "test@example.com")
     project.git("config", "user.name", "test")
     project.dvc("init", "-q")
+    shutil.copy2(PROJECT_ROOT / ".dvcignore", path / ".dvcignore")  # the project's: bytecode caches are not deps
     project.dvc("config", "core.autostage", "true")
     project.dvc("config", "cache.type", "hardlink,copy")
     (path / ".gitignore").write_text("__pycache__/\n.tmp-*\n")

@@ -18,6 +18,7 @@ import yaml
 
 from mnist_pipeline.core.config import choices as config_choices
 from mnist_pipeline.core.config import flatten
+from mnist_pipeline.train.registry import schema
 
 PARAMS_FILE = "params.yaml"
 # DVC's templating: `${data.folder}` takes the value from params.yaml; `\${` is a literal `${`.
@@ -147,8 +148,9 @@ def expand(declared: tuple[str, ...], leaves: dict[str, Any]) -> set[str]:
 
 
 def choices(key: str) -> list[str]:
-    """The allowed values of a choice key, from the typed config (which takes them from their owners)."""
-    return list(config_choices(key))
+    """The allowed values of a choice key, from the typed config (which takes them from their owners: the model
+    types from the registry)."""
+    return list(config_choices(key, schema()))
 
 
 def covers(path: str, declared: str) -> bool:

@@ -8,19 +8,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.core.config import Config, load_config, with_overrides
+from mnist_pipeline.core.config import Config, with_overrides
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
-from mnist_pipeline.train.models import (
-    build_model,
-    load_model,
-    make_learning_rate,
-    make_optimizer,
-    save_model_deterministic,
-)
+from mnist_pipeline.train.models import load_model, make_learning_rate, make_optimizer, save_model_deterministic
+from mnist_pipeline.train.registry import build_model, load_config
 from mnist_pipeline.train.tensorflow_runtime import keras
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

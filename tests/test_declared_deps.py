@@ -110,7 +110,23 @@ if _trace_out:
                     if _is_section(f.annotation):
                         walk(f.annotation)
 
-        walk(config.Config)
+        def trace_classes(root):
+            """Trace reads on `root` and its sections: core's Config, or the train stage's wider schema."""
+            known = set(leaves)
+            walk(root)
+            for cls in set(leaves) - known:
+                original = cls.__getattribute__
+
+                def traced(self, name, _original=original, _leaves=leaves[cls]):
+                    value = _original(self, name)
+                    prefix = _prefixes.get(id(self))
+                    if prefix is not None:
+                        if name in _leaves:
+                            _params.add(prefix + name)
+                        elif name in ("model_dump", "model_dump_json"):  # a whole section handed on as data
+                            read_all(self, prefix)
+                    return value
+                cls.__getattribute__ = traced
 
         def register(obj, prefix):
             _prefixes[id(obj)] = prefix
@@ -126,25 +142,14 @@ if _trace_out:
                 else:
                     _params.add(prefix + name)
 
-        originals = {cls: cls.__getattribute__ for cls in leaves}
-        for cls, original in originals.items():
-            def traced(self, name, _original=original, _leaves=leaves[cls]):
-                value = _original(self, name)
-                prefix = _prefixes.get(id(self))
-                if prefix is not None:
-                    if name in _leaves:
-                        _params.add(prefix + name)
-                    elif name in ("model_dump", "model_dump_json"):  # a whole section handed on as data
-                        read_all(self, prefix)
-                return value
-            cls.__getattribute__ = traced
-
+        trace_classes(config.Config)
         load = config.load_config
 
         @functools.wraps(load)
         def load_config(*args, **kwargs):
             cfg = load(*args, **kwargs)
             _loads.append(1)
+            trace_classes(type(cfg))
             register(cfg, "")
             return cfg
 
@@ -424,7 +429,9 @@ def test_every_declared_param_is_read(name: str, runs: dict[str, list[Run]], lea
 def test_imported_modules_are_exactly_the_code_deps(name: str, runs: dict[str, list[Run]]) -> None:
     imported = union(runs[name], "modules") - set(package_inits(PROJECT_ROOT))
     declared = STAGES[name].code_deps
-    assert not imported - declared, f"stage {name} imports undeclared modules: {sorted(imported - declared)}"
+    # A package folder dep (model_types: its modules are found at run time) declares every file in it.
+    undeclared = {m for m in imported - declared if not any(covers(m, d) for d in STAGES[name].deps)}
+    assert not undeclared, f"stage {name} imports undeclared modules: {sorted(undeclared)}"
     assert not declared - imported, f"stage {name} declares modules it never imports: {sorted(declared - imported)}"
 
 

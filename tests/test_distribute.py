@@ -126,7 +126,8 @@ from mnist_pipeline.train.tensorflow_runtime import tf
 
 from mnist_pipeline.sources.splits import scale_images
 from mnist_pipeline.sources.idx import read_idx
-from mnist_pipeline.train.models import build_mlp, make_optimizer, save_model_deterministic
+from mnist_pipeline.train.models import make_optimizer, save_model_deterministic
+from mnist_pipeline.train.model_types.mlp import build_mlp
 
 keras.utils.set_random_seed(seed)
 tf.config.experimental.enable_op_determinism()

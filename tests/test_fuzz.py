@@ -26,12 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idxkit import encode_idx
 
-from mnist_pipeline.core.config import flatten, validate
+from mnist_pipeline.core.config import flatten
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import load_npy
 from mnist_pipeline.inference.imageprep import prepare_file
 from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.idx import parse_idx
+from mnist_pipeline.train.registry import validate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
@@ -99,7 +100,7 @@ def test_any_params_edit_validates_or_names_one_fault(tree: dict[str, Any]) -> N
 @CHEAP
 @given(st.binary(max_size=300))
 def test_random_bytes_as_params_yaml_never_crash_the_loader(data: bytes) -> None:
-    from mnist_pipeline.core.config import load_config
+    from mnist_pipeline.train.registry import load_config
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "params.yaml"
@@ -162,7 +163,7 @@ def test_random_bytes_as_an_image_are_prepared_or_refused_in_one_line(data: byte
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained) MNIST-shaped model, exported as train exports one: the commands get past "no model"
     to the decoders and to inference."""
-    from mnist_pipeline.train.models import build_mlp
+    from mnist_pipeline.train.model_types.mlp import build_mlp
     from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
 
     path = tmp_path_factory.mktemp("tiny-model") / "model.onnx"

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from conftest import requires
 
-from mnist_pipeline.core.config import load_config
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.inference.predict import prepare_images
+from mnist_pipeline.train.registry import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mnist_pipeline"
@@ -178,7 +178,7 @@ def test_16_bit_tiff_is_still_scaled_by_its_full_range(tmp_path: Path) -> None:
 
 def _count_keys() -> list[str]:
     """Every params key that holds an integer or a list of integers, from the config's own schema."""
-    from mnist_pipeline.core.config import leaf_keys
+    from mnist_pipeline.train.registry import leaf_keys
 
     return sorted(key for key, field in leaf_keys().items() if field.annotation in (int, list[int]))
 
@@ -190,7 +190,8 @@ def test_every_count_param_has_an_upper_bound(key: str) -> None:
 
     import yaml
 
-    from mnist_pipeline.core.config import leaf_keys, set_dotted, validate
+    from mnist_pipeline.core.config import set_dotted
+    from mnist_pipeline.train.registry import leaf_keys, validate
 
     tree = yaml.safe_load((ROOT / "params.yaml").read_text())
     tree = copy.deepcopy(tree)
@@ -298,7 +299,7 @@ def test_a_model_too_big_for_memory_is_refused_before_building_in_one_line() -> 
 def test_memory_estimate_counts_the_weights_keras_builds(update: dict[str, Any]) -> None:
     """The estimate follows the builders: its weight count is Keras' own count_params of the built model."""
     from mnist_pipeline.train.footprint import estimate
-    from mnist_pipeline.train.models import build_model
+    from mnist_pipeline.train.registry import build_model
 
     cfg = load_config(ROOT / "params.yaml")
     cnn = cfg.model.cnn.model_copy(update={k[4:]: v for k, v in update.items() if k.startswith("cnn.")})

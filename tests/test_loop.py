@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline.core.config import load_config, with_overrides
+from mnist_pipeline.core.config import with_overrides
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
 from mnist_pipeline.train.loop import batch_plan, fit_compiled
-from mnist_pipeline.train.models import build_cnn, build_mlp
+from mnist_pipeline.train.model_types.cnn import build_cnn
+from mnist_pipeline.train.model_types.mlp import build_mlp
+from mnist_pipeline.train.registry import load_config
 from mnist_pipeline.train.tensorflow_runtime import keras, tf
 
 MNIST = idx_spec(DATASETS["mnist"])

@@ -13,18 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.core.config import ACTIVATIONS, OPTIMIZERS, Config, load_config, with_overrides
+from mnist_pipeline.core.config import ACTIVATIONS, OPTIMIZERS, Config, with_overrides
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS
-from mnist_pipeline.train.models import (
-    build_mlp,
-    build_model,
-    load_model,
-    make_optimizer,
-    save_model_deterministic,
-    save_weights,
-)
+from mnist_pipeline.train.model_types.mlp import build_mlp
+from mnist_pipeline.train.models import load_model, make_optimizer, save_model_deterministic, save_weights
+from mnist_pipeline.train.registry import build_model, load_config
 from mnist_pipeline.train.tensorflow_runtime import keras
 from mnist_pipeline.train.training import train_model
 
@@ -161,7 +156,8 @@ def test_training_twice_with_one_seed_gives_identical_weights(trained: keras.Mod
 
 SAVE_SCRIPT = """
 import sys, keras
-from mnist_pipeline.train.models import build_mlp, save_model_deterministic
+from mnist_pipeline.train.models import save_model_deterministic
+from mnist_pipeline.train.model_types.mlp import build_mlp
 keras.utils.set_random_seed(0)
 save_model_deterministic(build_mlp([16], "relu", 0.1, 784, 10), sys.argv[1])
 """

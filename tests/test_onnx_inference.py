@@ -21,7 +21,7 @@ from conftest import PROJECT_ROOT, subprocess_env
 from PIL import Image
 from servekit import START_LIMIT_S
 
-from mnist_pipeline.core.config import load_config, with_overrides
+from mnist_pipeline.core.config import with_overrides
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.inference.onnx_model import load_model
 from mnist_pipeline.prepared import idx_spec, save_spec, save_split
@@ -29,6 +29,7 @@ from mnist_pipeline.presets import available, load_preset
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
+from mnist_pipeline.train.registry import load_config
 
 N_TRAIN = 2000
 N_TEST = 500
@@ -47,7 +48,7 @@ def real_mnist(mirror_root: Path, images: str, labels: str, n: int) -> tuple[np.
 
 def trained(overrides: dict[str, object], mirror_root: Path):
     """A model from the project's params with `overrides`, fitted one epoch on real MNIST images."""
-    from mnist_pipeline.train.models import build_model
+    from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     cfg = with_overrides(load_config(PROJECT_ROOT / "params.yaml"), overrides)
@@ -94,8 +95,8 @@ def test_onnx_runtime_predicts_the_same_classes_as_keras_on_real_test_images(
 def test_every_preset_model_exports_and_onnx_runtime_agrees(preset: str | None, mirror_root: Path,
                                                             tmp_path: Path) -> None:
     """params.yaml's model and each preset's (untrained: the layers, not the weights, decide what exports)."""
-    from mnist_pipeline.train.models import build_model
     from mnist_pipeline.train.onnx_export import export_checked, save_onnx
+    from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     cfg = load_config(PROJECT_ROOT / "params.yaml")

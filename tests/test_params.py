@@ -11,8 +11,8 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import StageDir, error_line, stage_dir, write_prepared, write_raw
 
-from mnist_pipeline.core.config import leaf_keys, load_config
 from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.train.registry import leaf_keys, load_config
 
 OTHER_MIRRORS = ["https://example.org/fashion/"]
 
@@ -87,11 +87,13 @@ def test_bad_value_names_key_value_and_allowed(project: StageDir, key: str, valu
                          [case for case, i in zip(BAD_VALUES, VALUE_IDS, strict=True) if i in IN_A_STAGE],
                          ids=IN_A_STAGE)
 def test_bad_value_stops_a_real_stage_with_one_line(project: StageDir, key: str, value: Any, expected: str) -> None:
+    # The model section's keys are the train stage's to check (its model types'): download does not read them.
+    stage, output = ("train", "models") if key.startswith("model.") else ("download", "data")
     project.set_params({key: value})
-    line = error_line(project.run("download"))
+    line = error_line(project.run(stage))
     assert line.startswith("error: params.yaml: "), line
     assert expected in line
-    assert not (project.path / "data").exists()  # refused before any work
+    assert not (project.path / output).exists()  # refused before any work
 
 
 # (name, edit of the params.yaml text, what the error line must contain)
@@ -238,7 +240,8 @@ def _bad_values(key: str) -> list[Any]:
                                             for key in sorted(leaf_keys()) for value in _bad_values(key)])
 def test_every_leaf_key_refuses_values_outside_its_own_constraints(key: str, value: Any) -> None:
     """Generated from the schema, not a hand list of about 14 keys: every key, every constraint."""
-    from mnist_pipeline.core.config import set_dotted, validate
+    from mnist_pipeline.core.config import set_dotted
+    from mnist_pipeline.train.registry import validate
 
     tree = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     set_dotted(tree, key, value)

@@ -59,7 +59,7 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def trained(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """A model trained on real MNIST, exported as the train stage exports it, and its accuracy on the arrays."""
-    from mnist_pipeline.train.models import build_mlp
+    from mnist_pipeline.train.model_types.mlp import build_mlp
     from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
     from mnist_pipeline.train.tensorflow_runtime import keras
 

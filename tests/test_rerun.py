@@ -33,8 +33,9 @@ from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
 from dvc_spec import Stage, choices, covers, expand, leaf_params, load_stages
 from test_declared_deps import DIGIT_FOLDER, DIGITS_PER_CLASS, TRACE_HOOK, write_digit_folder
 
-from mnist_pipeline.core.config import MODEL_REGISTRY, keys_read_only_by, load_config, validate, with_overrides
+from mnist_pipeline.core.config import with_overrides
 from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.train.registry import all_types, keys_read_only_by, load_config, validate
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +121,7 @@ def ignored_by_model_type(key: str) -> bool:
     """A key that only the model type not chosen reads (the product's own table): no effect on the bytes,
     though the stage hashes it into its checkpoint key and warns when it differs from its default."""
     chosen = LEAVES["model.type"]
-    return any(key in keys_read_only_by(kind) for kind in MODEL_REGISTRY if kind != chosen)
+    return any(key in keys_read_only_by(kind) for kind in all_types() if kind != chosen)
 
 
 def expected_stages(key: str, baseline: Project, bytes_change: bool = True) -> set[str]:

@@ -103,7 +103,8 @@ def test_window_plan_reads_every_image_once_in_a_seeded_order() -> None:
 
 
 def test_predictions_on_the_memory_mapped_test_set_equal_those_in_memory(prepared: Path) -> None:
-    from mnist_pipeline.train.models import build_model, predict_in_windows
+    from mnist_pipeline.train.models import predict_in_windows
+    from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     keras.utils.set_random_seed(0)

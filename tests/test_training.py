@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_pipeline.core.config import Config, load_config, with_overrides
+from mnist_pipeline.core.config import Config, with_overrides
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import prepare
+from mnist_pipeline.train.registry import load_config
 from mnist_pipeline.train.tensorflow_runtime import keras
 from tests.conftest import PROJECT_ROOT, subprocess_env
 

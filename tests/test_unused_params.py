@@ -12,8 +12,12 @@ import yaml
 from conftest import PROJECT_ROOT
 from faultkit import stage_dir, write_prepared
 
-from mnist_pipeline.core.config import MODEL_TYPES, flatten, keys_read_only_by, leaf_keys, load_config, with_overrides
-from mnist_pipeline.train.unused_params import SHIPPED_VALUES, ignored_changes
+from mnist_pipeline.core.config import flatten, with_overrides
+from mnist_pipeline.train.registry import all_types, keys_read_only_by, leaf_keys, load_config
+from mnist_pipeline.train.unused_params import ignored_changes
+
+# Each model type's keys with the values it says params.yaml ships them with.
+SHIPPED_VALUES = {key: value for kind in all_types().values() for key, value in kind.shipped().items()}
 
 # Keys every model type reads.
 SHARED_MODEL_KEYS = {"model.type", "model.activation"}
@@ -21,8 +25,8 @@ SHARED_MODEL_KEYS = {"model.type", "model.activation"}
 
 def test_every_model_key_is_shared_or_read_by_one_type_only() -> None:
     model_keys = {k for k in leaf_keys() if k.startswith("model.")}
-    type_only = [key for kind in MODEL_TYPES for key in keys_read_only_by(kind)]
-    assert all(keys_read_only_by(kind) for kind in MODEL_TYPES), "a model type that reads no key of its own"
+    type_only = [key for kind in all_types() for key in keys_read_only_by(kind)]
+    assert all(keys_read_only_by(kind) for kind in all_types()), "a model type that reads no key of its own"
     assert len(type_only) == len(set(type_only)), "a key the registry gives to two model types"
     assert set(type_only) | SHARED_MODEL_KEYS == model_keys
     assert set(SHIPPED_VALUES) == set(type_only)
@@ -36,7 +40,7 @@ def test_the_defaults_are_the_values_params_yaml_ships_with() -> None:
 
 def test_the_shipped_params_warn_about_nothing_under_either_type() -> None:
     cfg = load_config(PROJECT_ROOT / "params.yaml")
-    for kind in MODEL_TYPES:
+    for kind in all_types():
         assert ignored_changes(with_overrides(cfg, {"model.type": kind}).model) == []
 
 

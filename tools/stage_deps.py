@@ -1,11 +1,13 @@
 """The code deps of every stage, computed from the imports: `python tools/stage_deps.py [--check|--write]`.
 
-DVC reruns a stage when a file in its `deps` changes, so each stage must list exactly the project
-modules it runs. This tool follows the imports of each stage's entry module (the `python -m` module
-of its `cmd`) through the project's own modules, counting imports inside functions too (they run)
-but not those under `if TYPE_CHECKING:` (they never run). `--check` exits 1 naming every difference
-from dvc.yaml; `--write` puts the computed lists into dvc.yaml, keeping its data deps and comments;
-`--doc FILE` rewrites the module-to-stage table in FILE from dvc.yaml.
+DVC reruns a stage when a file in its `deps` changes, so each stage must list exactly the project modules it
+runs. This tool follows the imports of each stage's entry module (the `python -m` module of its `cmd`) through
+the project's own modules, counting imports inside functions too (they run) but not those under `if
+TYPE_CHECKING:` (they never run). A package imported whole (`from mnist_pipeline.train import model_types`) is
+one whose modules are found at run time: its folder is a dep too, so a module dropped in reruns the stage, and
+each of its modules is followed like an import. `--check` exits 1 naming every difference from dvc.yaml;
+`--write` puts the computed lists into dvc.yaml, keeping its data deps and comments; `--doc FILE` rewrites the
+module-to-stage table in FILE from dvc.yaml.
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ def imported_names(source: str) -> set[str]:
     return names
 
 
+def whole_packages(root: Path, source: str) -> list[str]:
+    """The folders of the project packages a module imports as a whole (`import a.b` or `from a import b`, b a
+    package): the modules it finds in them at run time are not named by any import."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    folders = (root.joinpath(*name.split(".")) for name in names if name.split(".")[0] in PACKAGES)
+    return sorted(f.relative_to(root).as_posix() for f in folders if (f / "__init__.py").is_file())
+
+
+def is_code_dep(dep: object) -> bool:
+    """A module, or a package folder, of the project: what this tool writes into a stage's deps."""
+    return isinstance(dep, str) and (dep.endswith(".py") or dep.split("/")[0] in PACKAGES)
+
+
 def module_file(root: Path, name: str) -> str | None:
     """The project file of a dotted module name, or None when it is not one of ours."""
     if name.split(".")[0] not in PACKAGES:
@@ -59,23 +79,30 @@ def module_file(root: Path, name: str) -> str | None:
 
 
 def code_deps(root: Path, entry_module: str) -> list[str]:
-    """Every project module `entry_module` runs, as paths; package `__init__` files are left out
-    (they hold only docstrings, which a test checks)."""
+    """Every project module `entry_module` runs, as paths, then the folders of packages whose modules are found
+    at run time; package `__init__` files are left out (they hold only docstrings, which a test checks)."""
     start = module_file(root, entry_module)
     if start is None:
         raise SystemExit(f"error: {entry_module}: no such module in {root}")
     seen: set[str] = set()
+    folders: set[str] = set()
     todo = [start]
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        for name in imported_names((root / path).read_text(encoding="utf-8")):
+        source = (root / path).read_text(encoding="utf-8")
+        for name in imported_names(source):
             found = module_file(root, name)
             if found is not None and found not in seen:
                 todo.append(found)
-    return sorted((p for p in seen if not p.endswith("__init__.py")), key=lambda p: (p != start, p))
+        for folder in whole_packages(root, source):
+            folders.add(folder)
+            todo.extend(p.relative_to(root).as_posix() for p in sorted((root / folder).glob("*.py"))
+                        if not p.name.startswith("_"))
+    modules = sorted((p for p in seen if not p.endswith("__init__.py")), key=lambda p: (p != start, p))
+    return [*modules, *sorted(folders)]
 
 
 def entry_module(cmd: str) -> str:
@@ -98,7 +125,7 @@ def differences(root: Path) -> list[str]:
     stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     lines = []
     for name, wanted in expected_deps(root).items():
-        declared = [d for d in stages[name].get("deps", []) if isinstance(d, str) and d.endswith(".py")]
+        declared = [d for d in stages[name].get("deps", []) if is_code_dep(d)]
         missing, extra = sorted(set(wanted) - set(declared)), sorted(set(declared) - set(wanted))
         if missing:
             lines.append(f"stage {name}: imports but does not declare {', '.join(missing)}")
@@ -119,7 +146,7 @@ def write(root: Path) -> None:
     spec = yaml.load(path.read_text(encoding="utf-8"))
     for name, wanted in expected_deps(root).items():
         deps = spec["stages"][name]["deps"]
-        data = [d for d in deps if not (isinstance(d, str) and d.endswith(".py"))]
+        data = [d for d in deps if not is_code_dep(d)]
         deps.clear()
         deps.extend([*wanted, *data])
     with path.open("w", encoding="utf-8") as f:

@@ -4,7 +4,8 @@ A stage loads the file with `load_config()` and hands each library function only
 needs (`train_model(cfg.model, cfg.train, ...)`). Pydantic does the checking; this module turns its
 first complaint into one line naming the key, the value and what is allowed, with a did-you-mean
 for a near miss. Allowed values come from their owners: data set names from the dataset registry,
-strategies from the strategy table.
+strategies from the strategy table. The model types own their keys: the train stage passes `load_config`
+a wider schema with them (mnist_pipeline.train.registry), which this module never imports.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import re
 import stat
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -34,33 +34,16 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw", "nadam", "adagrad")
 LR_SCHEDULES = ("constant", "one_cycle")
 
 
-@dataclass(frozen=True)
-class ModelType:
-    """A `model.type` as the project knows it, in one place: the params only it reads (a dotted key, or a
-    whole section such as `model.cnn`), and the function of mnist_pipeline.train.models that builds it from the
-    `model` section. The unused-params warning, the model card and the builder dispatch all read this table."""
-
-    reads: tuple[str, ...]
-    builder: str
-
-
-MODEL_REGISTRY: dict[str, ModelType] = {
-    "mlp": ModelType(reads=("model.hidden", "model.dropout"), builder="build_mlp_model"),
-    "cnn": ModelType(reads=("model.cnn",), builder="build_cnn_model"),
-}
-MODEL_TYPES = tuple(MODEL_REGISTRY)
 # The names of the choices that runtime modules act on are owned here, so that the schema, which every stage
 # imports, imports none of them: editing the strategy or kernel code reruns only the stages that run it.
 STRATEGIES = ("default", "mirrored", "multi_worker")  # train.strategy: mnist_pipeline/train/distribute.py runs each
 CPU_KERNELS = ("eigen", "onednn")  # train.cpu_kernels: mnist_pipeline/train/cpu_kernels.py sets each before TensorFlow
-FIRST_CONVS = ("trained", "whitened")  # model.cnn.first_conv: learned, or fixed to patch-whitening filters
 # Seeds reach numpy and TensorFlow, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1
 # Upper bounds of counts: far above any use on one machine, far below where arithmetic or memory breaks.
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
 MAX_WIDTH = 1_000_000  # units of a dense layer
-MAX_FILTERS = 4096  # filters of a convolution
 MAX_IMAGES = 1_000_000_000  # image counts and positions: val_size, limits, predict.start
 MAX_MEMORY_MB = 16 << 20  # 16 TiB
 # Seconds a download may wait for data: sockets refuse timeouts past time_t (1e300 overflows); 1e6 s is 11 days.
@@ -103,9 +86,15 @@ def choice(options: tuple[str, ...]) -> Any:
 
 
 def int_list(low: int, high: int, min_len: int, max_len: int = 16) -> Any:
-    """A list of ints, each in [low, high] (checked by the section's validator, `_ints_within`)."""
+    """A list of ints, each in [low, high] (checked by the section's validator, `ints_within`)."""
     return Field(min_length=min_len, max_length=max_len,
                  description=f"a list of {min_len} to {max_len} integers in [{low}, {high}]")
+
+
+def documented(field: Any, shipped: Any, doc: str) -> Any:
+    """A field with the value params.yaml ships with and one line on what it does: model types' keys carry
+    both, for the unused-params warning ("changed from the shipped value") and the params table in the docs."""
+    return FieldInfo.merge_field_infos(field, Field(title=doc, json_schema_extra={"shipped": shipped}))
 
 
 class Section(BaseModel):
@@ -182,56 +171,15 @@ class PreprocessConfig(Section):
         return val_fraction
 
 
-class CnnConfig(Section):
-    filters: list[int] = int_list(1, MAX_FILTERS, 1, 4)
-    kernel_size: int = integer(1, 7)
-    dense: int = integer(0, MAX_WIDTH)
-    dropout: float = number(0.0, 1.0)
-    batch_norm: bool = Field(description="true or false")
-    batch_norm_first: bool = Field(description="true or false")
-    augment_shift: float = number(0.0, 0.5)
-    augment_rotation: float = number(0.0, 0.5)
-    pool_first: bool = Field(description="true or false")
-    strided_blocks: int = integer(0, 4)
-    pool_blocks: list[int] = int_list(1, 4, 0, 4)
-    first_conv: Literal[FIRST_CONVS] = choice(FIRST_CONVS)  # type: ignore[valid-type]
-
-    @field_validator("filters")
-    @classmethod
-    def _positive_widths(cls, widths: list[int]) -> list[int]:
-        return _ints_within(widths, 1, MAX_FILTERS)
-
-    @field_validator("strided_blocks")
-    @classmethod
-    def _existing_strided_blocks(cls, strided: int, info: Any) -> int:
-        """Strided blocks are the first N of `filters`: no more than there are."""
-        n_blocks = len(info.data.get("filters") or [])
-        if info.data.get("filters") is not None and strided > n_blocks:
-            raise ValueError(f"expected an integer in [0, {n_blocks}] (model.cnn.filters has {n_blocks} blocks)")
-        return strided
-
-    @field_validator("pool_blocks")
-    @classmethod
-    def _existing_blocks(cls, blocks: list[int], info: Any) -> list[int]:
-        """Block numbers count from 1, each once, and name a block that `filters` has."""
-        n_blocks = len(info.data.get("filters") or [])
-        if any(not 1 <= b <= n_blocks for b in blocks) or len(set(blocks)) < len(blocks):
-            raise ValueError(f"expected distinct block numbers in [1, {n_blocks}] (model.cnn.filters has "
-                             f"{n_blocks} blocks), or [] for every block that does not stride")
-        return blocks
-
-
 class ModelConfig(Section):
-    type: Literal[MODEL_TYPES] = choice(MODEL_TYPES)  # type: ignore[valid-type]
-    activation: Literal[ACTIVATIONS] = choice(ACTIVATIONS)  # type: ignore[valid-type]
-    hidden: list[int] = int_list(1, MAX_WIDTH, 0)
-    dropout: float = number(0.0, 1.0)
-    cnn: CnnConfig
+    """The `model` keys every model type reads. The keys of one type (`model.hidden`, the `model.cnn` section)
+    stay raw here: each model type's own module checks them (mnist_pipeline.train.registry), so this schema,
+    which every stage imports, imports no model type, and editing one reruns the train stage only."""
 
-    @field_validator("hidden")
-    @classmethod
-    def _positive_widths(cls, widths: list[int]) -> list[int]:
-        return _ints_within(widths, 1, MAX_WIDTH)
+    model_config = ConfigDict(frozen=True, extra="allow", strict=True)
+
+    type: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="a model type name (lowercase letters, digits, '_')")
+    activation: Literal[ACTIVATIONS] = choice(ACTIVATIONS)  # type: ignore[valid-type]
 
 
 class TrainConfig(Section):
@@ -270,7 +218,7 @@ class Config(Section):
     predict: PredictConfig
 
 
-def _ints_within(widths: list[int], low: int, high: int) -> list[int]:
+def ints_within(widths: list[int], low: int, high: int) -> list[int]:
     if any(not low <= w <= high for w in widths):
         raise ValueError(f"every entry must be in [{low}, {high}]")
     return widths
@@ -292,20 +240,14 @@ def leaf_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Fi
     return keys
 
 
-def keys_read_only_by(model_type: str) -> list[str]:
-    """The leaf keys that only `model_type` reads (its registry entry's keys and sections, expanded)."""
-    reads = MODEL_REGISTRY[model_type].reads
-    return [key for key in leaf_keys() if any(key == r or key.startswith(r + ".") for r in reads)]
-
-
 def _section_type(field: FieldInfo) -> type[BaseModel] | None:
     annotation = field.annotation
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def choices(key: str) -> tuple[str, ...]:
+def choices(key: str, schema: type[Config] = Config) -> tuple[str, ...]:
     """The allowed values of a choice key (empty for other keys)."""
-    annotation = leaf_keys()[key].annotation
+    annotation = leaf_keys(schema)[key].annotation
     return tuple(get_args(annotation)) if get_origin(annotation) is Literal else ()
 
 
@@ -333,9 +275,9 @@ def _first_leaf(key: str, value: Any) -> str:
     return key
 
 
-def _unknown_key(loc: tuple[Any, ...], value: Any, path: str) -> PipelineError:
+def _unknown_key(loc: tuple[Any, ...], value: Any, path: str, schema: type[Config]) -> PipelineError:
     """Name the typo and what was meant: the closest key, or else every key allowed there."""
-    keys = leaf_keys()
+    keys = leaf_keys(schema)
     if "." in str(loc[0]):
         return PipelineError(f"{path}: top-level key '{loc[0]}' is not read: set it inside the "
                              f"'{str(loc[0]).split('.')[0]}' section (only the nested layout counts, as DVC reads it)")
@@ -350,9 +292,9 @@ def _unknown_key(loc: tuple[Any, ...], value: Any, path: str) -> PipelineError:
     return PipelineError(f"{path}: unknown key '{key}': expected {where} one of " + ", ".join(allowed))
 
 
-def _leaf(loc: tuple[Any, ...]) -> tuple[str, FieldInfo | None, type[BaseModel] | None]:
+def _leaf(loc: tuple[Any, ...], schema: type[Config]) -> tuple[str, FieldInfo | None, type[BaseModel] | None]:
     """The dotted params key an error location points into, with its field or its section class."""
-    model: type[BaseModel] = Config
+    model: type[BaseModel] = schema
     parts: list[str] = []
     for part in loc:
         field = model.model_fields.get(str(part))
@@ -372,11 +314,11 @@ def _dig(tree: Any, key: str) -> Any:
     return tree
 
 
-def _message(error: Any, tree: dict[str, Any], path: str) -> PipelineError:
+def _message(error: Any, tree: dict[str, Any], path: str, schema: type[Config]) -> PipelineError:
     loc = tuple(error["loc"])
-    key, field, section = _leaf(loc)
+    key, field, section = _leaf(loc, schema)
     if error["type"] == "extra_forbidden":
-        return _unknown_key(loc, error["input"], path)
+        return _unknown_key(loc, error["input"], path, schema)
     if field is None and section is not None:
         section_keys = [k for k in leaf_keys(section, key + ".")]
         if error["type"] == "missing" and len(loc) == len(key.split(".")):
@@ -392,7 +334,7 @@ def _message(error: Any, tree: dict[str, Any], path: str) -> PipelineError:
     if error["type"] == "missing":
         return PipelineError(f"{path}: missing key '{key}': expected {expected}")
     value = _dig(tree, key)
-    options = choices(key)
+    options = choices(key, schema)
     close = difflib.get_close_matches(value, options, n=1) if isinstance(value, str) and options else []
     hint = f" (did you mean '{close[0]}'?{_lookalike(value, close[0])})" if close else ""
     return PipelineError(f"{path}: {key} = {_shown(value)}: expected {expected}{hint}")
@@ -418,8 +360,10 @@ def _check_key_names(tree: dict[Any, Any], model: type[BaseModel], prefix: str, 
             _check_key_names(value, section, f"{prefix}{key}.", path)
 
 
-def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
-    """The typed config, or a PipelineError naming the first bad key, its value and what is allowed."""
+def validate(tree: Any, path: str = PARAMS_FILE, schema: type[Config] = Config) -> Config:
+    """The typed config, or a PipelineError naming the first bad key, its value and what is allowed.
+
+    `schema` is Config or a subclass of it that types more (the train stage's, with every model type's keys)."""
     if tree is None:
         raise PipelineError(f"{path}: the file is empty: expected a YAML mapping of sections (data, train, ...)")
     if not isinstance(tree, dict):
@@ -429,11 +373,11 @@ def validate(tree: Any, path: str = PARAMS_FILE) -> Config:
     for key in tree:
         if not isinstance(key, str):
             raise PipelineError(f"{path}: key {_shown(key)} at the top level: expected a section name")
-    _check_key_names(tree, Config, "", path)
+    _check_key_names(tree, schema, "", path)
     try:
-        return Config.model_validate(tree)
+        return schema.model_validate(tree)
     except ValidationError as e:
-        raise _message(_first_error(e.errors()), tree, path) from None
+        raise _message(_first_error(e.errors()), tree, path, schema) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,9 +453,9 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
         raise _yaml_problem(e, str(path)) from None
 
 
-def load_config(path: str | os.PathLike[str] = PARAMS_FILE) -> Config:
+def load_config(path: str | os.PathLike[str] = PARAMS_FILE, schema: type[Config] = Config) -> Config:
     """Read and validate the whole params file; the first fault ends in one PipelineError line."""
-    return validate(load_yaml(path), str(path))
+    return validate(load_yaml(path), str(path), schema)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -536,9 +480,10 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def with_overrides(config: Config, overrides: Mapping[str, Any], source: str = "overrides") -> Config:
-    """A new validated config with DVC-style `key: value` overrides applied (presets, benchmarks)."""
+    """A new validated config with DVC-style `key: value` overrides applied (presets, benchmarks), checked
+    by the schema that made `config`."""
     tree = config.model_dump()
     for key, value in overrides.items():
         set_dotted(tree, key, value)
-    return validate(tree, source)
+    return validate(tree, source, type(config))
 

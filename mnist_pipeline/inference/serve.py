@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_pipeline.core.cli import run_command
-from mnist_pipeline.core.config import MODEL_REGISTRY, flatten, keys_read_only_by, load_config
+from mnist_pipeline.core.config import flatten, load_config
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, md5_of, open_regular
 from mnist_pipeline.inference.onnx_model import OnnxModel, load_model
@@ -58,6 +58,7 @@ from mnist_pipeline.inference.predict import (
 from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.formats import FORMAT_NAMES, PICTURE_FORMATS
 from mnist_pipeline.sources.splits import scale_images
+from mnist_pipeline.train.registry import unread_keys
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -198,9 +199,8 @@ def _accuracy(data: bytes) -> float | None:
 
 
 def train_params(flat: dict[str, Any]) -> dict[str, Any]:
-    """The model and train keys, less those of the other model type, which training never reads."""
-    chosen = flat.get("model.type")
-    unread = {key for kind in MODEL_REGISTRY if kind != chosen for key in keys_read_only_by(kind)}
+    """The model and train keys, less those of the other model types (the registry's), which training never reads."""
+    unread = unread_keys(flat.get("model.type"))
     return {k: v for k, v in flat.items() if k.startswith(("model.", "train.")) and k not in unread}
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mnist_pipeline.core.cli import run_command
-from mnist_pipeline.core.config import PARAMS_FILE, flatten, load_config, load_yaml, with_overrides
+from mnist_pipeline.core.config import PARAMS_FILE, flatten, load_yaml, with_overrides
 from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.train.registry import load_config
 
 SUFFIX = ".yaml"
 

@@ -1,4 +1,6 @@
-"""Build the network named by the `model` params, and save it so equal weights give equal bytes."""
+"""Optimizer and loss from the `train` params; save a model so equal weights give equal bytes, and load one.
+
+The networks themselves are built by the model types (registry.py, model_types/)."""
 
 from __future__ import annotations
 
@@ -12,106 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mnist_pipeline.core.config import MODEL_REGISTRY
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import atomic_path
 from mnist_pipeline.prepared import read_rows
 from mnist_pipeline.train.tensorflow_runtime import keras
 
 if TYPE_CHECKING:
-    from mnist_pipeline.core.config import CnnConfig, ModelConfig
     from mnist_pipeline.prepared import PreparedSpec
 
 # Zip's own epoch: every entry gets it, so a save today and a save tomorrow are the same bytes.
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 FIXED_SAVE_DATE = "1980-01-01@00:00:00"
-
-
-def build_mlp(hidden: list[int], activation: str, dropout: float, n_pixels: int, n_classes: int) -> keras.Model:
-    """The tutorial's Sequential MLP; defaults give Dense 64 relu, Dense 64 relu, Dense 10 softmax."""
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(n_pixels,))]
-    for width in hidden:
-        layers.append(keras.layers.Dense(width, activation=activation))
-        if dropout > 0:
-            layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax"))
-    return keras.Sequential(layers, name="mlp")
-
-
-def build_cnn(cnn: CnnConfig, activation: str, image_shape: tuple[int, int, int], n_classes: int) -> keras.Model:
-    """A small convnet on the same flattened arrays: it reshapes them to (rows, cols, channels) itself.
-
-    One block per entry of `filters`: a convolution (optionally batch-normalised) and a 2x2 max-pool, as in
-    the Keras "Simple MNIST convnet"; then dropout, an optional dense layer, softmax. Small on purpose:
-    it has to train in minutes on two CPU cores.
-    `pool_first` pools right after the convolution, before batch norm and the activation: the same shapes
-    and parameters, but normalisation and activation (memory-bound, a large share of a small net's
-    time on a CPU) run on a quarter of the values. The first `strided_blocks` blocks halve the image with a
-    stride-2 convolution in place of the max-pool: a quarter of the convolution's work, same output shapes.
-    `pool_blocks` names the blocks (1 = the first) that max-pool, strided or not; empty, every block that does
-    not stride pools. [1] with one strided block pools the first block's map, so the second convolution runs
-    on 7 x 7 instead of 14 x 14 pixels: a quarter of its work, and the same map (7 x 7) reaches the head.
-    `batch_norm_first` false leaves the first block unnormalised (its convolution gets a bias): its maps
-    are the largest, so on a CPU that block's batch norm costs more than the others'.
-    `first_conv` "whitened" makes the first convolution a fixed one (not trained, no bias, no batch norm),
-    whose filters the train stage sets to patch-whitening filters of the training images (`whitening.py`):
-    the gradient stops at the second convolution, so a step skips that convolution's input gradient.
-    Augmentation layers are Keras' own: active in training only, identity at inference.
-    """
-    filters, kernel_size, dense, dropout = cnn.filters, cnn.kernel_size, cnn.dense, cnn.dropout
-    batch_norm, batch_norm_first, first_conv = cnn.batch_norm, cnn.batch_norm_first, cnn.first_conv
-    augment_shift, augment_rotation = cnn.augment_shift, cnn.augment_rotation
-    pool_first, strided_blocks, pool_blocks = cnn.pool_first, cnn.strided_blocks, cnn.pool_blocks
-    rows, cols, channels = image_shape
-    layers: list[keras.layers.Layer] = [
-        keras.Input(shape=(rows * cols * channels,)),
-        keras.layers.Reshape((rows, cols, channels)),
-    ]
-    if augment_shift > 0:
-        layers.append(keras.layers.RandomTranslation(augment_shift, augment_shift, fill_mode="nearest"))
-    if augment_rotation > 0:
-        layers.append(keras.layers.RandomRotation(augment_rotation, fill_mode="nearest"))
-    for i, width in enumerate(filters):
-        stride = 2 if i < strided_blocks else 1
-        fixed = i == 0 and first_conv == "whitened"
-        normed = batch_norm and (i > 0 or batch_norm_first) and not fixed
-        layers.append(keras.layers.Conv2D(width, kernel_size, strides=stride, padding="same",
-                                          use_bias=not normed and not fixed, trainable=not fixed))
-        # By default a strided convolution has halved the image already, so its block does not pool.
-        pool = i + 1 in pool_blocks if pool_blocks else stride == 1
-        if pool and pool_first:
-            layers.append(keras.layers.MaxPooling2D(2))
-        if normed:
-            layers.append(keras.layers.BatchNormalization())
-        layers.append(keras.layers.Activation(activation))
-        if pool and not pool_first:
-            layers.append(keras.layers.MaxPooling2D(2))
-    layers.append(keras.layers.Flatten())
-    if dropout > 0:
-        layers.append(keras.layers.Dropout(dropout))
-    if dense:
-        layers.append(keras.layers.Dense(dense, activation=activation))
-        if dropout > 0:
-            layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax"))
-    return keras.Sequential(layers, name="cnn")
-
-
-def build_mlp_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
-    return build_mlp(cfg.hidden, cfg.activation, cfg.dropout, spec.n_pixels, spec.n_classes)
-
-
-def build_cnn_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
-    return build_cnn(cfg.cnn, cfg.activation, spec.array_shape, spec.n_classes)
-
-
-def build_model(cfg: ModelConfig, spec: PreparedSpec) -> keras.Model:
-    """The network described by the `model` params for the data set's images and classes.
-
-    Weights are drawn from the global seed. The builder is the one the model registry names for
-    `model.type` (config.MODEL_REGISTRY), which reads only the keys of that type.
-    """
-    return globals()[MODEL_REGISTRY[cfg.type].builder](cfg, spec)
 
 
 def make_learning_rate(

@@ -23,7 +23,8 @@ from mnist_pipeline.train import cpu_kernels
 from mnist_pipeline.train.checkpoint import Checkpoints, capture
 from mnist_pipeline.train.distribute import check_batch_size, make_strategy
 from mnist_pipeline.train.loop import Diverged, Rows, fit_compiled, fit_streamed
-from mnist_pipeline.train.models import build_model, make_loss, make_optimizer
+from mnist_pipeline.train.models import make_loss, make_optimizer
+from mnist_pipeline.train.registry import build_model
 from mnist_pipeline.train.tensorflow_runtime import keras, set_threads, tf
 from mnist_pipeline.train.whitening import SAMPLE_IMAGES, patch_whitening_filters
 
