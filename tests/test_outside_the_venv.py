@@ -7,30 +7,26 @@ the project's packages: the stage must end in one line saying to activate the ve
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import make_project
 
 SYSTEM_DIRS = "/usr/local/bin:/usr/bin:/bin"
 
 
-def system_python_without_packages() -> str | None:
-    """A python3 outside this venv that cannot import numpy (what a fresh machine has), if there is one."""
-    found = shutil.which("python3", path=SYSTEM_DIRS)
-    if found is None or Path(found).resolve() == Path(sys.executable).resolve():
-        return None
-    probe = subprocess.run([found, "-c", "import numpy"], capture_output=True, timeout=60)
-    return found if probe.returncode != 0 else None
+def python_without_packages(folder: Path) -> Path:
+    """A Python 3.11 with nothing installed, as a machine without the venv has: a bare venv of the same
+    interpreter, made without pip (no download, a second)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True, timeout=120)
+    python = folder / "bin" / "python"
+    assert subprocess.run([python, "-c", "import numpy"], capture_output=True, timeout=60).returncode != 0
+    return python
 
 
 def test_repro_with_the_system_python_ends_in_one_line_saying_to_activate_the_venv(tmp_path: Path) -> None:
-    system_python = system_python_without_packages()
-    if system_python is None:
-        pytest.skip("no system python3 without numpy on this machine")
+    system_python = python_without_packages(tmp_path / "bare")
     project = make_project(tmp_path / "repo", None)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
