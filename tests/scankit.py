@@ -16,11 +16,12 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 
 TUNING = range(0, 500)
@@ -90,3 +91,53 @@ def scans(mirror_root: Path, indices: range) -> tuple[list[Scan], np.ndarray, np
     """Every digit at `indices` as a scan, with the original 28x28 images and the labels."""
     images, labels = mnist_test_slice(mirror_root, indices)
     return [scan(image, index) for index, image in zip(indices, images, strict=True)], images, labels
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What preparing the scans of one slice gave, against the same digits' 28x28 originals."""
+
+    count: int
+    refused: list[str]
+    warned: list[str]
+    scan_accuracy: float
+    original_accuracy: float
+
+
+def train_model(mirror_root: Path, epochs: int = 3) -> Any:
+    """The tutorial's MLP (784-64-64-10) on MNIST's 60,000 training images, seeded: the same weights every run."""
+    from mnist_pipeline.sources.splits import scale_images
+    from mnist_pipeline.train.models import build_mlp
+    from mnist_pipeline.train.tensorflow_runtime import keras
+
+    x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
+    y_train = read_idx(mirror_root / "mnist" / TRAIN_LABELS, "labels")
+    keras.utils.set_random_seed(0)
+    model = build_mlp([64, 64], "relu", 0.0, 784, 10)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
+    return model
+
+
+def measure(mirror_root: Path, indices: range, model: Any) -> Measured:
+    """Prepare every scan of `indices` as mnist-predict does; classify the prepared scans and the originals."""
+    from mnist_pipeline.core.errors import PipelineError
+    from mnist_pipeline.inference.imageprep import prepare_with_warnings, read_image
+    from mnist_pipeline.sources.splits import scale_images
+
+    items, images, labels = scans(mirror_root, indices)
+    prepared, refused, warned = [], [], []
+    for item, original in zip(items, images, strict=True):
+        name = f"{item.index:05d}{item.suffix} ({item.recipe})"
+        try:
+            image, warnings = prepare_with_warnings(read_image(io.BytesIO(item.data), name), name)
+        except PipelineError as e:
+            refused.append(str(e))
+            image, warnings = np.zeros_like(original), []  # counted as a wrong answer below
+        prepared.append(image)
+        warned.extend(warnings)
+
+    def accuracy(x: np.ndarray) -> float:
+        return float(np.mean(model.predict(scale_images(x, 255.0, 0.5), verbose=0).argmax(1) == labels))
+
+    return Measured(len(items), refused, warned, accuracy(np.stack(prepared)), accuracy(images))
