@@ -77,8 +77,8 @@ def test_marker_strokes_are_thinned_closer_to_the_original_and_mnist_strokes_kep
     tuning_digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """Each marker digit (strokes about twice MNIST's) comes out closer to its prepared original with its strokes
-    thinned than without (measured on these 20: 32 of 255 on average without, 22 with); an MNIST digit whose
-    strokes are within MAX_STROKE is left as it is."""
+    thinned than without (measured on these 20: 32 of 255 on average without, 22 with); an MNIST digit at its own
+    size is left as it is, whatever its strokes."""
     images, _ = tuning_digits
     without, thinned = [], []
     for digit in images:
@@ -88,8 +88,7 @@ def test_marker_strokes_are_thinned_closer_to_the_original_and_mnist_strokes_kep
         without.append(np.abs(fit_to_box(crop, "marker").astype(int) - original).mean())
         thinned.append(np.abs(fit_to_box(thin_strokes(crop), "marker").astype(int) - original).mean())
         mnist = crop_to_ink(to_ink(digit.astype(np.float64), "digit"))
-        if stroke_width(mnist) <= MAX_STROKE:
-            assert thin_strokes(mnist) is mnist
+        assert thin_strokes(mnist) is mnist
     assert all(t < w for t, w in zip(thinned, without, strict=True)), (thinned, without)
     assert np.mean(thinned) < 0.8 * np.mean(without)
 

@@ -45,10 +45,15 @@ CROP_FRACTION = 0.1
 # (tests/test_photos.py). Noisier or shaded pictures (photos) get the background removed.
 FLAT_NOISE = 1.5
 FLAT_SHADING = 6.0
-# Strokes wider than this fraction of the digit's longer side (stroke_width) are thinned to it: the 95th
-# percentile of MNIST's first 10,000 training digits (median 0.122; `python benchmarks/scan_digits.py --strokes`).
-MAX_STROKE = 0.197
+# Strokes wider than this fraction of the digit's longer side (stroke_width) are thinned to it: the 75th
+# percentile of MNIST's first 10,000 training digits (median 0.122, 95th percentile 0.197;
+# `python benchmarks/scan_digits.py --strokes`). Only digits over twice BOX in the picture are thinned.
+MAX_STROKE = 0.148
 STROKE_SIDE = 80
+# How far (longer side, output pixels) an MNIST digit spans at half its brightest ink (halo_box): 19.3 to
+# 19.5, the median over MNIST's first 3,000 training digits scaled up 3 and 4 times (bicubic), as a user's
+# larger picture of one would be; the rest of BOX is MNIST's anti-aliased edge.
+HALF_EXTENT = 19.4
 # Photos are analysed at most this many pixels on their longer side (the digit ends up 20 pixels).
 PHOTO_SIDE = 1024
 # Ink pixels stand out from the fitted background by at least this many noise standard deviations.
@@ -192,15 +197,39 @@ def centre_in_frame(digit: np.ndarray) -> np.ndarray:
     return frame
 
 
-def fit_to_box(digit: np.ndarray, name: str) -> np.ndarray:
-    """Scale the cropped ink so its longer side is BOX and centre it in the FRAME x FRAME image."""
+def fit_to_box(digit: np.ndarray, name: str, box: float = BOX) -> np.ndarray:
+    """Scale the cropped ink so its longer side is `box` (BOX, or more for a soft edge, see halo_box) and
+    centre it in the FRAME x FRAME image."""
     # Resample in 32-bit float: anti-aliased (Lanczos) without rounding to 8 bits twice.
-    resized = ImageOps.contain(Image.fromarray(digit.astype(np.float32)), (BOX, BOX),
+    side = min(round(box), FRAME - 2)
+    resized = ImageOps.contain(Image.fromarray(digit.astype(np.float32)), (side, side),
                                Image.Resampling.LANCZOS)
     small = np.clip(np.asarray(resized, dtype=np.float64), 0.0, 255.0)
     if small.sum() == 0:
         raise PipelineError(f"{name}: blank image: no ink left after scaling to {BOX} pixels")
     return np.rint(centre_in_frame(small)).astype(np.uint8)
+
+
+def _half_extent(profile: np.ndarray) -> float:
+    """The length of `profile` at or above half its peak, its ends found between pixels by linear interpolation."""
+    half = 0.5 * float(profile.max())
+    above = np.flatnonzero(profile >= half)
+    first, last = int(above[0]), int(above[-1])
+    lead = (profile[first] - half) / (profile[first] - profile[first - 1]) if first > 0 else 0.0
+    tail = (profile[last] - half) / (profile[last] - profile[last + 1]) if last < len(profile) - 1 else 0.0
+    return last - first + 1 + float(lead) + float(tail) - 1.0
+
+
+def halo_box(digit: np.ndarray) -> float:
+    """The longer side the cropped digit gets, so that its pen edge (half the brightest ink) spans as much of
+    the frame as an MNIST digit's does (HALF_EXTENT). A blurred scan's soft halo then lies outside those
+    pixels, where MNIST's anti-aliasing would have put it, instead of shrinking the digit inside BOX. Only a
+    digit more than twice BOX in the picture has the resolution to tell; a smaller one keeps BOX."""
+    longer = max(digit.shape)
+    if longer <= 2 * BOX:
+        return float(BOX)
+    extent = max(_half_extent(digit.max(axis=1)), _half_extent(digit.max(axis=0)))
+    return max(float(BOX), HALF_EXTENT * longer / max(extent, 1.0))
 
 
 def stroke_width(digit: np.ndarray) -> float:
@@ -234,8 +263,10 @@ def _erode(ink: np.ndarray, steps: int) -> np.ndarray:
 
 def thin_strokes(digit: np.ndarray) -> np.ndarray:
     """The cropped digit with strokes wider than MAX_STROKE eroded down to it: a marker's strokes close a
-    3's or a 6's loops where MNIST's writers' pens never did. Strokes within MNIST's range are untouched,
-    and at MNIST's own 20 pixels a stroke must be more than a pixel too wide before anything changes."""
+    3's or a 6's loops, and read as another digit, where most of MNIST's writers' pens did not. A digit at
+    most twice BOX in the picture (MNIST's own 28x28 among them) is left as it is: too coarse to erode."""
+    if max(digit.shape) <= 2 * BOX:
+        return digit
     steps = round((stroke_width(digit) - MAX_STROKE) / 2 * max(digit.shape))
     if steps <= 0:
         return digit
@@ -260,7 +291,8 @@ def prepare_with_warnings(grey: np.ndarray, name: str = "image") -> tuple[np.nda
         ink, warnings = np.where(edge_lines(ink > CROP_FRACTION * 255.0), 0.0, ink), []
     else:
         ink, warnings = photo_ink(grey, name)
-    return fit_to_box(thin_strokes(crop_to_ink(ink)), name), warnings
+    digit = thin_strokes(crop_to_ink(ink))
+    return fit_to_box(digit, name, halo_box(digit)), warnings
 
 
 def _plain_recipe_fits(grey: np.ndarray, name: str) -> bool:
