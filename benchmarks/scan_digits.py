@@ -5,7 +5,7 @@
 
 The scans are tests/scankit.py's (64-128 px, blurred, thin to marker-thick strokes, both polarities,
 margins, edge lines, a third JPEG), made from MNIST's test digits 5000-5999 (held out: imageprep was tuned
-on 0-499 only). Each is prepared as `mnist-predict` prepares a file; the tutorial's MLP, trained here on
+on 0-1999 only). Each is prepared as `mnist-predict` prepares a file; the tutorial's MLP, trained here on
 MNIST's 60,000 training images (seeded), classifies the prepared scans and the same digits' 28x28 originals.
 tests/test_scans.py asserts the thresholds on the same numbers. Needs the local data mirror
 ($DATASET_MIRROR, or ../shared/datasets next to the project). A benchmark: it prints, it does not assert.

@@ -1,6 +1,6 @@
 """Scans of real digits (tests/scankit.py): never refused, rarely warned, classified as well as the originals.
 
-The held-out slice (MNIST test digits 5000-5999) was not looked at while imageprep was tuned on 0-499.
+The held-out slice (MNIST test digits 5000-5999) was not looked at while imageprep was tuned on 0-1999.
 """
 
 from __future__ import annotations
@@ -117,4 +117,5 @@ def test_held_out_scans_are_never_refused_rarely_warned_and_classified_as_well_a
     assert measured.original_accuracy > 0.93  # the model itself trained
     assert measured.refused == []
     assert len(measured.warned) <= MAX_WARNED * measured.count, measured.warned
-    assert measured.scan_accuracy >= measured.original_accuracy - MAX_ACCURACY_DROP, measured
+    # Counted in images, not compared as floats: 2 points of 1,000 is 20 images. Measured: 954 and 974, at the limit.
+    assert measured.scans_right >= measured.originals_right - round(MAX_ACCURACY_DROP * measured.count), measured
