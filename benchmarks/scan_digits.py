@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -26,7 +27,13 @@ sys.path.insert(0, str(PROJECT_ROOT / "tests"))
 
 import scankit  # noqa: E402
 
-from mnist_pipeline.inference.imageprep import crop_to_ink, stroke_width, to_ink  # noqa: E402
+from mnist_pipeline.inference.imageprep import (  # noqa: E402
+    BOX,
+    crop_to_ink,
+    half_extent,
+    stroke_width,
+    to_ink,
+)
 from mnist_pipeline.sources.datasets import TRAIN_IMAGES  # noqa: E402
 from mnist_pipeline.sources.idx import read_idx  # noqa: E402
 
@@ -38,12 +45,22 @@ def mirror() -> Path:
     return root
 
 
-def strokes(root: Path, count: int = 10_000) -> None:
-    images = read_idx(root / "mnist" / TRAIN_IMAGES, "images")[:count]
-    widths = np.array([stroke_width(crop_to_ink(to_ink(d.astype(np.float64), "digit"))) for d in images])
+def strokes(root: Path, count: int = 10_000, scaled: int = 3_000) -> None:
+    """imageprep's constants from MNIST's training digits: MAX_STROKE and HALF_EXTENT."""
+    images = read_idx(root / "mnist" / TRAIN_IMAGES, "images")
+    widths = np.array([stroke_width(crop_to_ink(to_ink(d.astype(np.float64), "digit"))) for d in images[:count]])
     percentiles = (1, 5, 25, 50, 75, 95, 99)
     values = ", ".join(f"{p}%: {v:.3f}" for p, v in zip(percentiles, np.percentile(widths, percentiles), strict=True))
     print(f"stroke width / longer side, MNIST's first {count:,} training digits: {values}")
+    for factor in (3, 4):
+        extents = []
+        for digit in images[:scaled]:
+            big = Image.fromarray(digit).resize((28 * factor, 28 * factor), Image.Resampling.BICUBIC)
+            crop = crop_to_ink(to_ink(np.asarray(big, np.float64), "digit"))
+            extent = max(half_extent(crop.max(axis=1)), half_extent(crop.max(axis=0)))
+            extents.append(BOX * extent / max(crop.shape))
+        print(f"half-ink extent in output pixels, the first {scaled:,} scaled up {factor} times: median "
+              f"{np.median(extents):.2f}")
 
 
 def main() -> None:

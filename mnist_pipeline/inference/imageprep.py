@@ -210,7 +210,7 @@ def fit_to_box(digit: np.ndarray, name: str, box: float = BOX) -> np.ndarray:
     return np.rint(centre_in_frame(small)).astype(np.uint8)
 
 
-def _half_extent(profile: np.ndarray) -> float:
+def half_extent(profile: np.ndarray) -> float:
     """The length of `profile` at or above half its peak, its ends found between pixels by linear interpolation."""
     half = 0.5 * float(profile.max())
     above = np.flatnonzero(profile >= half)
@@ -228,7 +228,7 @@ def halo_box(digit: np.ndarray) -> float:
     longer = max(digit.shape)
     if longer <= 2 * BOX:
         return float(BOX)
-    extent = max(_half_extent(digit.max(axis=1)), _half_extent(digit.max(axis=0)))
+    extent = max(half_extent(digit.max(axis=1)), half_extent(digit.max(axis=0)))
     return max(float(BOX), HALF_EXTENT * longer / max(extent, 1.0))
 
 
