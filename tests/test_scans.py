@@ -14,6 +14,7 @@ import pytest
 import scankit
 from PIL import Image, ImageFilter
 
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.inference.imageprep import (
     MAX_STROKE,
     crop_to_ink,
@@ -119,3 +120,13 @@ def test_held_out_scans_are_never_refused_rarely_warned_and_classified_as_well_a
     assert len(measured.warned) <= MAX_WARNED * measured.count, measured.warned
     # Counted in images, not compared as floats: 2 points of 1,000 is 20 images. Measured: 954 and 974, at the limit.
     assert measured.scans_right >= measured.originals_right - round(MAX_ACCURACY_DROP * measured.count), measured
+
+
+@pytest.mark.parametrize("shape", [(500, 500), (300, 800)])
+def test_a_hairline_along_the_edge_is_one_line_of_error_not_a_crash(shape: tuple[int, int]) -> None:
+    """A white page with one dark row at the top: the row is all there is, too thin to measure or to scale."""
+    picture = np.full(shape, 255.0)
+    picture[0] = 0.0
+    with pytest.raises(PipelineError) as raised:
+        prepare_array(picture, "page.png")
+    assert str(raised.value) == "page.png: blank image: no ink left after scaling to 20 pixels"

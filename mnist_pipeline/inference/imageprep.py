@@ -241,6 +241,8 @@ def stroke_width(digit: np.ndarray) -> float:
     scaled = ImageOps.contain(Image.fromarray(digit.astype(np.float32)), (STROKE_SIDE, STROKE_SIDE),
                               Image.Resampling.LANCZOS)
     ink = np.asarray(scaled, dtype=np.float64)
+    if not ink.size:  # a line thinner than a pixel at this scale: no width to take off
+        return 0.0
     mask = ink > 0.5 * ink.max()
     inside = np.pad(mask, 1)
     inside = inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
