@@ -9,6 +9,10 @@ A photo adds what MNIST's scans never had: sensor noise and uneven lighting, whi
 recipe would take for ink. When the background is not flat, it is fitted and subtracted, the ink
 is separated from it by Otsu's threshold, and only the digit's connected strokes are kept
 (prepare_with_warnings), with a warning when that separation is unsure.
+
+A scan adds blur, a marker's wide strokes and the edge of the sheet: a line along the picture's edge is
+not ink (edge_lines), strokes wider than most of MNIST's are thinned (thin_strokes), and the digit is
+sized by where its ink is half bright, so a soft edge falls outside the 20 pixels (halo_box).
 """
 
 from __future__ import annotations
