@@ -306,9 +306,12 @@ def prepare_with_warnings(grey: np.ndarray, name: str = "image") -> tuple[np.nda
 
 def _at_most(digit: np.ndarray, side: int) -> np.ndarray:
     """The cropped digit scaled down (Lanczos) to at most `side` pixels on its longer side, if larger."""
-    if max(digit.shape) <= side:
+    height, width = digit.shape
+    if max(height, width) <= side:
         return digit
-    small = ImageOps.contain(Image.fromarray(digit.astype(np.float32)), (side, side), Image.Resampling.LANCZOS)
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # a hairline stays a pixel thick
+    small = Image.fromarray(digit.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
     return np.clip(np.asarray(small, dtype=np.float64), 0.0, 255.0)
 
 
