@@ -20,7 +20,7 @@ from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import load_split, read_rows, save_split, split_paths
 from mnist_pipeline.train.checkpoint import Checkpoints, digest_arrays
 from mnist_pipeline.train.loop import window_plan
-from tests.test_training import MNIST, config_with, mirror_splits
+from tests.test_training import MNIST, config_with, write_mirror_splits
 
 N_TRAIN, N_VAL = 1000, 200
 STREAMED = {"train.memory_budget_mb": 1, "train.epochs": 3}
@@ -30,8 +30,7 @@ STREAMED = {"train.memory_budget_mb": 1, "train.epochs": 3}
 def prepared(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The prepared splits of the first MNIST images, as preprocess writes them."""
     folder = tmp_path_factory.mktemp("prepared")
-    for split, (images, labels) in mirror_splits(mirror_root, N_TRAIN, N_VAL).items():
-        save_split(folder, split, images, labels, MNIST)
+    write_mirror_splits(mirror_root, N_TRAIN, N_VAL, folder)
     return folder
 
 
@@ -154,10 +153,11 @@ def test_streamed_checks_catch_a_nan_and_an_unknown_label(tmp_path: Path) -> Non
 
 def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(mirror_root: Path,
                                                                                  tmp_path: Path) -> None:
-    """Raw IDX images read and scaled 128 at a time, with a validation split and limits: the arrays of `prepare`."""
+    """Raw IDX images read from disk and scaled 128 at a time, with a validation split and limits: the bytes of
+    the same data set loaded whole and written in one chunk."""
     from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
     from mnist_pipeline.sources.idx import IdxItems, read_idx
-    from mnist_pipeline.sources.splits import load_raw, open_raw, prepare, write_splits
+    from mnist_pipeline.sources.splits import load_raw, open_raw, write_splits
     from tests.idxkit import encode_idx
 
     raw_dir = tmp_path / "raw"
@@ -171,9 +171,13 @@ def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(
     assert isinstance(opened["train_images"], IdxItems) and isinstance(opened["test_images"], IdxItems)
     written = write_splits(opened, cfg.preprocess, tmp_path / "prepared", MNIST, chunk_images=128)
     assert {split: count for split, (count, _) in written.items()} == {"train": 1100, "val": 100, "test": 250}
-    expected = prepare(load_raw(raw_dir, DATASETS["mnist"]), cfg.preprocess)
-    for split, (images, labels) in expected.items():
+    whole = load_raw(raw_dir, DATASETS["mnist"])
+    assert all(isinstance(array, np.ndarray) for array in whole.values())
+    assert write_splits(whole, cfg.preprocess, tmp_path / "whole", MNIST) == {
+        split: (count, tmp_path / "whole" / path.name) for split, (count, path) in written.items()}
+    for split in written:
         x, y = load_split(tmp_path / "prepared", split, MNIST)
+        images, labels = load_split(tmp_path / "whole", split, MNIST)
         assert x.tobytes() == images.tobytes() and y.tobytes() == labels.tobytes(), split
 
 
