@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.prepared import load_split, read_rows, save_split, split_paths
+from mnist_pipeline.prepared import load_split, over_budget, read_rows, save_split, split_paths
 from mnist_pipeline.train.checkpoint import Checkpoints, digest_arrays
 from mnist_pipeline.train.loop import window_plan
 from tests.test_training import MNIST, config_with, write_mirror_splits
@@ -41,13 +41,14 @@ def mapped(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def train_streamed(prepared: Path, folder: Path, checkpoints: Checkpoints | None = None, **values: Any) -> tuple:
     """Train through the stage's own function on memory-mapped splits; the saved model's bytes and the history."""
     from mnist_pipeline.train.models import save_model_deterministic
-    from mnist_pipeline.train.training import exceeds_budget, train_model
+    from mnist_pipeline.train.training import train_model
 
     cfg = config_with({**STREAMED, **values})
+    streamed = over_budget(cfg.train.memory_budget_mb, prepared)  # the train stage's decision
+    assert streamed == (cfg.train.memory_budget_mb == 1)
     (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")
-    assert exceeds_budget(cfg.train, x_train, x_val) == (cfg.train.memory_budget_mb == 1)
     model, history = train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, folder / "live",
-                                 checkpoints)
+                                 checkpoints, streamed=streamed)
     save_model_deterministic(model, folder / "model.keras")
     return (folder / "model.keras").read_bytes(), history, model
 
@@ -188,7 +189,8 @@ def test_a_distribution_strategy_over_the_budget_is_refused_in_one_line(prepared
     cfg = config_with({**STREAMED, "train.strategy": "mirrored"})
     (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")
     with pytest.raises(PipelineError) as raised:
-        train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, None)
+        train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, None,
+                    streamed=over_budget(cfg.train.memory_budget_mb, prepared))
     assert str(raised.value) == (
         "params.yaml: train.strategy = mirrored: the training data (4 MiB) exceed train.memory_budget_mb = 1, and "
         "only the default strategy streams them from disk: expected train.strategy default or a larger "
