@@ -101,16 +101,19 @@ def child_tutorial(seed: int) -> None:
 
 def mirror_splits(cfg: Config) -> tuple[PreparedSpec, dict[str, tuple[Any, Any]]]:
     """The data set's spec and its splits as the preprocess stage makes them, from the mirror's IDX files."""
-    from mnist_pipeline.prepared import idx_spec
+    from mnist_pipeline.prepared import load_split
     from mnist_pipeline.sources.datasets import DATASETS
     from mnist_pipeline.sources.idx import read_idx
-    from mnist_pipeline.sources.splits import prepare
+    from mnist_pipeline.sources.splits import prepared_spec, write_splits
 
     folder = Path(os.environ["MNIST_IDX_DIR"])
     raw = {f"{split}_{kind}": read_idx(folder / f"{prefix}-{kind}-idx{dims}-ubyte.gz", kind)
            for split, prefix in (("train", "train"), ("test", "t10k"))
            for kind, dims in (("images", 3), ("labels", 1))}
-    return idx_spec(DATASETS[cfg.data.dataset]), prepare(raw, cfg.preprocess)
+    spec = prepared_spec(DATASETS[cfg.data.dataset], cfg.preprocess)
+    with tempfile.TemporaryDirectory() as prepared_dir:  # the stage's files, read back as the train stage reads them
+        write_splits(raw, cfg.preprocess, prepared_dir, spec)
+        return spec, {split: load_split(prepared_dir, split, spec, min_images=0) for split in ("train", "val", "test")}
 
 
 def child_ours(seed: int, workdir: Path) -> None:

@@ -199,14 +199,15 @@ def save_split(
     return split_paths(prepared_dir, split)[0]
 
 
-def over_budget(budget_mb: int, nbytes: int) -> bool:
-    """The one rule of `train.memory_budget_mb`: images of more bytes stay on disk and training streams them."""
-    return nbytes > budget_mb << 20
+def over_budget(budget_mb: int, prepared_dir: str | os.PathLike[str]) -> bool:
+    """The one decision of `train.memory_budget_mb`, taken by the train stage before it reads any image: whether
+    the training and validation images together take more. Then they stay on disk, memory-mapped, and
+    training streams them (`train_model(streamed=True)`)."""
+    return nbytes(prepared_dir, "train", "val") > budget_mb << 20
 
 
 def nbytes(prepared_dir: str | os.PathLike[str], *splits: str) -> int:
-    """Bytes the splits' images take as arrays (their .npy headers' shape and dtype), without reading them:
-    the same measure as the loaded arrays' `nbytes`, so the budget is decided alike before and after loading."""
+    """Bytes the splits' images take as arrays (their .npy headers' shape and dtype), without reading them."""
     total = 0
     for split in splits:
         try:

@@ -4,7 +4,7 @@
 from mnist_pipeline.core.cli import run_stage
 from mnist_pipeline.core.files import atomic_dir, check_output_paths, save_json, sweep_leftovers
 from mnist_pipeline.core.progress import say
-from mnist_pipeline.prepared import load_spec, load_split, nbytes, over_budget
+from mnist_pipeline.prepared import load_spec, load_split, over_budget
 from mnist_pipeline.train import cpu_kernels
 from mnist_pipeline.train.checkpoint import CHECKPOINT_DIR, Checkpoints, digest_arrays_in_background, run_key
 from mnist_pipeline.train.curves import plot_training_curves
@@ -27,8 +27,8 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
         say(f"train: warning: {line}")
     spec = load_spec(prepared_dir)
     check_fits(cfg.model, cfg.train, spec)  # before the data is read or TensorFlow builds anything
-    # Past the memory budget the images stay on disk, memory-mapped, and training streams them.
-    mapped = over_budget(cfg.train.memory_budget_mb, nbytes(prepared_dir, "train", "val"))
+    # Past the memory budget the images stay on disk, memory-mapped, and training streams them: decided here, once.
+    mapped = over_budget(cfg.train.memory_budget_mb, prepared_dir)
     x_train, y_train = load_split(prepared_dir, "train", spec, mmap=mapped)
     x_val, y_val = load_split(prepared_dir, "val", spec, min_images=0, mmap=mapped)  # no validation is the default
     # Checkpoints are keyed by code, data and params: the data's part is hashed while TensorFlow loads.
@@ -47,14 +47,15 @@ def main(prepared_dir: str, model_dir: str, live_dir: str, summary_path: str) ->
 
     if not is_chief():
         # A worker of a multi-worker cluster trains its share and writes nothing: the chief owns the outputs.
-        train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_dir=None)
+        train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_dir=None, streamed=mapped)
         return
     checkpoints = None
     if data_digest is not None:
         sections = {"model": cfg.model, "train": cfg.train}  # the params train declares
         checkpoints = Checkpoints.for_run(run_key(data_digest.result(), sections))
     with atomic_dir(live_dir) as live_tmp:
-        model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_tmp, checkpoints)
+        model, history = train_model(cfg.model, cfg.train, spec, x_train, y_train, x_val, y_val, live_tmp, checkpoints,
+                                     streamed=mapped)
         plot_training_curves(history, live_tmp / "curves.png")
         # The ONNX file the inference commands read, checked against Keras before any model file is written.
         checked = check_images(x_train, x_val)

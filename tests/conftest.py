@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -148,6 +150,57 @@ class Project:
     def commit(self, message: str) -> None:
         self.git("add", "-A")
         self.git("commit", "-q", "-m", message)
+
+
+def copy_linked(source: Path, target: Path) -> None:
+    """A copy of a project in a moment, whatever its data: files that are hard links (DVC's cache and the
+    outputs checked out from it, cache.type hardlink) are linked again, every other file is copied;
+    `.dvc/tmp` (locks, DVC's hash state) is left out, as a clone has none. DVC never writes into a cache file
+    or a linked output (it unlinks an output, or copies it first when it persists), so the copy cannot
+    change the source."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if os.stat(src).st_nlink > 1:
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    def skip_dvc_tmp(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder) == source / ".dvc" else []
+
+    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy, ignore=skip_dvc_tmp)
+
+
+def once_per_session(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None],
+                     meanwhile: Mapping[str, Callable[[Path], None]] | None = None) -> Path:
+    """The folder `build(folder)` filled, built once per test session whichever pytest-xdist worker asks first.
+
+    Other workers wait for it, under a lock, instead of building their own. A worker that finds it being
+    built runs the builds of `meanwhile` that nobody has started (ones it will need too), rather than wait
+    idle. A failed build leaves no folder marked done: the next worker to ask builds it afresh.
+    """
+    base = factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: a folder per worker under one
+
+    def attempt(key: str, builder: Callable[[Path], None], blocking: bool) -> bool:
+        with open(shared / f"{key}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            done, folder = shared / f"{key}.done", shared / key
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+                builder(folder)
+                done.touch()
+            return True  # the lock goes with the file's closing
+
+    if not attempt(name, build, blocking=False):
+        for key, builder in (meanwhile or {}).items():
+            attempt(key, builder, blocking=False)
+        attempt(name, build, blocking=True)
+    return shared / name
 
 
 def ran_stages(output: str) -> list[str]:

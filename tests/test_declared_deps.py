@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import pickle
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import PROJECT_FILES, PROJECT_ROOT, TINY_PARAMS, set_dotted, subprocess_env
+from conftest import PROJECT_FILES, PROJECT_ROOT, TINY_PARAMS, once_per_session, set_dotted, subprocess_env
 from dvc_spec import PARAMS_FILE, Stage, choices, covers, expand, leaf_params, load_stages
 from PIL import Image
 
@@ -338,12 +339,9 @@ def write_digit_csv(path: Path, mirror: Path, rows: int = DIGIT_CLASSES * DIGITS
                                             for pixels, label in zip(images, labels, strict=True)))
 
 
-@pytest.fixture(scope="module")
-def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Workspace:
+def build_space(root: Path, mirror_root: Path) -> Workspace:
     """The project (SANDBOX_PARAMS applied) and the folder variant's digits in `work`, and the hook
     folder every stage process loads."""
-    os.environ.setdefault("DATASET_MIRROR", str(mirror_root))
-    root = tmp_path_factory.mktemp("declared")
     space = Workspace(root, root / "work", root / "hook")
     space.hook_dir.mkdir()
     (space.hook_dir / "sitecustomize.py").write_text(TRACE_HOOK)
@@ -358,8 +356,7 @@ def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Worksp
     return space
 
 
-@pytest.fixture(scope="module")
-def runs(space: Workspace) -> dict[str, list[Run]]:
+def run_all(space: Workspace) -> dict[str, list[Run]]:
     """Every stage in dvc.yaml order, each in its own sandbox; again for each VARIANTS value of a key it declares."""
     leaves = leaf_params(space.work)
     found: dict[str, list[Run]] = {}
@@ -377,6 +374,27 @@ def runs(space: Workspace) -> dict[str, list[Run]]:
                 sandbox = space.root / f"{stage.name}-{key}-{value}"
                 found[stage.name].append(run_sandboxed(variant, space, sandbox, overrides))
     return found
+
+
+RUNS_FILE = "runs.pickle"
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Workspace:
+    """The workspace after every sandboxed run (`run_all`), once per test session whichever worker asks first;
+    the runs' record is in RUNS_FILE."""
+    os.environ.setdefault("DATASET_MIRROR", str(mirror_root))
+
+    def build(root: Path) -> None:
+        (root / RUNS_FILE).write_bytes(pickle.dumps(run_all(build_space(root, mirror_root))))
+
+    root = once_per_session(tmp_path_factory, "declared", build)
+    return Workspace(root, root / "work", root / "hook")
+
+
+@pytest.fixture(scope="module")
+def runs(space: Workspace) -> dict[str, list[Run]]:
+    return pickle.loads((space.root / RUNS_FILE).read_bytes())
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from idxkit import encode_idx
 
 from mnist_pipeline.core.config import PreprocessConfig, load_config
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.prepared import idx_spec, load_split
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.sources.idx import read_idx
-from mnist_pipeline.sources.splits import load_raw, prepare, scale_images, stratified_split
+from mnist_pipeline.sources.splits import load_raw, scale_images, stratified_split, write_splits
 
 NAMES = {"train_images": TRAIN_IMAGES, "train_labels": TRAIN_LABELS,
          "test_images": TEST_IMAGES, "test_labels": TEST_LABELS}
@@ -32,6 +32,15 @@ def settings(val_size: int = 0, seed: int = 0, train_limit: int = 0, test_limit:
 def raw(mirror_root: Path) -> dict[str, np.ndarray]:
     """The four real MNIST arrays, read straight from the mirror's .gz files."""
     return {key: read_idx(mirror_root / "mnist" / name, key.split("_")[1]) for key, name in NAMES.items()}
+
+
+Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def preprocess(raw: dict[str, np.ndarray], cfg: PreprocessConfig, prepared_dir: Path) -> Splits:
+    """What the preprocess stage writes for these arrays (its `write_splits`), read back as the train stage reads it."""
+    write_splits(raw, cfg, prepared_dir, MNIST)
+    return {split: load_split(prepared_dir, split, MNIST, min_images=0) for split in ("train", "val", "test")}
 
 
 def tutorial(images: np.ndarray) -> np.ndarray:
@@ -54,8 +63,8 @@ def test_every_byte_value_scales_exactly() -> None:
         assert scale_images(images, scale, offset).tobytes() == expected.tobytes()
 
 
-def test_val_size_zero_is_the_tutorials_training_set(raw: dict[str, np.ndarray]) -> None:
-    splits = prepare(raw, settings())
+def test_val_size_zero_is_the_tutorials_training_set(raw: dict[str, np.ndarray], tmp_path: Path) -> None:
+    splits = preprocess(raw, settings(), tmp_path / "prepared")
     x_train, y_train = splits["train"]
     x_val, y_val = splits["val"]
     x_test, y_test = splits["test"]
@@ -84,10 +93,10 @@ def test_split_is_stratified_disjoint_and_complete(raw: dict[str, np.ndarray]) -
     assert np.all(np.abs(np.bincount(labels[val], minlength=10) - share) < 1)
 
 
-def test_split_is_reproducible_and_depends_on_the_seed(raw: dict[str, np.ndarray]) -> None:
-    first = prepare(raw, settings(val_size=6000, seed=0, train_limit=10000, test_limit=10))
-    again = prepare(raw, settings(val_size=6000, seed=0, train_limit=10000, test_limit=10))
-    other = prepare(raw, settings(val_size=6000, seed=1, train_limit=10000, test_limit=10))
+def test_split_is_reproducible_and_depends_on_the_seed(raw: dict[str, np.ndarray], tmp_path: Path) -> None:
+    first = preprocess(raw, settings(val_size=6000, seed=0, train_limit=10000, test_limit=10), tmp_path / "first")
+    again = preprocess(raw, settings(val_size=6000, seed=0, train_limit=10000, test_limit=10), tmp_path / "again")
+    other = preprocess(raw, settings(val_size=6000, seed=1, train_limit=10000, test_limit=10), tmp_path / "other")
     for split in ("train", "val"):
         for a, b in zip(first[split], again[split], strict=True):
             assert a.tobytes() == b.tobytes()
@@ -95,18 +104,18 @@ def test_split_is_reproducible_and_depends_on_the_seed(raw: dict[str, np.ndarray
     assert first["val"][0].shape == (6000, 784) and first["train"][0].shape == (4000, 784)
 
 
-def test_split_rows_keep_their_labels(raw: dict[str, np.ndarray]) -> None:
+def test_split_rows_keep_their_labels(raw: dict[str, np.ndarray], tmp_path: Path) -> None:
     images, labels = raw["train_images"][:3000], raw["train_labels"][:3000]
     train, val = stratified_split(labels, 500, seed=3)
-    splits = prepare(raw, settings(val_size=500, seed=3, train_limit=3000))
+    splits = preprocess(raw, settings(val_size=500, seed=3, train_limit=3000), tmp_path / "prepared")
     assert splits["val"][0].tobytes() == tutorial(images[val]).tobytes()
     np.testing.assert_array_equal(splits["val"][1], labels[val])
     assert splits["train"][0].tobytes() == tutorial(images[train]).tobytes()
     np.testing.assert_array_equal(splits["train"][1], labels[train])
 
 
-def test_limits_take_the_first_images(raw: dict[str, np.ndarray]) -> None:
-    splits = prepare(raw, settings(train_limit=1000, test_limit=200))
+def test_limits_take_the_first_images(raw: dict[str, np.ndarray], tmp_path: Path) -> None:
+    splits = preprocess(raw, settings(train_limit=1000, test_limit=200), tmp_path / "prepared")
     assert splits["train"][0].tobytes() == tutorial(raw["train_images"][:1000]).tobytes()
     np.testing.assert_array_equal(splits["test"][1], raw["test_labels"][:200])
     assert splits["test"][0].shape == (200, 784)
@@ -115,12 +124,13 @@ def test_limits_take_the_first_images(raw: dict[str, np.ndarray]) -> None:
 @pytest.mark.parametrize(("val_size", "train_limit", "count"), [(60000, 0, 60000), (1000, 1000, 1000),
                                                                 (5000, 1000, 1000)])
 def test_val_size_must_leave_training_images(raw: dict[str, np.ndarray], val_size: int, train_limit: int,
-                                             count: int) -> None:
+                                             count: int, tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as info:
-        prepare(raw, settings(val_size=val_size, train_limit=train_limit))
+        preprocess(raw, settings(val_size=val_size, train_limit=train_limit), tmp_path / "prepared")
     assert str(info.value) == (
         f"params.yaml: preprocess.val_size = {val_size}: expected fewer than the {count} training images"
     )
+    assert not (tmp_path / "prepared").exists()  # refused before any split is written
 
 
 def test_load_raw_reads_the_download_layout(tmp_path: Path) -> None:

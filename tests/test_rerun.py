@@ -4,8 +4,8 @@ Two baselines for the module: tiny real MNIST with a validation split (so `prepr
 matters), where every key is changed but those of IDX_FIXED; and the folder configuration
 (`data.dataset: folder` on a small folder of real MNIST test digits as PNG files), where the keys of
 FOLDER_KEYS are changed: those only a folder reads, and IDX_FIXED, whose other values an IDX data
-set cannot take. Each case starts from a fresh clone of its committed, reproduced baseline (see
-`reset`) and costs one `dvc repro`.
+set cannot take. Each baseline is reproduced once per test session, whichever worker needs it first
+(`conftest.once_per_session`); each case starts from a copy of it (see `reset`) and costs one `dvc repro`.
 
 Expected stages for a param change (the rule):
 1. every stage that declares the key, or interpolates it into its cmd, deps or outs (`${data.folder}`),
@@ -22,14 +22,14 @@ byte-identical, so the stages after it are skipped.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import PROJECT_ROOT, Project, make_project, ran_stages, set_dotted
+from conftest import PROJECT_ROOT, Project, copy_linked, make_project, once_per_session, ran_stages, set_dotted
 from dvc_spec import Stage, choices, covers, expand, leaf_params, load_stages
 from test_declared_deps import DIGIT_FOLDER, DIGITS_PER_CLASS, TRACE_HOOK, write_digit_folder
 
@@ -144,15 +144,20 @@ def expected_stages(key: str, baseline: Project, bytes_change: bool = True) -> s
     return expected
 
 
-def reproduce_traced(project: Project) -> Project:
-    """The baseline: every stage run once, traced, and committed; `project.read` holds which params each
-    stage really read, `project.stages` the stages as this configuration resolves dvc.yaml."""
+def reproduce_traced(project: Project) -> None:
+    """The baseline: every stage run once, traced (`trace.jsonl` beside the repo records which params each
+    stage really read), and committed."""
     # Which params each stage really reads, recorded from outside by the declared-deps test's tracer.
     trace, hook_dir = project.path.parent / "trace.jsonl", project.path.parent / "hook"
     hook_dir.mkdir()
     (hook_dir / "sitecustomize.py").write_text(TRACE_HOOK)
     result = project.dvc("repro", env={**project.env, "STAGE_TRACE": str(trace), "PYTHONPATH": str(hook_dir)})
     assert ran_stages(result.stdout + result.stderr) == list(STAGES)
+    project.commit("baseline: reproduced, metrics and dvc.lock committed")
+
+
+def params_read(trace: Path) -> dict[str, set[str]]:
+    """Which params each stage read in the traced baseline repro."""
     read: dict[str, set[str]] = {name: set() for name in STAGES}
     by_file = {stage.module.replace(".", "/") + ".py": name for name, stage in STAGES.items()}
     for line in trace.read_text().splitlines():
@@ -161,47 +166,63 @@ def reproduce_traced(project: Project) -> Project:
         if entries:  # dvc's own processes load the tracer too, and record no stage
             (entry,) = entries
             read[entry] |= set(record["params"])
-    project.read = read  # type: ignore[attr-defined]
-    project.stages = load_stages(project.path)  # type: ignore[attr-defined]
-    project.commit("baseline: reproduced, metrics and dvc.lock committed")
-    return project
+    return read
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
-    return reproduce_traced(make_project(tmp_path_factory.mktemp("rerun") / "repo", mirror_root, BASE_PARAMS))
+def build_mnist(folder: Path, mirror_root: Path) -> None:
+    reproduce_traced(make_project(folder / "repo", mirror_root, BASE_PARAMS))
 
 
-@pytest.fixture(scope="module")
-def folder_project(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> Project:
+def build_folder(folder: Path, mirror_root: Path) -> None:
     """The folder configuration: two DVC-tracked folders of real digits, the second for data.folder's other value."""
-    project = make_project(tmp_path_factory.mktemp("rerun-folder") / "repo", mirror_root, FOLDER_PARAMS)
+    project = make_project(folder / "repo", mirror_root, FOLDER_PARAMS)
     write_digit_folder(project.path / DIGIT_FOLDER, mirror_root)
     write_digit_folder(project.path / OTHER_DIGIT_FOLDER, mirror_root, skip=DIGITS_PER_CLASS)
     project.dvc("add", DIGIT_FOLDER, OTHER_DIGIT_FOLDER)
     project.commit("the digit folders")
-    return reproduce_traced(project)
+    reproduce_traced(project)
 
 
-_case_numbers = itertools.count()
+BASELINES = {"project": build_mnist, "folder_project": build_folder}  # fixture name -> how its baseline is built
 
 
-def reset(project: Project) -> Project:
-    """A fresh clone of the committed baseline, its DVC outputs checked out from the baseline's cache.
+def baseline(name: str, request: pytest.FixtureRequest, mirror_root: Path) -> Project:
+    """The reproduced baseline of fixture `name`, built once per session (a worker that finds it being built
+    builds the other one meanwhile, if some selected test needs it); `project.read` holds which params each
+    stage really read, `project.stages` the stages as this configuration resolves dvc.yaml."""
+    wanted = {fixture for item in request.session.items if item.path == request.path for fixture in item.fixturenames}
+    others = {f"rerun-{other}": functools.partial(build, mirror_root=mirror_root)
+              for other, build in BASELINES.items() if other != name and other in wanted}
+    folder = once_per_session(request.getfixturevalue("tmp_path_factory"), f"rerun-{name}",
+                              functools.partial(BASELINES[name], mirror_root=mirror_root), others)
+    project = Project(folder / "repo", mirror_root)
+    project.read = params_read(folder / "trace.jsonl")  # type: ignore[attr-defined]
+    project.stages = load_stages(project.path)  # type: ignore[attr-defined]
+    return project
 
-    Each case gets its own working tree. An in-place reset (`git checkout HEAD -- .` then
-    `dvc checkout --force`) now and then left a previous case's outputs behind when cases followed
-    each other quickly (a timing race), and the next case then ran an
-    extra stage; a clone cannot inherit anything from the case before it.
+
+@pytest.fixture(scope="module")
+def project(request: pytest.FixtureRequest, mirror_root: Path) -> Project:
+    return baseline("project", request, mirror_root)
+
+
+@pytest.fixture(scope="module")
+def folder_project(request: pytest.FixtureRequest, mirror_root: Path) -> Project:
+    return baseline("folder_project", request, mirror_root)
+
+
+def reset(project: Project, path: Path) -> Project:
+    """A copy of the committed, reproduced baseline at `path`: its git repo, DVC cache and outputs as the
+    baseline repro left them (`conftest.copy_linked`: data files hard-linked, as `dvc checkout` links them).
+
+    Each case gets its own working tree, copied from the finished baseline rather than cloned and checked
+    out (three `dvc` commands a case): nothing is left over from another case, and
+    `test_second_repro_runs_nothing` proves such a copy is up to date.
     """
-    path = project.path.parent / f"case-{next(_case_numbers)}"
-    project.run("git", "clone", "-q", str(project.path), str(path))
+    copy_linked(project.path, path)
     case = Project(path, None)
     case.env = project.env
     case.read, case.stages = project.read, project.stages  # type: ignore[attr-defined]
-    case.dvc("config", "--local", "cache.dir", str(project.path / ".dvc" / "cache"))
-    case.dvc("checkout", "--force")
-    assert case.repro() == [], "the clone of the baseline is not up to date"
     return case
 
 
@@ -213,9 +234,9 @@ def test_other_values_are_valid() -> None:
         validate(tree, "params.yaml")
 
 
-def check_param_change(baseline: Project, key: str) -> None:
-    """One `dvc repro` after changing `key` in a clone of `baseline` runs exactly the rule's stages."""
-    case = reset(baseline)
+def check_param_change(baseline: Project, key: str, path: Path) -> None:
+    """One `dvc repro` after changing `key` in a copy of `baseline` at `path` runs exactly the rule's stages."""
+    case = reset(baseline, path)
     value = leaf_params(case.path)[key]
     new = other_value(key, value)
     case.set_params({key: new})
@@ -233,14 +254,14 @@ def test_every_key_is_changed_in_some_configuration() -> None:
 
 
 @pytest.mark.parametrize("key", [k for k in LEAVES if k not in IDX_FIXED])
-def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: str) -> None:
-    check_param_change(project, key)
+def test_param_change_reruns_exactly_the_expected_stages(project: Project, key: str, tmp_path: Path) -> None:
+    check_param_change(project, key, tmp_path / "repo")
 
 
 @pytest.mark.parametrize("key", FOLDER_KEYS)
 def test_param_change_in_the_folder_configuration_reruns_exactly_the_expected_stages(
-        folder_project: Project, key: str) -> None:
-    check_param_change(folder_project, key)
+        folder_project: Project, key: str, tmp_path: Path) -> None:
+    check_param_change(folder_project, key, tmp_path / "repo")
 
 
 def test_keys_only_a_folder_reads_are_changed_in_the_folder_configuration(
@@ -254,10 +275,10 @@ def test_keys_only_a_folder_reads_are_changed_in_the_folder_configuration(
 
 
 def test_split_change_in_the_folder_configuration_reruns_preprocess_which_reads_the_other_layout(
-        folder_project: Project) -> None:
+        folder_project: Project, tmp_path: Path) -> None:
     """`preprocess.split: folders` on the digit folder: preprocess reruns, as it declares the key, and refuses
     class folders at the top in one line; no later stage runs on the failed preprocess."""
-    case = reset(folder_project)
+    case = reset(folder_project, tmp_path / "repo")
     case.set_params({"preprocess.split": "folders"})
     result = case.dvc("repro", check=False)
     assert result.returncode != 0
@@ -265,15 +286,16 @@ def test_split_change_in_the_folder_configuration_reruns_preprocess_which_reads_
     assert f"error: {DIGIT_FOLDER}/0: a folder beside the split folders" in result.stderr
 
 
-def test_second_repro_runs_nothing(project: Project) -> None:
-    case = reset(project)
+def test_second_repro_runs_nothing(project: Project, tmp_path: Path) -> None:
+    """The baseline, and so every case's copy of it, is up to date: a repro there runs nothing."""
+    case = reset(project, tmp_path / "repo")
     assert case.repro() == []
 
 
 @pytest.mark.parametrize("name", STAGES)
-def test_editing_stage_code_reruns_only_that_stage(project: Project, name: str) -> None:
+def test_editing_stage_code_reruns_only_that_stage(project: Project, name: str, tmp_path: Path) -> None:
     """A comment changes the code hash, not the outputs: the stage reruns and, its bytes equal, nothing after it."""
-    case = reset(project)
+    case = reset(project, tmp_path / "repo")
     code = case.path / (STAGES[name].module.replace(".", "/") + ".py")
     code.write_text(code.read_text() + "# touched by test_rerun\n")
     assert case.repro() == [name]
@@ -289,8 +311,8 @@ def _one_module_per_declarer_set() -> list[str]:
 
 
 @pytest.mark.parametrize("module", _one_module_per_declarer_set())
-def test_editing_shared_module_reruns_exactly_its_declarers(project: Project, module: str) -> None:
-    case = reset(project)
+def test_editing_shared_module_reruns_exactly_its_declarers(project: Project, module: str, tmp_path: Path) -> None:
+    case = reset(project, tmp_path / "repo")
     path = case.path / module
     path.write_text(path.read_text() + "# touched by test_rerun\n")
     declarers = {n for n, s in STAGES.items() if module in s.deps}

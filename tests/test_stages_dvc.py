@@ -1,7 +1,7 @@
 """All five stages through the real `dvc repro` in a temporary git repo, on tiny real data.
 
-One pipeline run (module fixture) is shared by the checks of its outputs; each check reads files
-the way a user or the next stage would.
+One pipeline run (once per test session) is shared by the checks of its outputs, each worker checking its
+own copy; each check reads files the way a user or the next stage would.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TINY_PARAMS, Project, make_project
+from conftest import TINY_PARAMS, Project, copy_linked, make_project, once_per_session
 from PIL import Image
 
 from mnist_pipeline.prepared import idx_spec
@@ -29,8 +29,16 @@ PNGS = ["metrics/confusion.png", "metrics/confident_mistakes.png", "metrics/pred
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, mirror_root: Path) -> tuple[Project, list[str]]:
-    project = make_project(tmp_path_factory.mktemp("stages") / "repo", mirror_root)
-    return project, project.repro()
+    """The pipeline run once per test session (whichever worker asks first); each worker checks its own copy."""
+
+    def build(folder: Path) -> None:
+        ran = make_project(folder / "repo", mirror_root).repro()
+        (folder / "ran.json").write_text(json.dumps(ran))
+
+    folder = once_per_session(tmp_path_factory, "stages-dvc", build)
+    project = Project(tmp_path_factory.mktemp("stages") / "repo", mirror_root)
+    copy_linked(folder / "repo", project.path)
+    return project, json.loads((folder / "ran.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.prepared import load_split, read_rows, save_split, split_paths
+from mnist_pipeline.prepared import load_split, over_budget, read_rows, save_split, split_paths
 from mnist_pipeline.train.checkpoint import Checkpoints, digest_arrays
 from mnist_pipeline.train.loop import window_plan
-from tests.test_training import MNIST, config_with, mirror_splits
+from tests.test_training import MNIST, config_with, write_mirror_splits
 
 N_TRAIN, N_VAL = 1000, 200
 STREAMED = {"train.memory_budget_mb": 1, "train.epochs": 3}
@@ -30,8 +30,7 @@ STREAMED = {"train.memory_budget_mb": 1, "train.epochs": 3}
 def prepared(mirror_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The prepared splits of the first MNIST images, as preprocess writes them."""
     folder = tmp_path_factory.mktemp("prepared")
-    for split, (images, labels) in mirror_splits(mirror_root, N_TRAIN, N_VAL).items():
-        save_split(folder, split, images, labels, MNIST)
+    write_mirror_splits(mirror_root, N_TRAIN, N_VAL, folder)
     return folder
 
 
@@ -42,13 +41,14 @@ def mapped(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def train_streamed(prepared: Path, folder: Path, checkpoints: Checkpoints | None = None, **values: Any) -> tuple:
     """Train through the stage's own function on memory-mapped splits; the saved model's bytes and the history."""
     from mnist_pipeline.train.models import save_model_deterministic
-    from mnist_pipeline.train.training import exceeds_budget, train_model
+    from mnist_pipeline.train.training import train_model
 
     cfg = config_with({**STREAMED, **values})
+    streamed = over_budget(cfg.train.memory_budget_mb, prepared)  # the train stage's decision
+    assert streamed == (cfg.train.memory_budget_mb == 1)
     (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")
-    assert exceeds_budget(cfg.train, x_train, x_val) == (cfg.train.memory_budget_mb == 1)
     model, history = train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, folder / "live",
-                                 checkpoints)
+                                 checkpoints, streamed=streamed)
     save_model_deterministic(model, folder / "model.keras")
     return (folder / "model.keras").read_bytes(), history, model
 
@@ -155,10 +155,11 @@ def test_streamed_checks_catch_a_nan_and_an_unknown_label(tmp_path: Path) -> Non
 
 def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(mirror_root: Path,
                                                                                  tmp_path: Path) -> None:
-    """Raw IDX images read and scaled 128 at a time, with a validation split and limits: the arrays of `prepare`."""
+    """Raw IDX images read from disk and scaled 128 at a time, with a validation split and limits: the bytes of
+    the same data set loaded whole and written in one chunk."""
     from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
     from mnist_pipeline.sources.idx import IdxItems, read_idx
-    from mnist_pipeline.sources.splits import load_raw, open_raw, prepare, write_splits
+    from mnist_pipeline.sources.splits import load_raw, open_raw, write_splits
     from tests.idxkit import encode_idx
 
     raw_dir = tmp_path / "raw"
@@ -172,9 +173,13 @@ def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(
     assert isinstance(opened["train_images"], IdxItems) and isinstance(opened["test_images"], IdxItems)
     written = write_splits(opened, cfg.preprocess, tmp_path / "prepared", MNIST, chunk_images=128)
     assert {split: count for split, (count, _) in written.items()} == {"train": 1100, "val": 100, "test": 250}
-    expected = prepare(load_raw(raw_dir, DATASETS["mnist"]), cfg.preprocess)
-    for split, (images, labels) in expected.items():
+    whole = load_raw(raw_dir, DATASETS["mnist"])
+    assert all(isinstance(array, np.ndarray) for array in whole.values())
+    assert write_splits(whole, cfg.preprocess, tmp_path / "whole", MNIST) == {
+        split: (count, tmp_path / "whole" / path.name) for split, (count, path) in written.items()}
+    for split in written:
         x, y = load_split(tmp_path / "prepared", split, MNIST)
+        images, labels = load_split(tmp_path / "whole", split, MNIST)
         assert x.tobytes() == images.tobytes() and y.tobytes() == labels.tobytes(), split
 
 
@@ -185,7 +190,8 @@ def test_a_distribution_strategy_over_the_budget_is_refused_in_one_line(prepared
     cfg = config_with({**STREAMED, "train.strategy": "mirrored"})
     (x_train, y_train), (x_val, y_val) = mapped(prepared, "train"), mapped(prepared, "val")
     with pytest.raises(PipelineError) as raised:
-        train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, None)
+        train_model(cfg.model, cfg.train, MNIST, x_train, y_train, x_val, y_val, None,
+                    streamed=over_budget(cfg.train.memory_budget_mb, prepared))
     assert str(raised.value) == (
         "params.yaml: train.strategy = mirrored: the training data (4 MiB) exceed train.memory_budget_mb = 1, and "
         "only the default strategy streams them from disk: expected train.strategy default or a larger "

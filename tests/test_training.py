@@ -9,6 +9,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.config import Config, with_overrides
-from mnist_pipeline.prepared import idx_spec
+from mnist_pipeline.prepared import idx_spec, load_split
 from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
-from mnist_pipeline.sources.splits import prepare
+from mnist_pipeline.sources.splits import write_splits
 from mnist_pipeline.train.registry import load_config
 from mnist_pipeline.train.tensorflow_runtime import keras
 from tests.conftest import PROJECT_ROOT, subprocess_env
@@ -34,8 +35,8 @@ def config_with(values: dict[str, Any]) -> Config:
     return with_overrides(load_config(PROJECT_ROOT / "params.yaml"), values)
 
 
-def mirror_splits(mirror: Path, n_train: int, n_val: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The preprocess stage's arrays for the first images of real MNIST, read from the mirror's .gz files."""
+def write_mirror_splits(mirror: Path, n_train: int, n_val: int, prepared_dir: Path) -> None:
+    """The preprocess stage's files for the first images of real MNIST: its `write_splits` on the mirror's .gz files."""
     folder = mirror / "mnist"
     raw = {
         "train_images": read_idx(folder / TRAIN_IMAGES, "images"),
@@ -45,7 +46,15 @@ def mirror_splits(mirror: Path, n_train: int, n_val: int) -> dict[str, tuple[np.
     }
     limits = {"preprocess.val_size": n_val, "preprocess.seed": 0, "preprocess.train_limit": n_train + n_val,
               "preprocess.test_limit": 10}
-    return prepare(raw, config_with(limits).preprocess)
+    write_splits(raw, config_with(limits).preprocess, prepared_dir, MNIST)
+
+
+def mirror_splits(mirror: Path, n_train: int, n_val: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The preprocess stage's arrays for the first images of real MNIST (`write_mirror_splits`), read back
+    into memory as the train stage reads them."""
+    with tempfile.TemporaryDirectory() as prepared_dir:
+        write_mirror_splits(mirror, n_train, n_val, Path(prepared_dir))
+        return {split: load_split(prepared_dir, split, MNIST, min_images=0) for split in ("train", "val", "test")}
 
 
 @pytest.fixture(scope="module")

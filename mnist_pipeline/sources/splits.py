@@ -105,23 +105,6 @@ def open_raw(raw_dir: str | Path, spec: DatasetSpec) -> dict[str, np.ndarray | I
     return arrays
 
 
-def prepare(raw: dict[str, np.ndarray], cfg: PreprocessConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) per split; limits (0 = all) take the first N images for quick runs."""
-    train_images, train_labels = raw["train_images"], raw["train_labels"]
-    test_images, test_labels = raw["test_images"], raw["test_labels"]
-    if cfg.train_limit:
-        train_images, train_labels = train_images[: cfg.train_limit], train_labels[: cfg.train_limit]
-    if cfg.test_limit:
-        test_images, test_labels = test_images[: cfg.test_limit], test_labels[: cfg.test_limit]
-    train_idx, val_idx = held_out(train_labels, cfg)
-    scale, offset = cfg.scale, cfg.offset
-    return {
-        "train": (scale_images(train_images[train_idx], scale, offset), train_labels[train_idx]),
-        "val": (scale_images(train_images[val_idx], scale, offset), train_labels[val_idx]),
-        "test": (scale_images(test_images, scale, offset), test_labels),
-    }
-
-
 def held_out(train_labels: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """The training and validation indices of the (limited) training set, `preprocess.val_size` checked."""
     if cfg.val_size >= len(train_labels):
@@ -146,8 +129,10 @@ def write_splits(
     raw: dict[str, np.ndarray | IdxItems], cfg: PreprocessConfig, prepared_dir: str | Path, spec: PreparedSpec,
     chunk_images: int | None = None,
 ) -> dict[str, tuple[int, Path]]:
-    """`prepare` and `save_split` of every split, a chunk of `chunk_images` raw images at a time (by default
-    CHUNK_BYTES of output): the same bytes, in memory for one chunk whatever the data set's size.
+    """Every split scaled (`scale_table`) and written (`split_writer`), a chunk of `chunk_images` raw images at a
+    time (by default CHUNK_BYTES of output): in memory for one chunk whatever the data set's size. Limits
+    (0 = all) take the first N images for quick runs; the validation split is held out of the (limited)
+    training set (`held_out`), each split in the original order.
 
     Returns each split's image count and images file."""
     table = scale_table(cfg.scale, cfg.offset)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,7 +30,14 @@ from mnist_pipeline.train.tensorflow_runtime import keras, tf
 # Updates of the live bar per epoch on a terminal; CI logs get one line per epoch and one call per epoch.
 BAR_UPDATES = 20
 
-EpochFn = Callable[[np.ndarray, np.ndarray], tuple[float, float]]
+# Images and targets (one-hot in memory, integer labels streamed): a tensor, or an array a call copies in.
+Data = tf.Tensor | np.ndarray
+# Rows `idx` of the data as the step takes them: (images, one-hot targets), in the graph.
+Gather = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+# run(x, y, full batches, partial batch) -> (sum of loss x batch size, correct predictions).
+BatchFn = Callable[[Data, Data, np.ndarray, np.ndarray], tuple[float, float]]
+# What one call of a BatchFn takes: a piece of an epoch.
+Part = tuple[Data, Data, np.ndarray, np.ndarray]
 
 
 class Diverged(ArithmeticError):
@@ -82,31 +89,33 @@ def _make_step(model: keras.Model, train: bool) -> Callable[[tf.Tensor, tf.Tenso
     return step
 
 
-def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: int, train: bool) -> EpochFn:
-    """A compiled function running the batches it is given (one epoch or a slice of one).
+def make_batch_fn(
+    model: keras.Model, x_spec: tf.TensorSpec, y_spec: tf.TensorSpec, gather: Gather, batch_size: int, train: bool
+) -> BatchFn:
+    """The one compiled step loop: `run(x, y, batches, tail)` runs the full batches, then the partial one, of
+    the rows `gather(x, y, idx)` picks (images and one-hot targets) from the data it is given.
 
-    Returns the sums of loss x batch size and of correct predictions, so any split of an epoch
-    into calls gives the same weights and the same epoch means.
+    Data in memory and streamed windows differ only in `x`, `y` and `gather`. Returns the sums of loss x
+    batch size and of correct predictions, so any split of an epoch into calls gives the same weights and
+    the same epoch means.
     """
-
     step = _make_step(model, train)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)])
-    def run_batch(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    @tf.function(input_signature=[x_spec, y_spec, tf.TensorSpec([None], tf.int32)])
+    def run_batch(x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """One batch of any size: the partial last batch, traced only when the data has one."""
-        loss, correct = step(tf.gather(x, idx), tf.gather(y, idx))
+        loss, correct = step(*gather(x, y, idx))
         return loss * tf.cast(tf.shape(idx)[0], tf.float32), correct
 
-    @tf.function(input_signature=[tf.TensorSpec([None, batch_size], tf.int32)])
-    def run_full(batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    @tf.function(input_signature=[x_spec, y_spec, tf.TensorSpec([None, batch_size], tf.int32)])
+    def run_full(x: tf.Tensor, y: tf.Tensor, batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Full batches in a graph loop: a static batch shape, no Python between steps.
 
         Stops after the first step whose loss is not finite, and says how many steps ran.
         """
         loss_sum, correct, steps = tf.constant(0.0), tf.constant(0.0), tf.constant(0)
         for i in tf.range(tf.shape(batches)[0]):
-            idx = batches[i]
-            loss, batch_correct = step(tf.gather(x, idx), tf.gather(y, idx))
+            loss, batch_correct = step(*gather(x, y, batches[i]))
             loss_sum += loss * batch_size
             correct += batch_correct
             steps += 1
@@ -114,12 +123,15 @@ def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: in
                 break
         return loss_sum, correct, steps
 
-    def run(batches: np.ndarray, tail: np.ndarray) -> tuple[float, float]:
-        loss_sum, correct, steps = run_full(batches) if len(batches) else (0.0, 0.0, 0)
+    def run(x: Data, y: Data, batches: np.ndarray, tail: np.ndarray) -> tuple[float, float]:
+        if not len(batches) and not len(tail):  # a window whose rows all carry over to the next one
+            return 0.0, 0.0
+        tx, ty = tf.convert_to_tensor(x), tf.convert_to_tensor(y)  # a tensor already (in memory) is not copied
+        loss_sum, correct, steps = run_full(tx, ty, batches) if len(batches) else (0.0, 0.0, 0)
         if not math.isfinite(float(loss_sum)):
             raise Diverged(float(loss_sum), int(steps))
         if len(tail):
-            tail_loss, tail_correct = run_batch(tail)
+            tail_loss, tail_correct = run_batch(tx, ty, tail)
             loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
             if not math.isfinite(float(tail_loss)):
                 raise Diverged(float(tail_loss), len(batches) + 1)
@@ -128,26 +140,56 @@ def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: in
     return run
 
 
-def run_epoch(run: EpochFn, batches: np.ndarray, tail: np.ndarray, n: int, label: str) -> dict[str, float]:
-    """One epoch in one call (CI), or in BAR_UPDATES calls with a live bar (terminal): same results."""
-    no_tail = np.zeros(0, np.int32)
-    if not progress.interactive():
-        loss_sum, correct = run(batches, tail)
-        return {"loss": loss_sum / n, "accuracy": correct / n}
-    steps = len(batches) + (len(tail) > 0)
-    chunk = max(1, math.ceil(len(batches) / BAR_UPDATES))
+def make_epoch_fn(model: keras.Model, x: tf.Tensor, y: tf.Tensor, batch_size: int, train: bool) -> BatchFn:
+    """`make_batch_fn` for a data set held in memory: images and one-hot targets as tensors, gathered by row."""
+
+    def gather(x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.gather(x, idx), tf.gather(y, idx)
+
+    return make_batch_fn(model, _spec_of(x), _spec_of(y), gather, batch_size, train)
+
+
+def _spec_of(data: tf.Tensor) -> tf.TensorSpec:
+    """Any number of rows shaped as `data`'s."""
+    return tf.TensorSpec([None, *data.shape[1:]], data.dtype)
+
+
+def run_parts(run: BatchFn, parts: Iterable[Part], steps: int, n: int, label: str) -> dict[str, float]:
+    """The one epoch loop: each part's batches through `run`, the sums added up, a Diverged step counted from
+    the epoch's start, the bar moved (`steps` in all). An epoch in memory is one part per bar update; a
+    streamed one a part per window. Returns the epoch's mean loss and accuracy over its `n` images."""
     loss_sum = correct = 0.0
+    done = 0
     with progress.bar(steps, label, unit="step") as bar:
-        for start in range(0, max(len(batches), 1), chunk):
-            part = batches[start : start + chunk]
-            last = start + chunk >= len(batches)
+        for x, y, batches, tail in parts:
             try:
-                part_loss, part_correct = run(part, tail if last else no_tail)
+                part_loss, part_correct = run(x, y, batches, tail)
             except Diverged as e:
-                raise Diverged(e.loss, start + e.step) from None
+                raise Diverged(e.loss, done + e.step) from None
+            del x, y  # a streamed window's images go before the next window's are taken
             loss_sum, correct = loss_sum + part_loss, correct + part_correct
-            bar.update(len(part) + (last and len(tail) > 0))
+            ran = len(batches) + (len(tail) > 0)
+            done += ran
+            bar.update(ran)
     return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+def run_epoch(
+    run: BatchFn, x: tf.Tensor, y: tf.Tensor, batches: np.ndarray, tail: np.ndarray, n: int, label: str
+) -> dict[str, float]:
+    """One epoch in memory: in one call (CI), or in BAR_UPDATES calls with a live bar (terminal): same results."""
+    no_tail = np.zeros(0, np.int32)
+    chunk = max(1, math.ceil(len(batches) / BAR_UPDATES) if progress.interactive() else len(batches))
+    parts = ((x, y, batches[start : start + chunk], tail if start + chunk >= len(batches) else no_tail)
+             for start in range(0, max(len(batches), 1), chunk))
+    return run_parts(run, parts, len(batches) + (len(tail) > 0), n, label)
+
+
+def _build_state(model: keras.Model, x: Data, y: Data) -> None:
+    """The loss and the optimizer's slots, built on one row outside the graph loop (variables cannot be created
+    inside it); a training=False call changes no state and draws no random numbers."""
+    model.compute_loss(x=x, y=y, y_pred=model(x, training=False), training=False)
+    model.optimizer.build(model.trainable_variables)
 
 
 def fit_compiled(
@@ -174,10 +216,7 @@ def fit_compiled(
     keys, and `on_train_end`; `model.stop_training` is honoured.
     """
     tx, ty = as_tensor(x), as_tensor(y)
-    # Build the loss and the optimizer's slots outside the graph loop (variables cannot be created inside it);
-    # a training=False call changes no state and draws no random numbers.
-    model.compute_loss(x=tx[:1], y=ty[:1], y_pred=model(tx[:1], training=False), training=False)
-    model.optimizer.build(model.trainable_variables)
+    _build_state(model, tx[:1], ty[:1])
     train_epoch = make_epoch_fn(model, tx, ty, batch_size, train=True)
     validate: Callable[[], dict[str, float]] | None = None
     if validation_data is not None and len(validation_data[1]):
@@ -187,7 +226,7 @@ def fit_compiled(
         val_batches, val_tail = batch_plan(n_val, batch_size, None)  # fit's validation batches: in order
 
         def validate_epoch() -> dict[str, float]:
-            return run_epoch(val_epoch, val_batches, val_tail, n_val, "validation")
+            return run_epoch(val_epoch, xv, yv, val_batches, val_tail, n_val, "validation")
 
         validate = validate_epoch
 
@@ -196,7 +235,7 @@ def fit_compiled(
     def train_one(epoch: int) -> dict[str, float]:
         batches, tail = batch_plan(len(y), batch_size, rng)
         try:
-            return run_epoch(train_epoch, batches, tail, len(y), f"epoch {epoch + 1}/{epochs}")
+            return run_epoch(train_epoch, tx, ty, batches, tail, len(y), f"epoch {epoch + 1}/{epochs}")
         except Diverged as e:
             e.epoch, e.steps = epoch + 1, len(batches) + (len(tail) > 0)
             raise
@@ -292,51 +331,15 @@ def window_plan(
     return windows
 
 
-WindowFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[float, float]]
+def make_window_fn(model: keras.Model, rows: Rows, n_classes: int, batch_size: int, train: bool) -> BatchFn:
+    """`make_batch_fn` for data given a window at a time: `run(x, labels, batches, tail)` with a window's images
+    and integer labels. Targets are made one-hot in the graph: no one-hot copy of the data set."""
 
+    def gather(x: tf.Tensor, labels: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return tf.gather(x, idx), tf.one_hot(tf.gather(labels, idx), n_classes, dtype=tf.float32)
 
-def make_window_fn(model: keras.Model, rows: Rows, n_classes: int, batch_size: int, train: bool) -> WindowFn:
-    """`make_epoch_fn` for data given a window at a time: `run(x, labels, batches, tail)` runs the batches
-    (row indices into the window's images `x`) and returns the sums of loss x batch size and of correct
-    predictions. Targets are made one-hot in the graph, from integer labels: no one-hot copy of the data set."""
-    step = _make_step(model, train)
     x_spec = tf.TensorSpec([None, *rows.row_shape], tf.as_dtype(rows.dtype))
-    labels_spec = tf.TensorSpec([None], tf.int32)
-
-    def targets(labels: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
-        return tf.one_hot(tf.gather(labels, idx), n_classes, dtype=tf.float32)
-
-    @tf.function(input_signature=[x_spec, labels_spec, tf.TensorSpec([None], tf.int32)])
-    def run_batch(x: tf.Tensor, labels: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        loss, correct = step(tf.gather(x, idx), targets(labels, idx))
-        return loss * tf.cast(tf.shape(idx)[0], tf.float32), correct
-
-    @tf.function(input_signature=[x_spec, labels_spec, tf.TensorSpec([None, batch_size], tf.int32)])
-    def run_full(x: tf.Tensor, labels: tf.Tensor, batches: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        loss_sum, correct, steps = tf.constant(0.0), tf.constant(0.0), tf.constant(0)
-        for i in tf.range(tf.shape(batches)[0]):
-            idx = batches[i]
-            loss, batch_correct = step(tf.gather(x, idx), targets(labels, idx))
-            loss_sum += loss * batch_size
-            correct += batch_correct
-            steps += 1
-            if not tf.math.is_finite(loss):
-                break
-        return loss_sum, correct, steps
-
-    def run(x: np.ndarray, labels: np.ndarray, batches: np.ndarray, tail: np.ndarray) -> tuple[float, float]:
-        tx, tl = tf.convert_to_tensor(x), tf.convert_to_tensor(labels)
-        loss_sum, correct, steps = run_full(tx, tl, batches) if len(batches) else (0.0, 0.0, 0)
-        if not math.isfinite(float(loss_sum)):
-            raise Diverged(float(loss_sum), int(steps))
-        if len(tail):
-            tail_loss, tail_correct = run_batch(tx, tl, tail)
-            loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
-            if not math.isfinite(float(tail_loss)):
-                raise Diverged(float(tail_loss), len(batches) + 1)
-        return float(loss_sum), float(correct)
-
-    return run
+    return make_batch_fn(model, x_spec, tf.TensorSpec([None], tf.int32), gather, batch_size, train)
 
 
 class _Prefetch:
@@ -365,51 +368,41 @@ def _labels_of(rows: Rows, runs: Sequence[tuple[int, int]], front: np.ndarray) -
     return np.concatenate([front, *(rows.labels[start:stop].astype(np.int32) for start, stop in runs)])
 
 
-def stream_epoch(
-    run: WindowFn, rows: Rows, windows: list[list[tuple[int, int]]], batch_size: int,
-    rng: np.random.Generator | None, label: str,
-) -> dict[str, float]:
-    """One epoch over the windows: each window's rows shuffled (by `rng`; none: in order), the rows that do
-    not fill a last batch carried to the front of the next window, the remainder the epoch's partial batch.
-
-    Every step sees a full batch but the last, as in memory: ceil(N / batch) steps an epoch."""
-    n = len(rows.labels)
+def window_parts(
+    rows: Rows, windows: list[list[tuple[int, int]]], batch_size: int, rng: np.random.Generator | None,
+) -> Iterator[Part]:
+    """An epoch's parts over the windows: each window's rows shuffled (by `rng`; none: in order) into full
+    batches, the rows that do not fill a last batch carried to the front of the next window, the remainder
+    the epoch's partial batch (a part of its own). Every step sees a full batch but the last, as in memory."""
     carry_x = np.empty((0, *rows.row_shape), rows.dtype)
     carry_y = np.empty(0, np.int32)
-    loss_sum = correct = 0.0
-    steps_done, no_tail = 0, np.zeros(0, np.int32)
+    no_tail = np.zeros(0, np.int32)
     fronts, seen = [], 0
     for runs in windows:  # rows carried into each window: known before any is read, so reads can run ahead
         fronts.append(seen % batch_size)
         seen += sum(stop - start for start, stop in runs)
     reads = _Prefetch(rows, list(zip(windows, fronts, strict=True)))
-    with progress.bar(-(-n // batch_size), label, unit="step") as bar:
-        for runs, front, x in zip(windows, fronts, reads, strict=True):
-            x[:front] = carry_x
-            y = _labels_of(rows, runs, carry_y)
-            fresh = len(y) - front
-            order = np.concatenate([np.arange(front), front + (rng.permutation(fresh) if rng is not None
-                                                               else np.arange(fresh))]).astype(np.int32)
-            full = len(order) // batch_size * batch_size
-            batches, leftover = order[:full].reshape(-1, batch_size), order[full:]
-            try:
-                part_loss, part_correct = run(x, y, batches, no_tail) if len(batches) else (0.0, 0.0)
-            except Diverged as e:
-                raise Diverged(e.loss, steps_done + e.step) from None
-            loss_sum, correct = loss_sum + part_loss, correct + part_correct
-            steps_done += len(batches)
-            bar.update(len(batches))
-            carry_x, carry_y = x[leftover], y[leftover]
-            del x, y  # the window's images go before the next window's are taken
-        if len(carry_y):
-            try:
-                tail_loss, tail_correct = run(carry_x, carry_y, np.zeros((0, batch_size), np.int32),
-                                              np.arange(len(carry_y), dtype=np.int32))
-            except Diverged as e:
-                raise Diverged(e.loss, steps_done + 1) from None
-            loss_sum, correct = loss_sum + tail_loss, correct + tail_correct
-            bar.update(1)
-    return {"loss": loss_sum / n, "accuracy": correct / n}
+    for runs, front, x in zip(windows, fronts, reads, strict=True):
+        x[:front] = carry_x
+        y = _labels_of(rows, runs, carry_y)
+        fresh = len(y) - front
+        order = np.concatenate([np.arange(front), front + (rng.permutation(fresh) if rng is not None
+                                                           else np.arange(fresh))]).astype(np.int32)
+        full = len(order) // batch_size * batch_size
+        yield x, y, order[:full].reshape(-1, batch_size), no_tail
+        carry_x, carry_y = x[order[full:]], y[order[full:]]
+        del x, y  # the window's images go before the next window's are taken
+    if len(carry_y):
+        yield carry_x, carry_y, np.zeros((0, batch_size), np.int32), np.arange(len(carry_y), dtype=np.int32)
+
+
+def stream_epoch(
+    run: BatchFn, rows: Rows, windows: list[list[tuple[int, int]]], batch_size: int,
+    rng: np.random.Generator | None, label: str,
+) -> dict[str, float]:
+    """One epoch over the windows (`window_parts`): ceil(N / batch) steps, as in memory."""
+    n = len(rows.labels)
+    return run_parts(run, window_parts(rows, windows, batch_size, rng), -(-n // batch_size), n, label)
 
 
 def fit_streamed(
@@ -438,10 +431,7 @@ def fit_streamed(
     window_rows = max(window_rows, batch_size, block_rows)
     first = np.zeros((1, *rows.row_shape), rows.dtype)
     rows.read(0, 1, first)
-    # Build the loss and the optimizer's slots outside the graph loop, as fit_compiled does.
-    targets = tf.one_hot(rows.labels[:1].astype(np.int32), n_classes, dtype=tf.float32)
-    model.compute_loss(x=first, y=targets, y_pred=model(first, training=False), training=False)
-    model.optimizer.build(model.trainable_variables)
+    _build_state(model, first, tf.one_hot(rows.labels[:1].astype(np.int32), n_classes, dtype=tf.float32))
     train_window = make_window_fn(model, rows, n_classes, batch_size, train=True)
     validate: Callable[[], dict[str, float]] | None = None
     if validation is not None and len(validation.labels):

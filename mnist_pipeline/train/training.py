@@ -18,7 +18,7 @@ from dvclive import Live
 
 from mnist_pipeline.core import progress
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.prepared import over_budget, read_rows
+from mnist_pipeline.prepared import read_rows
 from mnist_pipeline.train import cpu_kernels
 from mnist_pipeline.train.checkpoint import Checkpoints, capture
 from mnist_pipeline.train.distribute import check_batch_size, make_strategy
@@ -149,6 +149,7 @@ def train_model(
     y_val: np.ndarray,
     live_dir: Path | None,
     checkpoints: Checkpoints | None = None,
+    streamed: bool = False,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build, compile and train the model; returns it with the per-epoch history (as fit's History).
 
@@ -157,11 +158,12 @@ def train_model(
     with any other, Keras' own `fit` runs under the strategy and `train.batch_size` is the global batch.
     `checkpoints` (compiled loop only): continue from the epoch it holds, if any, and save one after
     every epoch; the history returned covers every epoch, those of the interrupted run included.
-    Images larger than `train.memory_budget_mb` (x_train and x_val together; best memory-mapped,
-    `load_split(mmap=True)`) are streamed from disk a window at a time (`loop.fit_streamed`): a shuffled
-    order of its own, deterministic for the seed and resumable, so not the in-memory run's bytes.
+    `streamed`: the images are past `train.memory_budget_mb`, as `prepared.over_budget` decided before they were
+    loaded memory-mapped (`load_split(mmap=True)`): they are streamed from disk a window of an eighth of the
+    budget at a time (`loop.fit_streamed`), a shuffled order of its own, deterministic for the seed and
+    resumable, so not the in-memory run's bytes.
     """
-    if train_cfg.strategy != "default" and exceeds_budget(train_cfg, x_train, x_val):
+    if train_cfg.strategy != "default" and streamed:
         raise PipelineError(
             f"params.yaml: train.strategy = {train_cfg.strategy}: the training data ({mib(x_train, x_val)}) exceed "
             f"train.memory_budget_mb = {train_cfg.memory_budget_mb}, and only the default strategy streams them "
@@ -185,7 +187,7 @@ def train_model(
             loss=make_loss(train_cfg.label_smoothing),
             metrics=["accuracy"],
         )
-    if exceeds_budget(train_cfg, x_train, x_val):
+    if streamed:
         rows = rows_of(x_train, y_train)
         val_rows = rows_of(x_val, y_val) if len(y_val) else None
         window = window_rows(train_cfg, rows.row_bytes)
@@ -212,12 +214,6 @@ def train_model(
 # Of the memory budget, the share one window of streamed images takes: a window is read while the one
 # before trains, and TensorFlow holds a copy of the one training, so the images in memory stay well inside it.
 WINDOW_SHARE = 8
-
-
-def exceeds_budget(train_cfg: TrainConfig, *images: np.ndarray) -> bool:
-    """Whether the images are larger than `train.memory_budget_mb` (prepared.over_budget, the rule the train
-    stage applied when it chose to memory-map them): then training streams them from disk."""
-    return over_budget(train_cfg.memory_budget_mb, sum(int(a.nbytes) for a in images))
 
 
 def mib(*images: np.ndarray) -> str:
