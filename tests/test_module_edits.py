@@ -15,7 +15,7 @@ import pytest
 from conftest import PROJECT_ROOT, Project, make_project
 from dvc_spec import load_stages
 
-from tools.stage_deps import TABLE_END, TABLE_START, module_table
+from tools.stage_deps import TABLE_END, TABLE_START, is_module, module_table
 
 DOC = PROJECT_ROOT / "docs" / "module-stages.md"
 TRAINING_ONLY = ("checkpoint.py", "loop.py", "training.py", "whitening.py", "footprint.py", "distribute.py",
@@ -24,8 +24,9 @@ TRAINING_ONLY = ("checkpoint.py", "loop.py", "training.py", "whitening.py", "foo
 
 
 def library_modules(root: Path) -> list[str]:
+    """Every file whose edit can change a run: modules, and package `__init__` files holding more than a docstring."""
     return sorted(p.relative_to(root).as_posix() for folder in ("mnist_pipeline", "stages")
-                  for p in (root / folder).rglob("*.py") if p.name != "__init__.py" and "__pycache__" not in p.parts)
+                  for p in (root / folder).rglob("*.py") if is_module(root, p))
 
 
 def test_the_docs_module_table_is_the_one_dvc_yaml_gives() -> None:

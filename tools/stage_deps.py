@@ -78,9 +78,27 @@ def module_file(root: Path, name: str) -> str | None:
     return None
 
 
+def holds_code(path: Path) -> bool:
+    """More than a docstring: a package `__init__` that runs something when any module of its package loads."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return not all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def is_module(root: Path, path: Path) -> bool:
+    """A project module whose edit can change a run: any `.py` file but a docstring-only package `__init__`."""
+    return "__pycache__" not in path.parts and (path.name != "__init__.py" or holds_code(path))
+
+
+def package_inits(root: Path, module: str) -> list[str]:
+    """The `__init__.py` of every package above `module`: Python runs each before the module itself."""
+    parts = Path(module).parts[:-1]
+    inits = (root.joinpath(*parts[:i], "__init__.py") for i in range(1, len(parts) + 1))
+    return [p.relative_to(root).as_posix() for p in inits if p.is_file()]
+
+
 def code_deps(root: Path, entry_module: str) -> list[str]:
     """Every project module `entry_module` runs, as paths, then the folders of packages whose modules are found
-    at run time; package `__init__` files are left out (they hold only docstrings, which a test checks)."""
+    at run time; a package `__init__` counts only when it holds more than a docstring."""
     start = module_file(root, entry_module)
     if start is None:
         raise SystemExit(f"error: {entry_module}: no such module in {root}")
@@ -92,6 +110,7 @@ def code_deps(root: Path, entry_module: str) -> list[str]:
         if path in seen:
             continue
         seen.add(path)
+        todo.extend(init for init in package_inits(root, path) if init not in seen)
         source = (root / path).read_text(encoding="utf-8")
         for name in imported_names(source):
             found = module_file(root, name)
@@ -101,7 +120,7 @@ def code_deps(root: Path, entry_module: str) -> list[str]:
             folders.add(folder)
             todo.extend(p.relative_to(root).as_posix() for p in sorted((root / folder).glob("*.py"))
                         if not p.name.startswith("_"))
-    modules = sorted((p for p in seen if not p.endswith("__init__.py")), key=lambda p: (p != start, p))
+    modules = sorted((p for p in seen if is_module(root, root / p)), key=lambda p: (p != start, p))
     return [*modules, *sorted(folders)]
 
 
@@ -165,7 +184,7 @@ def module_table(root: Path) -> str:
     declared = {name: {d for d in body.get("deps", []) if isinstance(d, str) and d.endswith(".py")}
                 for name, body in stages.items()}
     modules = sorted(p.relative_to(root).as_posix() for package in PACKAGES for p in (root / package).rglob("*.py")
-                     if p.name != "__init__.py" and "__pycache__" not in p.parts)
+                     if is_module(root, p))
     header = "| module | " + " | ".join(stages) + " |"
     rows = [header, "| --- |" + " --- |" * len(stages)]
     for module in modules:
