@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from mnist_pipeline.core.config import with_overrides
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.prepared import idx_spec
 from mnist_pipeline.presets import load_preset
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.train.checkpoint import Checkpoints, capture, digest_arrays
 from mnist_pipeline.train.registry import load_config
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "tests"))
 
 import scankit  # noqa: E402
 
+from mnist_pipeline.core.datasets import TRAIN_IMAGES  # noqa: E402
 from mnist_pipeline.inference.imageprep import (  # noqa: E402
     BOX,
     crop_to_ink,
@@ -34,7 +35,6 @@ from mnist_pipeline.inference.imageprep import (  # noqa: E402
     stroke_width,
     to_ink,
 )
-from mnist_pipeline.sources.datasets import TRAIN_IMAGES  # noqa: E402
 from mnist_pipeline.sources.idx import read_idx  # noqa: E402
 
 

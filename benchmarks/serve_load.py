@@ -63,9 +63,9 @@ def find_mirror() -> Path:
 def train_models(mirror: Path, folder: Path) -> dict[str, Path]:
     """The default MLP and CNN of params.yaml, trained briefly on real MNIST and exported as the train stage exports."""
     from mnist_pipeline.core.config import with_overrides
+    from mnist_pipeline.core.datasets import DATASETS, TRAIN_LABELS
+    from mnist_pipeline.core.datasets import TRAIN_IMAGES as IMAGES_FILE
     from mnist_pipeline.prepared import idx_spec
-    from mnist_pipeline.sources.datasets import DATASETS, TRAIN_LABELS
-    from mnist_pipeline.sources.datasets import TRAIN_IMAGES as IMAGES_FILE
     from mnist_pipeline.sources.idx import read_idx
     from mnist_pipeline.sources.splits import scale_images
     from mnist_pipeline.train.models import save_model_deterministic
@@ -94,7 +94,7 @@ def train_models(mirror: Path, folder: Path) -> dict[str, Path]:
 
 def payloads(mirror: Path) -> list[tuple[bytes, int]]:
     """Real MNIST test digits drawn as the page's canvas sends them: 280x280 PNG, dark ink on white."""
-    from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+    from mnist_pipeline.core.datasets import TEST_IMAGES, TEST_LABELS
     from mnist_pipeline.sources.idx import read_idx
 
     images = read_idx(mirror / "mnist" / TEST_IMAGES, "images")[:N_PAYLOADS]

@@ -101,8 +101,8 @@ def child_tutorial(seed: int) -> None:
 
 def mirror_splits(cfg: Config) -> tuple[PreparedSpec, dict[str, tuple[Any, Any]]]:
     """The data set's spec and its splits as the preprocess stage makes them, from the mirror's IDX files."""
+    from mnist_pipeline.core.datasets import DATASETS
     from mnist_pipeline.prepared import load_split
-    from mnist_pipeline.sources.datasets import DATASETS
     from mnist_pipeline.sources.idx import read_idx
     from mnist_pipeline.sources.splits import prepared_spec, write_splits
 

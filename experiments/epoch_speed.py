@@ -66,8 +66,8 @@ def main() -> None:
     # One process, one TensorFlow: the reference's kernels are every configuration's.
     cpu_kernels.choose(base.train.cpu_kernels, base.train.cpu_threads)
 
+    from mnist_pipeline.core.datasets import DATASETS
     from mnist_pipeline.prepared import idx_spec
-    from mnist_pipeline.sources.datasets import DATASETS
     from mnist_pipeline.train.loop import fit_compiled
     from mnist_pipeline.train.models import make_optimizer
     from mnist_pipeline.train.registry import build_model

@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.prepared import load_spec, load_split
 from mnist_pipeline.presets import load_preset
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.splits import load_raw, scale_images
 
 TUTORIAL = "tutorial"  # the model of the default params, when no preset is named

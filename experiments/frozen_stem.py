@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_pipeline.core.cli import run_command
-from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.core.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images, stratified_split
 from mnist_pipeline.train import cpu_kernels

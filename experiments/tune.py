@@ -27,9 +27,9 @@ import yaml
 
 from mnist_pipeline.core.cli import run_command
 from mnist_pipeline.core.config import flatten, with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images, stratified_split
 from mnist_pipeline.train import cpu_kernels

@@ -24,9 +24,9 @@ from typing import IO
 
 import numpy as np
 
+from mnist_pipeline.core.datasets import DatasetSpec
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, atomic_path, load_npy, open_regular, save_json
-from mnist_pipeline.sources.datasets import DatasetSpec
 
 SPLITS = ("train", "val", "test")
 IMAGES_DTYPE = np.float32

@@ -4,8 +4,8 @@ import os
 
 from mnist_pipeline.core.cli import run_stage
 from mnist_pipeline.core.config import LOCAL_SOURCES, load_config
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.progress import say
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.download import MIRROR_ENV, download_dataset, note_folder_source
 
 

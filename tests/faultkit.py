@@ -19,8 +19,8 @@ import yaml
 from conftest import PROJECT_ROOT, TINY_PARAMS, set_dotted, subprocess_env
 from idxkit import encode_idx
 
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.prepared import idx_spec, save_spec, split_paths
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 
 STAGE_ARGS = {
     "download": ("data/raw",),

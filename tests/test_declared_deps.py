@@ -47,7 +47,7 @@ from conftest import PROJECT_FILES, PROJECT_ROOT, TINY_PARAMS, once_per_session,
 from dvc_spec import PARAMS_FILE, Stage, choices, covers, expand, leaf_params, load_stages
 from PIL import Image
 
-from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.core.datasets import TEST_IMAGES, TEST_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from tools.stage_deps import holds_code
 

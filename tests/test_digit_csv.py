@@ -26,9 +26,9 @@ from PIL import Image
 from servekit import serving
 
 from mnist_pipeline.core.config import DATASET_NAMES, load_config, with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, raw_name
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import SPLITS, load_spec, save_spec, split_paths
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, raw_name
 from mnist_pipeline.sources.digit_csv import MAX_LINE, prepare_csv, row_split
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.imagefolder import MANIFEST, prepare_folder

@@ -218,8 +218,8 @@ def test_two_workers_on_loopback_train_and_only_the_chief_saves(tmp_path: Path, 
     assert sorted(p.name for p in outs[0].iterdir()) == ["model.keras"]
     assert list(outs[1].iterdir()) == [], "a non-chief worker wrote outputs"
 
+    from mnist_pipeline.core.datasets import DATASETS
     from mnist_pipeline.prepared import idx_spec
-    from mnist_pipeline.sources.datasets import DATASETS
     from mnist_pipeline.sources.idx import read_idx
     from mnist_pipeline.sources.splits import scale_images
     from mnist_pipeline.train.models import load_model

@@ -34,8 +34,7 @@ from faultkit import error_line, stage_dir
 from idxkit import encode_idx
 
 from mnist_pipeline.core.config import DownloadConfig
-from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.sources.datasets import (
+from mnist_pipeline.core.datasets import (
     DATASETS,
     TEST_IMAGES,
     TEST_LABELS,
@@ -45,6 +44,7 @@ from mnist_pipeline.sources.datasets import (
     FileSpec,
     raw_name,
 )
+from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.sources.download import (
     FetchError,
     Payload,

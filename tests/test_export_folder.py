@@ -14,8 +14,8 @@ from faultkit import write_raw
 from PIL import Image
 
 from mnist_pipeline.core.config import load_config, with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.prepared import split_paths
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.sources.idx import parse_idx, read_idx
 from mnist_pipeline.sources.imagefolder import prepare_folder
 

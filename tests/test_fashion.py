@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import Project
 
-from mnist_pipeline.sources.datasets import DATASETS
+from mnist_pipeline.core.datasets import DATASETS
 
 FASHION = DATASETS["fashion_mnist"].class_names
 

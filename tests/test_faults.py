@@ -15,7 +15,7 @@ import yaml
 from faultkit import StageDir, error_line, labels_for, stage_dir, write_prepared, write_raw
 from idxkit import encode_idx
 
-from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+from mnist_pipeline.core.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 
 PREPARED = Path("data/prepared")
 RAW = Path("data/raw/mnist")

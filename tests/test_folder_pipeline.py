@@ -19,7 +19,7 @@ import pytest
 from conftest import Project, make_project, ran_stages
 from PIL import Image
 
-from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
+from mnist_pipeline.core.datasets import TEST_IMAGES, TEST_LABELS
 from mnist_pipeline.sources.idx import parse_idx
 
 # Spaces in every name, and letters beyond ASCII: they must come through to every table as written.

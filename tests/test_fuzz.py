@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from idxkit import encode_idx
 
 from mnist_pipeline.core.config import flatten
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import load_npy
 from mnist_pipeline.inference.imageprep import prepare_file
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.idx import parse_idx
 from mnist_pipeline.train.registry import validate
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from idxkit import encode_idx
 
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.idx import IMAGES_MAGIC, LABELS_MAGIC, MAX_IDX_BYTES, read_idx
 
 

@@ -21,9 +21,9 @@ from faultkit import error_line, stage_dir
 from PIL import Image
 
 from mnist_pipeline.core.config import PreprocessConfig, load_config, with_overrides
+from mnist_pipeline.core.datasets import TEST_IMAGES, TEST_LABELS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import SPLITS, spec_path, split_paths
-from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
 from mnist_pipeline.sources.formats import PICTURE_FORMATS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.imagefolder import MANIFEST, decode, prepare_folder, split_key, split_of

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_pipeline.core.datasets import TEST_IMAGES, TEST_LABELS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.inference.imageprep import CENTRE, expand_paths, prepare_array, prepare_file, read_image
-from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS
 from mnist_pipeline.sources.idx import read_idx
 
 N_IMAGES = 300

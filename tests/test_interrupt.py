@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from faultkit import StageDir, stage_dir, write_prepared, write_raw
 
-from mnist_pipeline.sources.datasets import TRAIN_IMAGES, raw_name
+from mnist_pipeline.core.datasets import TRAIN_IMAGES, raw_name
 
 PREPARED = ("x_train.npy", "y_train.npy", "x_val.npy", "y_val.npy", "x_test.npy", "y_test.npy")
 MESSAGES = {

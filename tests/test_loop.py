@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.config import with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
 from mnist_pipeline.train.loop import batch_plan, fit_compiled

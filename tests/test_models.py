@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.config import ACTIVATIONS, OPTIMIZERS, Config, with_overrides
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.train.model_types.mlp import build_mlp
 from mnist_pipeline.train.models import load_model, make_optimizer, save_model_deterministic, save_weights
 from mnist_pipeline.train.registry import build_model, load_config

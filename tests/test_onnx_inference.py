@@ -22,11 +22,11 @@ from PIL import Image
 from servekit import START_LIMIT_S
 
 from mnist_pipeline.core.config import with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.inference.onnx_model import load_model
 from mnist_pipeline.prepared import idx_spec, save_spec, save_split
 from mnist_pipeline.presets import available, load_preset
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
 from mnist_pipeline.train.registry import load_config

@@ -26,8 +26,8 @@ from conftest import PROJECT_ROOT, requires, subprocess_env
 from PIL import Image
 from test_imageprep import VARIANTS, mnist_test, write_variants
 
+from mnist_pipeline.core.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
 

@@ -10,9 +10,9 @@ from conftest import PROJECT_ROOT
 from idxkit import encode_idx
 
 from mnist_pipeline.core.config import PreprocessConfig, load_config
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec, load_split
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import load_raw, scale_images, stratified_split, write_splits
 

@@ -27,10 +27,10 @@ from PIL import Image
 from servekit import Served, error_line, run_serve, serving, trained_project
 from test_imageprep import mnist_test
 
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.inference.imageprep import prepare_file
 from mnist_pipeline.inference.predict import MAX_PIXELS
 from mnist_pipeline.inference.serve import MAX_BODY_BYTES
-from mnist_pipeline.sources.datasets import DATASETS
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from conftest import requires
 from faultkit import error_line, stage_dir, write_raw
 
-from mnist_pipeline.sources.datasets import TRAIN_IMAGES, raw_name
+from mnist_pipeline.core.datasets import TRAIN_IMAGES, raw_name
 
 pytestmark = requires(hasattr(os, "mkfifo") and os.path.exists("/dev/zero"), "needs FIFOs and /dev/zero (POSIX)")
 

@@ -17,8 +17,8 @@ import pytest
 from conftest import TINY_PARAMS, Project, copy_linked, make_project, once_per_session
 from PIL import Image
 
+from mnist_pipeline.core.datasets import DATASETS, raw_name
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.sources.datasets import DATASETS, raw_name
 from mnist_pipeline.train.models import load_model
 
 STAGES = ["download", "preprocess", "train", "evaluate", "predict-sample"]

@@ -157,7 +157,7 @@ def test_preprocess_streamed_in_chunks_writes_the_bytes_of_preprocess_in_memory(
                                                                                  tmp_path: Path) -> None:
     """Raw IDX images read from disk and scaled 128 at a time, with a validation split and limits: the bytes of
     the same data set loaded whole and written in one chunk."""
-    from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
+    from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, raw_name
     from mnist_pipeline.sources.idx import IdxItems, read_idx
     from mnist_pipeline.sources.splits import load_raw, open_raw, write_splits
     from tests.idxkit import encode_idx

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.config import Config, with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.prepared import idx_spec, load_split
-from mnist_pipeline.sources.datasets import DATASETS, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import write_splits
 from mnist_pipeline.train.registry import load_config
@@ -169,7 +169,7 @@ def test_one_line_per_epoch_in_logs(tmp_path: Path, mirror_root: Path) -> None:
     """Not a terminal: each epoch prints exactly one progress line (stderr), and no bar."""
     code = (
         "from pathlib import Path\n"
-        "from mnist_pipeline.sources.datasets import DATASETS\n"
+        "from mnist_pipeline.core.datasets import DATASETS\n"
         "from mnist_pipeline.prepared import idx_spec\n"
         "from mnist_pipeline.train.training import train_model\n"
         "from tests.test_training import config_with, mirror_splits\n"

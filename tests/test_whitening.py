@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.core.config import Config, with_overrides
+from mnist_pipeline.core.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import idx_spec
-from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, TRAIN_LABELS
 from mnist_pipeline.sources.idx import read_idx
 from mnist_pipeline.sources.splits import scale_images
 from mnist_pipeline.train.registry import load_config

@@ -25,8 +25,8 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, ScalarEvent
 
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.sources.datasets import DATASETS
 
 PARAMS_FILE = "params.yaml"
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "swish", "linear")

@@ -29,12 +29,12 @@ from PIL import Image
 
 from mnist_pipeline.core.cli import EXIT_FAULT, fail, one_line, run_command
 from mnist_pipeline.core.config import FOLDER, PreprocessConfig, load_config
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError, printable
 from mnist_pipeline.core.files import NotRegularFile, file_kind, md5_of, open_regular
 from mnist_pipeline.inference.imageprep import expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.inference.onnx_model import DEFAULT_MODEL, load_model
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.formats import FORMAT_NAMES
 from mnist_pipeline.sources.splits import scale_images
 

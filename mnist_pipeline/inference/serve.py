@@ -43,6 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mnist_pipeline.core.cli import run_command
 from mnist_pipeline.core.config import flatten, load_config
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, md5_of, open_regular
 from mnist_pipeline.inference.onnx_model import OnnxModel, load_model
@@ -55,7 +56,6 @@ from mnist_pipeline.inference.predict import (
     record,
     settings,
 )
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.formats import FORMAT_NAMES, PICTURE_FORMATS
 from mnist_pipeline.sources.splits import scale_images
 from mnist_pipeline.train.registry import unread_keys

@@ -1,1 +1,1 @@
-"""Where images come from: the data set registry, download, and one reader per source format."""
+"""Where images come from: download, and one reader per source format behind one Source interface."""

@@ -35,10 +35,10 @@ import numpy as np
 
 from mnist_pipeline.core import progress
 from mnist_pipeline.core.config import DIGIT_CSV, PreprocessConfig
+from mnist_pipeline.core.datasets import DATASETS, MNIST_FRAME
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, open_regular
 from mnist_pipeline.prepared import SPLITS, PreparedSpec, split_paths, split_writer
-from mnist_pipeline.sources.datasets import DATASETS, MNIST_FRAME
 from mnist_pipeline.sources.imagefolder import first_few, split_of
 from mnist_pipeline.sources.splits import chunk_rows, pixel_range, scale_images
 

@@ -32,9 +32,9 @@ from typing import IO, Any
 
 from mnist_pipeline.core import progress
 from mnist_pipeline.core.config import DownloadConfig
+from mnist_pipeline.core.datasets import DatasetSpec, FileSpec, raw_name
 from mnist_pipeline.core.errors import PipelineError, redact
 from mnist_pipeline.core.files import NotRegularFile, atomic_path, open_regular
-from mnist_pipeline.sources.datasets import DatasetSpec, FileSpec, raw_name
 
 MIRROR_ENV = "DATASET_MIRROR"
 CHUNK = 1 << 16

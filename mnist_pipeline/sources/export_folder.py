@@ -38,9 +38,9 @@ from PIL import Image
 from mnist_pipeline.core import progress
 from mnist_pipeline.core.cli import run_command
 from mnist_pipeline.core.config import PARAMS_FILE, load_config
+from mnist_pipeline.core.datasets import DATASETS, DatasetSpec, raw_name
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import atomic_dir
-from mnist_pipeline.sources.datasets import DATASETS, DatasetSpec, raw_name
 from mnist_pipeline.sources.download import MIRROR_ENV, download_dataset
 from mnist_pipeline.sources.splits import load_raw
 

@@ -52,10 +52,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_pipeline.core import progress
 from mnist_pipeline.core.config import PreprocessConfig
+from mnist_pipeline.core.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, atomic_open, file_kind, open_regular
 from mnist_pipeline.prepared import MAX_CLASSES, SPLITS, PreparedSpec, split_paths, split_writer
-from mnist_pipeline.sources.datasets import DATASETS, TRAIN_IMAGES, raw_name
 from mnist_pipeline.sources.formats import FORMAT_NAMES, FORMATS, is_hidden
 from mnist_pipeline.sources.splits import chunk_rows, pixel_range, scale_images
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 from mnist_pipeline.core.config import DIGIT_CSV, FOLDER, PreprocessConfig
+from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.prepared import PreparedSpec
-from mnist_pipeline.sources.datasets import DATASETS
 from mnist_pipeline.sources.digit_csv import DigitCsvSource
 from mnist_pipeline.sources.imagefolder import MANIFEST, FolderSource
 from mnist_pipeline.sources.splits import IdxSource

@@ -12,9 +12,9 @@ import numpy as np
 
 from mnist_pipeline.core import progress
 from mnist_pipeline.core.config import PreprocessConfig
+from mnist_pipeline.core.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, raw_name
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, split_paths, split_writer
-from mnist_pipeline.sources.datasets import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DatasetSpec, raw_name
 from mnist_pipeline.sources.idx import IdxItems, open_idx, read_idx
 
 
