@@ -113,14 +113,14 @@ def start_server(model: Path, log: Path, code: Path | None = None) -> tuple[subp
         serve = shutil.which("mnist-serve", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
         if serve is None:
             sys.exit("error: mnist-serve is not installed: run `make setup`")
-        command, env = [serve], None
-    else:
+        command, env, cwd = [serve], None, None
+    else:  # run from the checkout: `python -m` puts the working directory first on sys.path
         command = [sys.executable, "-m", "mnist_pipeline.inference.serve"]
-        env = {**os.environ, "PYTHONPATH": str(code)}
+        env, cwd = {**os.environ, "PYTHONPATH": str(code)}, code
     with open(log, "w") as err:
         process = subprocess.Popen([*command, "--model", str(model), "--port", "0", "--params",
                                     str(PROJECT_ROOT / "params.yaml")], stdout=subprocess.PIPE, stderr=err, text=True,
-                                   env=env)
+                                   env=env, cwd=cwd)
     selector = selectors.DefaultSelector()
     selector.register(process.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + 300
