@@ -27,6 +27,7 @@ from ruamel.yaml.events import AliasEvent, ScalarEvent
 
 from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError
+from mnist_pipeline.core.files import NotRegularFile, open_regular
 
 PARAMS_FILE = "params.yaml"
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "swish", "linear")
@@ -427,15 +428,15 @@ def _yaml_problem(e: YAMLError, path: str) -> PipelineError:
 
 
 def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
-    """A regular UTF-8 file's text; a FIFO, a device or a folder is refused rather than read forever."""
+    """A regular UTF-8 file's text, opened by the one regular-file check: a FIFO, a device or a folder is
+    refused rather than read forever."""
     path = str(path)
     try:
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
-            raise PipelineError(f"{path}: {kind}: expected a regular {what}")
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open_regular(path) as f:
+            return f.read().decode("utf-8")
+    except NotRegularFile as e:
+        kind = "a folder" if stat.S_ISDIR(e.mode) else "not a regular file (a FIFO, device or socket)"
+        raise PipelineError(f"{path}: {kind}: expected a regular {what}") from None
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run from the project root)") from None
     except UnicodeDecodeError as e:
