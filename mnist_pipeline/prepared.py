@@ -16,7 +16,6 @@ import json
 import math
 import mmap
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +109,10 @@ def load_spec(prepared_dir: str | os.PathLike[str]) -> PreparedSpec:
     """The description preprocess wrote, checked field by field."""
     path = spec_path(prepared_dir)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise _refuse(path, "a regular JSON file")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path) as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except NotRegularFile:
+        raise _refuse(path, "a regular JSON file") from None
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run the stage that writes it: dvc repro preprocess)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

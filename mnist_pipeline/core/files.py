@@ -34,6 +34,10 @@ NPY_MAGIC = b"\x93NUMPY"
 _LEFTOVER = r"\.tmp-(?:old-)?[a-z0-9_]{8,12}-"
 
 
+# How a reader that expected a plain data file words a FIFO, device or socket in its one-line error.
+NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular file"
+
+
 class NotRegularFile(Exception):
     """A path that is a FIFO, device, socket or folder: refused before a byte of it is read."""
 

@@ -31,7 +31,7 @@ from mnist_pipeline.core.cli import EXIT_FAULT, fail, one_line, run_command
 from mnist_pipeline.core.config import FOLDER, PreprocessConfig, load_config
 from mnist_pipeline.core.datasets import DATASETS
 from mnist_pipeline.core.errors import PipelineError, printable
-from mnist_pipeline.core.files import NotRegularFile, file_kind, md5_of, open_regular
+from mnist_pipeline.core.files import NotRegularFile, md5_of, open_regular
 from mnist_pipeline.inference.imageprep import expand_paths, prepare_with_warnings, read_image
 from mnist_pipeline.inference.onnx_model import DEFAULT_MODEL, load_model
 from mnist_pipeline.prepared import PreparedSpec, idx_spec, load_spec
@@ -172,13 +172,13 @@ def format_text(record: dict[str, Any]) -> str:
 def check_model_file(path: str) -> None:
     """The model must be a regular file: say what it is otherwise, before any picture is read."""
     try:
-        mode = os.stat(path).st_mode
+        open_regular(path).close()
     except FileNotFoundError:
         raise PipelineError(f"{path}: model file not found (train it with `dvc repro`, or pass --model PATH)") from None
+    except NotRegularFile as e:
+        raise PipelineError(f"{path}: not a regular file ({e.kind}): expected an ONNX model file") from None
     except OSError as e:  # a symbolic link loop, a path through a file, no permission
         raise PipelineError(f"{path}: cannot open: {(e.strerror or str(e)).lower()}") from None
-    if not stat.S_ISREG(mode):
-        raise PipelineError(f"{path}: not a regular file ({file_kind(mode)}): expected an ONNX model file")
 
 
 def prepare_picture(source: str | os.PathLike[str] | io.BytesIO, name: str) -> tuple[np.ndarray, list[str]]:

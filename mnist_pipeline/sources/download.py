@@ -34,7 +34,7 @@ from mnist_pipeline.core import progress
 from mnist_pipeline.core.config import DownloadConfig
 from mnist_pipeline.core.datasets import DatasetSpec, FileSpec, raw_name
 from mnist_pipeline.core.errors import PipelineError, redact
-from mnist_pipeline.core.files import NotRegularFile, atomic_path, open_regular
+from mnist_pipeline.core.files import NOT_REGULAR, NotRegularFile, atomic_path, open_regular
 
 MIRROR_ENV = "DATASET_MIRROR"
 CHUNK = 1 << 16
@@ -48,7 +48,6 @@ DEADLINE_READS = 10
 MIN_DEADLINE_S = 60.0
 MIN_PAYLOAD_RATE = 100_000
 URL_SCHEMES = ("http", "https", "file")
-NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular file"
 # What the download stage writes when the data set is a folder of the user's own pictures: its output is
 # then this one note, not an empty folder DVC would warn about on every run.
 FOLDER_NOTE = "folder-source.txt"

@@ -16,14 +16,13 @@ from typing import BinaryIO
 import numpy as np
 
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.core.files import NotRegularFile, open_regular
+from mnist_pipeline.core.files import NOT_REGULAR, NotRegularFile, open_regular
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 GZIP_MAGIC = b"\x1f\x8b"
 # The most bytes one IDX file may hold here: MNIST's largest is 47 MB; a header may claim terabytes.
 MAX_IDX_BYTES = 1 << 30
-NOT_REGULAR = "not a regular file (a FIFO, device or socket): expected a regular file"
 
 
 def declared_size(header: bytes) -> tuple[int, str] | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import stat
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_pipeline.core.errors import PipelineError
-from mnist_pipeline.core.files import atomic_path
+from mnist_pipeline.core.files import NotRegularFile, atomic_path, open_regular
 from mnist_pipeline.prepared import read_rows
 from mnist_pipeline.train.tensorflow_runtime import keras
 
@@ -106,15 +105,13 @@ def load_model(path: str | os.PathLike[str], spec: PreparedSpec) -> keras.Model:
     The model must map the data set's flattened images to its class probabilities.
     """
     try:
-        mode = os.stat(path).st_mode
+        open_regular(path).close()  # /dev/zero would be read forever, a FIFO block
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run the train stage: dvc repro train)") from None
+    except NotRegularFile as e:
+        raise PipelineError(f"{path}: not a regular file ({e.kind}): expected a .keras model file") from None
     except OSError as e:  # a symbolic link loop, a path through a file, no permission: not "not found"
         raise PipelineError(f"{path}: cannot open: {(e.strerror or str(e)).lower()}") from None
-    if not stat.S_ISREG(mode):  # /dev/zero would be read forever, a FIFO block
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a character device" if stat.S_ISCHR(mode)
-                else "a FIFO" if stat.S_ISFIFO(mode) else "a special file")
-        raise PipelineError(f"{path}: not a regular file ({kind}): expected a .keras model file")
     if not zipfile.is_zipfile(path):
         # Keras would say "File not found" for a truncated file; the real fault is its content.
         size = Path(path).stat().st_size
