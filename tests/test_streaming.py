@@ -102,21 +102,24 @@ def test_window_plan_reads_every_image_once_in_a_seeded_order() -> None:
     assert all(runs == sorted(runs) and all(x[1] < y[0] for x, y in itertools.pairwise(runs)) for runs in plans[0])
 
 
-def test_predictions_on_the_memory_mapped_test_set_equal_those_in_memory(prepared: Path) -> None:
-    from mnist_pipeline.train.models import predict_in_windows
+def test_predictions_on_the_memory_mapped_test_set_equal_those_in_memory(prepared: Path, tmp_path: Path) -> None:
+    """evaluate's path: the ONNX model run a window of rows at a time on the memory-mapped split gives the
+    probabilities of one run on the arrays in memory."""
+    from mnist_pipeline.inference.onnx_model import load_model
+    from mnist_pipeline.train.onnx_export import save_onnx, to_onnx
     from mnist_pipeline.train.registry import build_model
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     keras.utils.set_random_seed(0)
-    model = build_model(config_with({}).model, MNIST)
+    save_onnx(to_onnx(build_model(config_with({}).model, MNIST)), tmp_path / "model.onnx")
+    model = load_model(tmp_path / "model.onnx", MNIST.n_pixels, MNIST.n_classes)
     x_test, _ = load_split(prepared, "test", MNIST, mmap=True)
     x_train, _ = mapped(prepared, "train")
     assert isinstance(x_test, np.memmap)
     for images in (x_test, x_train):
-        in_memory = model.predict(np.array(images), batch_size=32, verbose=0)
-        # Windows of 100 images: rounded down to 96, whole batches, with a partial batch at the end.
-        streamed = predict_in_windows(model, images, 32, window_bytes=100 * images.itemsize * images.shape[1])
-        assert np.array_equal(streamed, in_memory)
+        in_memory = model.probabilities(np.array(images), batch_size=len(images))
+        windowed = model.probabilities(images, batch_size=96)  # windows of 96 rows, a partial one at the end
+        assert np.array_equal(windowed, in_memory)
 
 
 def test_read_rows_reads_what_the_map_holds(prepared: Path) -> None:

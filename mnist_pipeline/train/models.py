@@ -11,11 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mnist_pipeline.core.errors import PipelineError
 from mnist_pipeline.core.files import NotRegularFile, atomic_path, open_regular
-from mnist_pipeline.prepared import read_rows
 from mnist_pipeline.train.tensorflow_runtime import keras
 
 if TYPE_CHECKING:
@@ -133,20 +130,3 @@ def load_model(path: str | os.PathLike[str], spec: PreparedSpec) -> keras.Model:
         raise PipelineError(f"{path}: expected a model from ({spec.n_pixels},) images to ({spec.n_classes},) class "
                             f"probabilities, found {shapes[0]} to {shapes[1]}")
     return model
-
-
-# Images predicted per model.predict call by `predict_in_windows`: memory for this many bytes of images.
-PREDICT_WINDOW_BYTES = 64 << 20
-
-
-def predict_in_windows(
-    model: keras.Model, images: np.ndarray, batch_size: int, window_bytes: int = PREDICT_WINDOW_BYTES
-) -> np.ndarray:
-    """`model.predict(images, batch_size)` a window of about `window_bytes` at a time, read with `read_rows`
-    (positioned reads from a memory-mapped split): memory for one window, whatever the split's size. Windows
-    are whole batches, so the batches, and the predictions, are those of one predict over all the images."""
-    row_bytes = max(1, images.dtype.itemsize * int(np.prod(images.shape[1:])))
-    span = max(batch_size, window_bytes // row_bytes // batch_size * batch_size)
-    parts = [model.predict(read_rows(images, start, start + span), batch_size=batch_size, verbose=0)
-             for start in range(0, len(images), span)]
-    return np.concatenate(parts) if parts else np.zeros((0, *model.output_shape[1:]), np.float32)
