@@ -116,7 +116,7 @@ class Measured:
 def train_model(mirror_root: Path, epochs: int = 3) -> Any:
     """The tutorial's MLP (784-64-64-10) on MNIST's 60,000 training images, seeded: the same weights every run."""
     from mnist_pipeline.sources.splits import scale_images
-    from mnist_pipeline.train.models import build_mlp
+    from mnist_pipeline.train.model_types.mlp import build_mlp
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
