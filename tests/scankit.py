@@ -96,40 +96,54 @@ def scans(mirror_root: Path, indices: range) -> tuple[list[Scan], np.ndarray, np
 
 @dataclass(frozen=True)
 class Measured:
-    """What preparing the scans of one slice gave, against the same digits' 28x28 originals."""
+    """What preparing the scans of one slice gave, against the same digits' 28x28 originals, classified by
+    one model per training seed: an accuracy gap is a mean over seeds, not one seed's draw."""
 
     count: int
     refused: list[str]
     warned: list[str]
-    scans_right: int  # prepared scans classified correctly (a refused one counts as wrong)
-    originals_right: int  # the same digits' 28x28 originals classified correctly
+    scans_right: list[int]  # per seed: prepared scans classified correctly (a refused one counts as wrong)
+    originals_right: list[int]  # per seed: the same digits' 28x28 originals classified correctly
+
+    @property
+    def gaps(self) -> list[int]:
+        """Per seed, how many more originals than scans were classified correctly."""
+        return [o - s for s, o in zip(self.scans_right, self.originals_right, strict=True)]
+
+    @property
+    def mean_gap_points(self) -> float:
+        return 100 * sum(self.gaps) / len(self.gaps) / self.count
 
     @property
     def scan_accuracy(self) -> float:
-        return self.scans_right / self.count
+        return sum(self.scans_right) / len(self.scans_right) / self.count
 
     @property
     def original_accuracy(self) -> float:
-        return self.originals_right / self.count
+        return sum(self.originals_right) / len(self.originals_right) / self.count
 
 
-def train_model(mirror_root: Path, epochs: int = 3) -> Any:
-    """The tutorial's MLP (784-64-64-10) on MNIST's 60,000 training images, seeded: the same weights every run."""
+SEEDS = range(5)
+
+
+def train_model(mirror_root: Path, seed: int = 0, epochs: int = 3) -> Any:
+    """The tutorial's MLP (784-64-64-10) on MNIST's 60,000 training images, with this seed."""
     from mnist_pipeline.sources.splits import scale_images
     from mnist_pipeline.train.model_types.mlp import build_mlp
     from mnist_pipeline.train.tensorflow_runtime import keras
 
     x_train = scale_images(read_idx(mirror_root / "mnist" / TRAIN_IMAGES, "images"), 255.0, 0.5)
     y_train = read_idx(mirror_root / "mnist" / TRAIN_LABELS, "labels")
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = build_mlp([64, 64], "relu", 0.0, 784, 10)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0)
     return model
 
 
-def measure(mirror_root: Path, indices: range, model: Any) -> Measured:
-    """Prepare every scan of `indices` as mnist-predict does; classify the prepared scans and the originals."""
+def measure(mirror_root: Path, indices: range, models: list[Any]) -> Measured:
+    """Prepare every scan of `indices` as mnist-predict does; classify the prepared scans and the originals
+    with each model."""
     from mnist_pipeline.core.errors import PipelineError
     from mnist_pipeline.inference.imageprep import prepare_with_warnings, read_image
     from mnist_pipeline.sources.splits import scale_images
@@ -146,7 +160,9 @@ def measure(mirror_root: Path, indices: range, model: Any) -> Measured:
         prepared.append(image)
         warned.extend(warnings)
 
-    def right(x: np.ndarray) -> int:
+    def right(model: Any, x: np.ndarray) -> int:
         return int(np.sum(model.predict(scale_images(x, 255.0, 0.5), verbose=0).argmax(1) == labels))
 
-    return Measured(len(items), refused, warned, right(np.stack(prepared)), right(images))
+    stacked = np.stack(prepared)
+    return Measured(len(items), refused, warned, [right(m, stacked) for m in models],
+                    [right(m, images) for m in models])
