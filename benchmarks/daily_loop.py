@@ -20,7 +20,6 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from train_speed import TUTORIAL, child_env, copy_project, find_mirror, load, machine, run_measured, stage_commands
 
@@ -41,11 +40,10 @@ def flip_epochs(params: Path) -> int:
 
 def digit_png(mirror: Path, path: Path) -> None:
     """The first MNIST test digit as a user's picture: 28x28 PNG, dark ink on white."""
-    import gzip
+    from mnist_pipeline.core.datasets import TEST_IMAGES
+    from mnist_pipeline.sources.idx import read_idx
 
-    with gzip.open(mirror / "mnist" / "t10k-images-idx3-ubyte.gz") as f:
-        pixels = np.frombuffer(f.read(), dtype=np.uint8, offset=16)[: 28 * 28].reshape(28, 28)
-    Image.fromarray(255 - pixels).save(path)
+    Image.fromarray(255 - read_idx(mirror / "mnist" / TEST_IMAGES, "images")[0]).save(path)
 
 
 def main() -> None:

@@ -35,12 +35,9 @@ def params_table() -> str:
 
 def write_doc(doc: Path) -> None:
     """Replace the table between its markers in `doc` (appended, with its markers, when it has none)."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    if TABLE_START not in text:
-        text = f"{text.rstrip()}\n\n{TABLE_START}\n{TABLE_END}\n".lstrip()
-    before, _, rest = text.partition(TABLE_START)
-    _, _, after = rest.partition(TABLE_END)
-    doc.write_text(f"{before}{TABLE_START}\n{params_table()}\n{TABLE_END}{after}", encoding="utf-8")
+    from tools.doc_tables import replace_table
+
+    replace_table(doc, TABLE_START, TABLE_END, params_table())
 
 
 def main(argv: list[str] | None = None) -> int:

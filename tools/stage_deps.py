@@ -194,10 +194,9 @@ def module_table(root: Path) -> str:
 
 def write_doc(root: Path, doc: Path) -> None:
     """Replace the table between its markers in `doc` with the one dvc.yaml gives now."""
-    text = doc.read_text(encoding="utf-8")
-    before, _, rest = text.partition(TABLE_START)
-    _, _, after = rest.partition(TABLE_END)
-    doc.write_text(f"{before}{TABLE_START}\n{module_table(root)}\n{TABLE_END}{after}", encoding="utf-8")
+    from tools.doc_tables import replace_table
+
+    replace_table(doc, TABLE_START, TABLE_END, module_table(root))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,4 +227,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `tools.*` from the root
     sys.exit(main())
